@@ -1,0 +1,506 @@
+"""The install state machine: accept -> transfer -> verify -> probe -> trial -> commit | rollback.
+
+Owned and driven by the agent's core thread (agent.service): every method here runs there, so
+nothing is locked. Slow work (the sandboxed probe) runs on a worker thread through
+``host.background`` and comes back as a call on the core thread.
+
+Order of the acceptance checks (nothing is written before all pass): signature, schema, expiry
+(agent.manifest.verify_manifest), release counter (agent.store), compatibility with this board
+(accelerator, operator versions the installed runtime resolves), free disk and limits
+(ModelStore.begin). Every rejection is an event with a reason code; the state is unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from agent import compat, modelfile
+from agent.crashpoints import crash_point
+from agent.errors import EdgeloopError, IncompatibleModelError, ManifestError, StoreError
+from agent.manifest import Manifest, verify_manifest
+from agent.messages import Command, EventKind, ReplyStatus
+from agent.modelfile import OperatorInfo
+from agent.protocol import Reason, decode_chunk
+from agent.sandbox import ProbeResult, probe_model
+from agent.serving import LatencyWindow, Server
+from agent.stats import summarize
+from agent.store import ModelStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReplyTo:
+    """Where the reply to a command goes (MQTT5 response topic + correlation data)."""
+
+    cmd_id: str
+    verb: str
+    topic: str | None
+    correlation: bytes | None
+
+
+@dataclass(frozen=True)
+class Gates:
+    """Health gates of a trial (config defaults, overridable per deploy)."""
+
+    min_inferences: int
+    min_seconds: float
+    max_seconds: float
+    p95_ms: float | None
+    max_rss_mb: float | None
+
+    @classmethod
+    def merge(cls, base: Gates, override: Mapping[str, Any]) -> Gates:
+        def num(key: str, default: Any) -> Any:
+            value = override.get(key, default)
+            ok = isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
+            return value if ok else default
+
+        return cls(
+            int(num("min_inferences", base.min_inferences)),
+            float(num("min_seconds", base.min_seconds)),
+            float(num("max_seconds", base.max_seconds)),
+            num("p95_ms", base.p95_ms),
+            num("max_rss_mb", base.max_rss_mb),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class InstallHost(Protocol):
+    """What the installer needs from the agent core."""
+
+    @property
+    def store(self) -> ModelStore: ...
+    @property
+    def trust_keys(self) -> Mapping[str, Any]: ...
+    @property
+    def runtime_name(self) -> str: ...
+    @property
+    def runtime_version(self) -> str: ...
+    @property
+    def has_edgetpu(self) -> bool: ...
+
+    def event(self, kind: str, code: str = "ok", message: str = "", **data: Any) -> None: ...
+    def progress(self, data: dict[str, Any]) -> None: ...
+    def reply(
+        self,
+        to: ReplyTo | None,
+        status: str,
+        code: str | None = None,
+        message: str = "",
+        **data: Any,
+    ) -> None: ...
+    def request_chunks(self, sha256: str, indexes: list[int]) -> None: ...
+    def background(
+        self, name: str, fn: Callable[[], Any], done: Callable[[Any, BaseException | None], None]
+    ) -> None: ...
+    def start_trial(self, path: Path, manifest: Manifest, delegate: str) -> Server: ...
+    def end_trial(self, commit: bool) -> None: ...
+    def rss_mb(self) -> float: ...
+    def state_changed(self) -> None: ...
+
+
+@dataclass
+class Install:
+    manifest: Manifest
+    reply: ReplyTo | None
+    gates: Gates
+    delegate: str
+    phase: str = "downloading"  # downloading | probing | trial
+    inflight: dict[int, float] = field(default_factory=dict)
+    received_bytes: int = 0
+    corrupt_chunks: int = 0
+    started: float = field(default_factory=time.monotonic)
+    last_rx: float = field(default_factory=time.monotonic)
+    last_progress: float = 0.0
+    trial_started: float | None = None
+    trial_window: LatencyWindow | None = None
+    trial_server: Server | None = None
+
+    def summary(self) -> dict[str, Any]:
+        m = self.manifest
+        return {"sha256": m.sha256, "name": m.name, "version": m.version, "release": m.release}
+
+
+def operator_problems(manifest: Manifest, runtime: str, version: str, delegate: str) -> list[str]:
+    """Operators the manifest declares that this runtime is known not to resolve."""
+    table, _note = compat.find_table(runtime, version)
+    if table is None:
+        return []
+    problems = []
+    for name, ver in manifest.requirements.operators:
+        custom = name not in table.builtin
+        if custom and (name == modelfile.EDGETPU_CUSTOM_OP and delegate.startswith("edgetpu")):
+            continue
+        op = OperatorInfo(name=name, version=ver, custom=custom, count=1)
+        if not table.supports(op):
+            problems.append(f"{name} v{ver} (not resolved by {runtime} {table.version})")
+    return problems
+
+
+class Installer:
+    """One install at a time; a second deploy while one runs is refused with ``busy``."""
+
+    def __init__(
+        self,
+        host: InstallHost,
+        *,
+        default_gates: Gates,
+        default_delegate: str,
+        window: int = 32,
+        chunk_timeout_s: float = 3.0,
+        probe_timeout_s: float = 60.0,
+        probe_memory_mb: int = 2048,
+    ) -> None:
+        self.host = host
+        self.default_gates = default_gates
+        self.default_delegate = default_delegate
+        self.window = window
+        self.chunk_timeout_s = chunk_timeout_s
+        self.probe_timeout_s = probe_timeout_s
+        self.probe_memory_mb = probe_memory_mb
+        self.active: Install | None = None
+        self.stale_chunks = 0
+
+    # ---- state for the birth message -------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        a = self.active
+        if a is None:
+            return {"state": "idle"}
+        out: dict[str, Any] = {"state": a.phase, **a.summary()}
+        if a.phase == "downloading":
+            out["received_bytes"] = a.received_bytes
+            out["size"] = a.manifest.size
+        return out
+
+    # ---- accept ----------------------------------------------------------------------------
+    def on_deploy(self, cmd: Command, reply: ReplyTo | None) -> None:
+        store = self.host.store
+        try:
+            manifest = verify_manifest(
+                cmd.args.get("manifest", {}), self.host.trust_keys, now=store.trusted_now()
+            )
+        except ManifestError as exc:
+            self._reject(reply, exc.code, exc.message, None)
+            return
+        a = self.active
+        if a is not None:
+            if a.manifest.sha256 == manifest.sha256 and a.manifest.release == manifest.release:
+                self.host.reply(reply, ReplyStatus.DUPLICATE, Reason.REPLAYED, "already installing")
+                if a.phase == "downloading":  # a re-sent deploy also nudges the transfer
+                    self._request_more(a, force=True)
+            else:
+                self._reject(reply, Reason.BUSY, f"installing {a.manifest.name} now", manifest)
+            return
+        try:
+            verdict = store.check_release(manifest)
+        except ManifestError as exc:
+            self._reject(reply, exc.code, exc.message, manifest)
+            return
+        staged = {m.sha256 for m in store.staged()}
+        if verdict == "replayed" and manifest.sha256 not in staged:
+            cur = store.current()
+            msg = "already installed" if cur and cur.sha256 == manifest.sha256 else "replayed"
+            self.host.reply(reply, ReplyStatus.DUPLICATE, Reason.REPLAYED, msg, **_ref(manifest))
+            return
+        delegate = str(cmd.args.get("delegate") or manifest.variant.delegate or "auto")
+        if delegate == "auto" and not manifest.variant.delegate:
+            delegate = self.default_delegate
+        problems = self._compat_problems(manifest, delegate)
+        if problems:
+            self._reject(reply, Reason.INCOMPATIBLE, "; ".join(problems), manifest)
+            return
+        try:
+            store.begin(manifest)
+        except (ManifestError, StoreError) as exc:
+            self._reject(reply, exc.code, exc.message, manifest)
+            return
+        store.record_release(manifest)
+        gates = Gates.merge(self.default_gates, cmd.args.get("gates") or {})
+        self.active = Install(manifest, reply, gates, delegate)
+        self.host.reply(reply, ReplyStatus.ACCEPTED, None, "accepted", **_ref(manifest))
+        self.host.event(EventKind.INSTALL_ACCEPTED, cmd_id=cmd.id, **_ref(manifest))
+        self.host.state_changed()
+        self._continue()
+
+    def resume_staged(self) -> None:
+        """After a restart: continue a transfer left in staging (only missing chunks move)."""
+        if self.active is not None:
+            return
+        for manifest in self.host.store.staged():
+            delegate = manifest.variant.delegate or self.default_delegate
+            self.active = Install(manifest, None, self.default_gates, delegate)
+            log.info("resuming the transfer of %s r%d", manifest.name, manifest.release)
+            self.host.event(EventKind.INSTALL_PROGRESS, "resumed", **_ref(manifest))
+            self._continue()
+            return
+
+    def _compat_problems(self, manifest: Manifest, delegate: str) -> list[str]:
+        req = manifest.requirements
+        problems = []
+        if (req.accelerator == "edgetpu" or manifest.variant.delegate == "edgetpu") and not (
+            self.host.has_edgetpu
+        ):
+            problems.append("the model needs an Edge TPU and this board has none")
+        problems += operator_problems(
+            manifest, self.host.runtime_name, self.host.runtime_version, delegate
+        )
+        return problems
+
+    def _reject(self, reply: ReplyTo | None, code: str, message: str, m: Manifest | None) -> None:
+        log.warning("deploy rejected (%s): %s", code, message)
+        ref = _ref(m) if m else {}
+        self.host.reply(reply, ReplyStatus.REJECTED, code, message, **ref)
+        self.host.event(
+            EventKind.REJECTED, code, message, cmd_id=reply.cmd_id if reply else None, **ref
+        )
+
+    # ---- transfer --------------------------------------------------------------------------
+    def on_chunk(self, sha256: str, payload: bytes) -> None:
+        a = self.active
+        if a is None or a.phase != "downloading" or a.manifest.sha256 != sha256:
+            self.stale_chunks += 1  # a duplicate or a late chunk of a finished transfer
+            return
+        frame = decode_chunk(payload, sha256)  # ProtocolError -> the caller reports it
+        a.inflight.pop(frame.index, None)
+        a.last_rx = time.monotonic()
+        try:
+            fresh = self.host.store.write_chunk(sha256, frame.index, frame.data)
+        except StoreError as exc:
+            if exc.code == Reason.BAD_CHUNK:
+                a.corrupt_chunks += 1
+                log.warning("chunk %d of %s failed its hash: asking again", frame.index, sha256)
+                self._request_more(a, force=True)
+                return
+            raise
+        if fresh:
+            a.received_bytes += len(frame.data)
+        crash_point(f"after_chunk:{frame.index}")
+        self._continue()
+
+    def on_connected(self) -> None:
+        a = self.active
+        if a is not None and a.phase == "downloading":
+            a.inflight.clear()
+            self._request_more(a, force=True)
+
+    def _continue(self) -> None:
+        a = self.active
+        if a is None or a.phase != "downloading":
+            return
+        if not self.host.store.missing(a.manifest.sha256):
+            self._finish_transfer(a)
+            return
+        self._request_more(a)
+        now = time.monotonic()
+        if now - a.last_progress > 1.0:
+            a.last_progress = now
+            self.host.progress(
+                {**a.summary(), "received_bytes": a.received_bytes, "size": a.manifest.size}
+            )
+
+    def _request_more(self, a: Install, *, force: bool = False) -> None:
+        if force:
+            a.inflight.clear()
+        if len(a.inflight) > self.window // 2:
+            return
+        want: list[int] = []
+        room = self.window - len(a.inflight)
+        for r in self.host.store.missing(a.manifest.sha256):
+            for i in r:
+                if i not in a.inflight:
+                    want.append(i)
+                    if len(want) >= room:
+                        break
+            if len(want) >= room:
+                break
+        if want:
+            now = time.monotonic()
+            a.inflight.update((i, now) for i in want)
+            self.host.request_chunks(a.manifest.sha256, want)
+
+    def tick(self) -> None:
+        a = self.active
+        if a is None:
+            return
+        now = time.monotonic()
+        if a.phase == "downloading" and a.inflight and now - a.last_rx > self.chunk_timeout_s:
+            log.info("no chunk for %.1fs: asking again for the missing ones", now - a.last_rx)
+            a.last_rx = now
+            self._request_more(a, force=True)
+        elif a.phase == "trial":
+            self._check_trial(a, now)
+
+    # ---- verify, probe ---------------------------------------------------------------------
+    def _finish_transfer(self, a: Install) -> None:
+        store, m = self.host.store, a.manifest
+        try:
+            store.flush(m.sha256)
+            path = store.finish(m.sha256)
+            info = modelfile.inspect(path)
+            compat.ensure_compatible(
+                info,
+                self.host.runtime_name,
+                self.host.runtime_version,
+                "edgetpu" if info.is_edgetpu and self.host.has_edgetpu else "cpu",
+            )
+        except (StoreError, IncompatibleModelError, EdgeloopError) as exc:
+            self._fail_install(a, exc.code, exc.message)
+            return
+        a.phase = "probing"
+        self.host.event(
+            EventKind.INSTALL_VERIFIED,
+            **_ref(m),
+            seconds=_since(a.started),
+            corrupt_chunks=a.corrupt_chunks,
+        )
+        self.host.state_changed()
+        self.host.background(
+            "probe",
+            lambda: probe_model(
+                path, a.delegate, timeout_s=self.probe_timeout_s, memory_mb=self.probe_memory_mb
+            ),
+            lambda result, error: self._probe_done(a, path, result, error),
+        )
+
+    def _probe_done(
+        self, a: Install, path: Path, result: ProbeResult | None, exc: BaseException | None
+    ) -> None:
+        if self.active is not a:
+            return
+        if exc is not None or result is None or not result.ok:
+            if exc is not None:
+                message = str(exc)
+            else:
+                message = result.message if result is not None else "no probe result"
+            sig = result.signal if result else None
+            self._fail_install(
+                a,
+                Reason.PROBE_FAILED,
+                message,
+                signal=sig,
+                probe=result.to_dict() if result else None,
+            )
+            return
+        try:
+            self.host.store.set_trial(a.manifest.sha256, a.manifest)
+            server = self.host.start_trial(path, a.manifest, a.delegate)
+        except EdgeloopError as load_error:
+            self.host.store.abort_trial()
+            self._fail_install(a, Reason.PROBE_FAILED, load_error.message)
+            return
+        a.phase = "trial"
+        a.trial_started = time.monotonic()
+        a.trial_server = server
+        a.trial_window = LatencyWindow()
+        server.attach(a.trial_window)
+        self.host.event(
+            EventKind.TRIAL_STARTED,
+            **_ref(a.manifest),
+            gates=a.gates.to_dict(),
+            probe=result.to_dict(),
+        )
+        self.host.state_changed()
+        crash_point("during_trial")
+
+    def _fail_install(self, a: Install, code: str, message: str, **data: Any) -> None:
+        log.warning("install of %s failed (%s): %s", a.manifest.name, code, message)
+        self.host.store.abort(a.manifest.sha256)
+        self.active = None
+        self.host.state_changed()
+        self.host.reply(a.reply, ReplyStatus.ERROR, code, message, **_ref(a.manifest))
+        self.host.event(
+            EventKind.ROLLED_BACK if code != Reason.BAD_MODEL else EventKind.REJECTED,
+            code,
+            message,
+            **_ref(a.manifest),
+            **data,
+        )
+
+    # ---- trial gates -----------------------------------------------------------------------
+    def _check_trial(self, a: Install, now: float) -> None:
+        server, window = a.trial_server, a.trial_window
+        assert server is not None and window is not None and a.trial_started is not None
+        g = a.gates
+        elapsed = now - a.trial_started
+        count = window.peek_count()
+        while count + server.backlog() < g.min_inferences and server.backlog() < 2:
+            if not server.submit_synthetic():
+                break
+        snap = window.peek()
+        failure = None
+        if snap.errors:
+            failure = f"{snap.errors} inference error(s) during trial"
+        elif snap.non_finite:
+            failure = f"{snap.non_finite} inference(s) produced NaN or Inf"
+        elif g.max_rss_mb is not None and self.host.rss_mb() > g.max_rss_mb:
+            failure = f"RSS {self.host.rss_mb():.1f} MB exceeds the {g.max_rss_mb} MB gate"
+        elif snap.inferences >= g.min_inferences and elapsed >= g.min_seconds:
+            p95 = summarize(snap.latencies_ms).p95
+            if g.p95_ms is not None and p95 > g.p95_ms:
+                failure = f"p95 {p95:.3f} ms exceeds the {g.p95_ms} ms gate"
+            else:
+                self._commit(a, snap.inferences, p95)
+                return
+        elif elapsed > g.max_seconds:
+            failure = f"only {snap.inferences} inferences in {elapsed:.0f}s (gate timeout)"
+        if failure:
+            self._rollback_trial(a, failure)
+
+    def _commit(self, a: Install, inferences: int, p95: float) -> None:
+        crash_point("before_trial_commit")
+        self.host.store.commit_trial()
+        self.host.end_trial(commit=True)
+        self.active = None
+        self.host.state_changed()  # retained state first: a host acting on the reply sees it
+        data = {
+            **_ref(a.manifest),
+            "inferences": inferences,
+            "p95_ms": round(p95, 3),
+            "seconds": _since(a.started),
+        }
+        self.host.reply(a.reply, ReplyStatus.OK, "committed", "committed", **data)
+        self.host.event(EventKind.COMMITTED, **data)
+        self.host.store.gc()
+
+    def _rollback_trial(self, a: Install, reason: str) -> None:
+        log.warning("trial of %s failed: %s; rolling back", a.manifest.name, reason)
+        self.host.store.abort_trial()
+        self.host.end_trial(commit=False)
+        self.active = None
+        self.host.state_changed()
+        self.host.reply(
+            a.reply, ReplyStatus.ERROR, Reason.HEALTH_FAILED, reason, **_ref(a.manifest)
+        )
+        self.host.event(EventKind.ROLLED_BACK, Reason.HEALTH_FAILED, reason, **_ref(a.manifest))
+
+    def abort_for_rollback(self) -> bool:
+        """The rollback command arrived: drop whatever install is running. True if one was."""
+        a = self.active
+        if a is None:
+            return False
+        if a.phase == "trial":
+            self._rollback_trial(a, "rollback command")
+        else:
+            self.host.store.abort(a.manifest.sha256)
+            self.active = None
+            self.host.event(
+                EventKind.ROLLED_BACK, "rollback_command", "install abandoned", **_ref(a.manifest)
+            )
+            self.host.state_changed()
+        return True
+
+
+def _ref(m: Manifest) -> dict[str, Any]:
+    return {"sha256": m.sha256, "name": m.name, "version": m.version, "release": m.release}
+
+
+def _since(t0: float) -> float:
+    return round(time.monotonic() - t0, 3)

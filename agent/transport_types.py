@@ -1,0 +1,162 @@
+"""Types of the MQTT transport, free of paho: configs, incoming messages, publish handles.
+
+Kept apart from agent/transport.py so the core and tests can use them without importing paho.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+STOPPED_PAYLOAD = b'{"online": false, "reason": "stopped"}'
+#: PUBACK reason codes worth naming. Anything below 0x80 is success (0x10: no subscribers).
+NO_MATCHING_SUBSCRIBERS = 0x10
+NOT_AUTHORIZED = 0x87
+PACKET_TOO_LARGE = 0x95
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    ca_file: str
+    cert_file: str | None = None
+    key_file: str | None = None
+    insecure: bool = False  # skip server hostname check (never for production)
+
+
+@dataclass(frozen=True)
+class WillConfig:
+    topic: str
+    payload: bytes = b'{"online": false}'
+    qos: int = 1
+    retain: bool = True
+
+
+@dataclass(frozen=True)
+class TransportConfig:
+    host: str
+    port: int
+    client_id: str
+    username: str | None = None
+    password: str | None = None
+    tls: TlsConfig | None = None
+    keepalive: int = 30
+    session_expiry_s: int = 3600
+    clean_start: bool = False
+    will: WillConfig | None = None
+    birth: Callable[[], tuple[str, bytes]] | None = None
+    subscriptions: Sequence[tuple[str, int]] = ()
+    reconnect_min_s: float = 0.5
+    reconnect_max_s: float = 60.0
+    connect_timeout_s: float = 5.0
+    #: Refuse (handle reason 0x95) publishes bigger than this or than the broker's CONNACK
+    #: Maximum Packet Size, whichever is smaller. None: only the broker's limit.
+    max_packet_bytes: int | None = None
+    #: Declare the broker dead after this many keepalives without a byte from it (< 1.5).
+    dead_after_keepalives: float = 1.25
+
+
+@dataclass(frozen=True)
+class IncomingMessage:
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    response_topic: str | None = None
+    correlation_data: bytes | None = None
+    message_expiry_interval: int | None = None
+    user_properties: tuple[tuple[str, str], ...] = ()
+    content_type: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "topic": self.topic,
+            "payload_bytes": len(self.payload),
+            "qos": self.qos,
+            "retain": self.retain,
+            "response_topic": self.response_topic,
+            "correlation_data": self.correlation_data.hex() if self.correlation_data else None,
+            "message_expiry_interval": self.message_expiry_interval,
+            "user_properties": [list(p) for p in self.user_properties],
+            "content_type": self.content_type,
+        }
+
+
+@dataclass(frozen=True)
+class TransportStats:
+    connected: bool
+    connects: int
+    attempts: int
+    disconnects: int
+    half_open_detected: int
+    last_connack_reason: int | None
+    last_disconnect_reason: int | None
+    last_error: str | None
+    backoff_delays_s: tuple[float, ...]
+    subacks: int = 0
+    suback_reasons: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dict(self.__dict__)
+        out["backoff_delays_s"] = list(self.backoff_delays_s)
+        return out
+
+
+class PublishHandle:
+    """Completion of one publish: PUBACK (QoS 1), socket write (QoS 0), or never (lost)."""
+
+    def __init__(self, mid: int | None, qos: int) -> None:
+        self.mid = mid
+        self.qos = qos
+        self.reason_code: int | None = None  # MQTT5 PUBACK reason code once acknowledged
+        self.error: str | None = None  # set when it will never be acknowledged
+        self._done = threading.Event()
+        self._callbacks: list[Callable[[PublishHandle], None]] = []
+        self._lock = threading.Lock()
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    @property
+    def ok(self) -> bool:
+        """Acknowledged with a success code (0x00, or 0x10 "no matching subscribers")."""
+        return self.reason_code is not None and self.reason_code < 0x80
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until acknowledged or failed; True when done within ``timeout``."""
+        return self._done.wait(timeout)
+
+    def add_done_callback(self, fn: Callable[[PublishHandle], None]) -> None:
+        """Call ``fn(handle)`` once done (on the network thread: only enqueue there)."""
+        with self._lock:
+            if not self._done.is_set():
+                self._callbacks.append(fn)
+                return
+        fn(self)
+
+    def _resolve(self, reason_code: int | None, error: str | None = None) -> None:
+        with self._lock:
+            if self._done.is_set():
+                return
+            self.reason_code, self.error = reason_code, error
+            self._done.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for fn in callbacks:
+            try:
+                fn(self)
+            except Exception:
+                log.exception("publish done-callback failed (mid %s)", self.mid)
+
+    def __repr__(self) -> str:
+        return f"PublishHandle(mid={self.mid}, reason={self.reason_code}, error={self.error})"
+
+
+def backoff_delay(attempt: int, min_s: float, max_s: float, rng: random.Random) -> float:
+    """Exponential backoff with full jitter: uniform(0, min(max, min * 2**attempt))."""
+    cap = min(max_s, min_s * (2 ** min(attempt, 30)))
+    return rng.uniform(0.0, cap)

@@ -1,0 +1,197 @@
+"""`edge-deploy`: the host command line.
+
+    edge-deploy keys init --dir DIR          make the signing key pair (prints the .pub path last)
+    edge-deploy keys show --dir DIR
+    edge-deploy push MODEL --device ID --broker HOST:PORT --keys DIR [--name N --version V]
+    edge-deploy fleet --broker HOST:PORT [--wait S] [--json]
+    edge-deploy watch --broker HOST:PORT [--seconds S] [--device ID]
+
+Bad input prints one line on stderr and exits 2; a push that ends rolled back or rejected exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from agent.errors import EdgeloopError
+from deploy import __version__
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def _broker(args: argparse.Namespace) -> Any:
+    from deploy.push import BrokerAddress
+
+    b = BrokerAddress.parse(args.broker)
+    return BrokerAddress(b.host, b.port, args.username, args.password)
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from deploy import keys
+
+    if args.keys_command == "init":
+        print(str(keys.init_keys(args.dir)))
+        return EXIT_OK
+    info = keys.show(args.dir)
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        print(f"key id:      {info['key_id']}")
+        print(f"public key:  {info['public_key_path']}")
+        print(f"private key: {info['private_key_path']}")
+    return EXIT_OK
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from deploy.keys import load_private
+    from deploy.push import push_model
+
+    model = Path(args.model)
+    if not model.is_file():
+        raise EdgeloopError(f"{model}: no such file", hint="give the path of a .tflite model")
+    gates = {}
+    if args.p95_gate is not None:
+        gates["p95_ms"] = args.p95_gate
+    if args.min_inferences is not None:
+        gates["min_inferences"] = args.min_inferences
+    if args.min_seconds is not None:
+        gates["min_seconds"] = args.min_seconds
+    result = push_model(
+        model,
+        args.device,
+        _broker(args),
+        load_private(args.keys),
+        name=args.name or model.stem,
+        version=args.version,
+        release=args.release,
+        prefix=args.prefix,
+        recipe=args.recipe,
+        delegate=args.delegate,
+        gates=gates or None,
+        timeout_s=args.timeout,
+        progress=None if args.json else sys.stderr,
+    )
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        sent = f"{result.bytes_sent / 2**20:.2f} MiB in {result.chunks_sent} chunks"
+        print(
+            f"{args.device}: {result.outcome}"
+            + (f" ({result.code})" if result.code and result.code != result.outcome else "")
+            + f": {result.message}; {sent}; {result.seconds:.1f}s"
+        )
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def cmd_fleet(args: argparse.Namespace) -> int:
+    from deploy.fleet import FleetWatcher, format_table
+
+    watcher = FleetWatcher(_broker(args), args.prefix)
+    with watcher.running():
+        watcher.pump(args.wait)
+    rows = watcher.rows()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(format_table(rows))
+    return EXIT_OK
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from agent.protocol import ParsedTopic
+    from deploy.fleet import FleetWatcher
+
+    def show(parsed: ParsedTopic, body: dict[str, Any]) -> None:
+        if args.device and parsed.device_id != args.device:
+            return
+        if parsed.kind == "telemetry":
+            lat = body.get("latency_ms") or {}
+            line = (
+                f"seq {body.get('seq')} n={body.get('inferences')} p50={lat.get('p50')} "
+                f"p95={lat.get('p95')} ms rss={body.get('rss_mb')} MB temp={body.get('temp_c')}"
+            )
+        elif parsed.kind == "events":
+            line = f"{body.get('kind')} {body.get('code')} {body.get('message', '')}".strip()
+        else:
+            line = "online" if body.get("online") else f"offline ({body.get('reason')})"
+        print(f"{parsed.device_id:<14} {parsed.kind:<9} {line}", flush=True)
+
+    watcher = FleetWatcher(_broker(args), args.prefix)
+    with watcher.running():
+        watcher.pump(args.seconds, show)
+    return EXIT_OK
+
+
+def _broker_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--broker", default="127.0.0.1:1883", help="HOST:PORT of the MQTT broker")
+    p.add_argument("--username", default=None)
+    p.add_argument("--password", default=None)
+    p.add_argument("--prefix", default="edgeloop", help="topic prefix")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edge-deploy", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"edgeloop {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("keys", help="manifest signing keys")
+    ks = p.add_subparsers(dest="keys_command", required=True)
+    k = ks.add_parser("init", help="create a key pair")
+    k.add_argument("--dir", required=True)
+    k = ks.add_parser("show", help="show the key id and files")
+    k.add_argument("--dir", required=True)
+    k.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_keys)
+
+    p = sub.add_parser("push", help="sign and install a model on one device")
+    p.add_argument("model")
+    p.add_argument("--device", required=True)
+    p.add_argument("--keys", required=True, help="key directory (edge-deploy keys init)")
+    p.add_argument("--name", default=None, help="model name (default: file stem)")
+    p.add_argument("--version", default="1")
+    p.add_argument("--release", type=int, default=None, help="default: now in milliseconds")
+    p.add_argument("--recipe", default="unknown")
+    p.add_argument("--delegate", default="auto")
+    p.add_argument("--p95-gate", type=float, default=None, help="trial gate on p95 (ms)")
+    p.add_argument("--min-inferences", type=int, default=None)
+    p.add_argument("--min-seconds", type=float, default=None)
+    p.add_argument("--timeout", type=float, default=600.0)
+    p.add_argument("--json", action="store_true")
+    _broker_options(p)
+    p.set_defaults(func=cmd_push)
+
+    p = sub.add_parser("fleet", help="table of devices")
+    p.add_argument("--wait", type=float, default=1.5, help="seconds to collect state")
+    p.add_argument("--json", action="store_true")
+    _broker_options(p)
+    p.set_defaults(func=cmd_fleet)
+
+    p = sub.add_parser("watch", help="live events and telemetry")
+    p.add_argument("--seconds", type=float, default=3600.0)
+    p.add_argument("--device", default=None)
+    _broker_options(p)
+    p.set_defaults(func=cmd_watch)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return int(func(args))
+    except EdgeloopError as exc:
+        hint = f" (hint: {exc.hint})" if exc.hint else ""
+        print(f"edge-deploy: error: {exc.message}{hint}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,170 @@
+"""The live fleet view: every device's retained state plus its latest telemetry window.
+
+Devices publish a retained birth on ``{p}/dev/{id}/state`` (re-published after each telemetry
+window with a ``last_window`` summary), so a fresh subscriber learns the whole fleet at once.
+``watch`` prints events and telemetry as they arrive.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.protocol import ParsedTopic, ProtocolError, parse_topic
+from agent.transport import Transport
+from agent.transport_types import IncomingMessage, TransportConfig
+from deploy.push import BrokerAddress
+
+
+@dataclass
+class DeviceView:
+    device_id: str
+    online: bool = False
+    state: dict[str, Any] = field(default_factory=dict)
+    telemetry: dict[str, Any] | None = None
+    last_seen: float | None = None
+
+    def row(self, now: float) -> dict[str, Any]:
+        st = self.state
+        model = st.get("model") or {}
+        variant = model.get("variant") or {}
+        hw = st.get("hardware") or {}
+        accels = hw.get("accelerators") or []
+        tel = self.telemetry or st.get("last_window") or {}
+        lat = tel.get("latency_ms") or {}
+        return {
+            "device": self.device_id,
+            "online": self.online,
+            "board": hw.get("board_id") or hw.get("board"),
+            "class": st.get("hardware_class"),
+            "accelerator": ",".join(f"{a.get('kind')}:{a.get('device')}" for a in accels) or "-",
+            "model": f"{model.get('name')}@{model.get('version')}" if model else "-",
+            "variant": variant.get("recipe") or variant.get("dtype") or "-",
+            "delegate": model.get("delegate") or "-",
+            "p95_ms": lat.get("p95"),
+            "throughput": tel.get("throughput"),
+            "install": (st.get("install") or {}).get("state"),
+            "last_seen_s": None if self.last_seen is None else round(now - self.last_seen, 1),
+        }
+
+
+class FleetWatcher:
+    """Subscribes to every device's state, telemetry and events under a prefix."""
+
+    def __init__(self, broker: BrokerAddress, prefix: str = "edgeloop") -> None:
+        self.prefix = prefix
+        self.devices: dict[str, DeviceView] = {}
+        self.inbox: queue.Queue[IncomingMessage] = queue.Queue()
+        self.transport = Transport(
+            TransportConfig(
+                host=broker.host,
+                port=broker.port,
+                client_id=f"edgeloop-fleet-{uuid.uuid4().hex[:12]}",
+                username=broker.username,
+                password=broker.password,
+                clean_start=True,
+                session_expiry_s=0,
+                subscriptions=[
+                    (f"{prefix}/dev/+/state", 1),
+                    (f"{prefix}/dev/+/telemetry", 1),
+                    (f"{prefix}/dev/+/events", 1),
+                ],
+            ),
+            self.inbox.put,
+        )
+
+    @contextmanager
+    def running(self) -> Iterator[FleetWatcher]:
+        self.transport.start()
+        try:
+            if not self.transport.wait_connected(10):
+                from agent.errors import EdgeloopError
+
+                raise EdgeloopError("cannot connect to the broker", code="broker")
+            yield self
+        finally:
+            self.transport.stop(final=None)
+
+    def pump(
+        self, seconds: float, on_message: Callable[[ParsedTopic, dict[str, Any]], None] | None = None
+    ) -> None:
+        deadline = time.monotonic() + seconds
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            try:
+                msg = self.inbox.get(timeout=min(left, 0.5))
+            except queue.Empty:
+                continue
+            parsed, body = self.ingest(msg)
+            if parsed is not None and on_message is not None:
+                on_message(parsed, body)
+
+    def ingest(self, msg: IncomingMessage) -> tuple[ParsedTopic | None, dict[str, Any]]:
+        try:
+            parsed = parse_topic(msg.topic, self.prefix)
+            body = json.loads(msg.payload.decode("utf-8")) if msg.payload else {}
+        except (ProtocolError, UnicodeDecodeError, json.JSONDecodeError):
+            return None, {}
+        if not isinstance(body, dict):
+            return None, {}
+        view = self.devices.setdefault(parsed.device_id, DeviceView(parsed.device_id))
+        if parsed.kind == "state":
+            view.online = bool(body.get("online"))
+            if view.online:
+                view.state = body
+            else:
+                view.state = view.state | {"reason": body.get("reason")}
+            ts = body.get("ts")
+            view.last_seen = float(ts) if isinstance(ts, int | float) else view.last_seen
+        elif parsed.kind == "telemetry":
+            view.telemetry = body
+            view.last_seen = time.time()
+        return parsed, body
+
+    def rows(self) -> list[dict[str, Any]]:
+        now = time.time()
+        return [v.row(now) for _k, v in sorted(self.devices.items())]
+
+
+COLUMNS = (
+    ("device", 12),
+    ("online", 6),
+    ("class", 22),
+    ("accelerator", 12),
+    ("model", 18),
+    ("variant", 12),
+    ("delegate", 8),
+    ("p95_ms", 8),
+    ("throughput", 10),
+    ("install", 9),
+    ("last_seen_s", 11),
+)
+
+
+def format_table(rows: list[dict[str, Any]], columns: tuple[tuple[str, int], ...] = COLUMNS) -> str:
+    def cell(value: Any) -> str:
+        if value is None:
+            return "-"
+        if isinstance(value, bool):
+            return "yes" if value else "no"
+        if isinstance(value, float):
+            return f"{value:.2f}"
+        return str(value)
+
+    header = "  ".join(name.ljust(width) for name, width in columns)
+    lines = [header, "  ".join("-" * width for _n, width in columns)]
+    for row in rows:
+        lines.append(
+            "  ".join(cell(row.get(name)).ljust(width)[: max(width, 1) + 40] for name, width in columns)
+        )
+    if not rows:
+        lines.append("(no devices seen)")
+    return "\n".join(lines)

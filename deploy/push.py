@@ -1,0 +1,303 @@
+"""Push one model to one device: sign, announce, serve the chunks it asks for, wait for the verdict.
+
+The transfer is pull-based: the device asks for chunk windows on ``{p}/dev/{id}/need`` and this
+process answers each with chunk messages on ``{p}/dev/{id}/chunks/{sha256}``. So a reconnect or
+an agent restart costs only the missing chunks, and the device sets the pace. The verdict is
+the device's ``committed`` / ``rolled_back`` / ``rejected`` (event or command reply).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sys
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from agent import modelfile
+from agent.errors import EdgeloopError, ProtocolError
+from agent.manifest import SignedManifest, model_fields, sign_manifest
+from agent.messages import Command, CommandReply, Event, EventKind, NeedRequest, ReplyStatus
+from agent.protocol import Topics, encode_chunk
+from agent.transport import Transport
+from agent.transport_types import IncomingMessage, TransportConfig
+
+log = logging.getLogger(__name__)
+
+FINAL_EVENTS = {EventKind.COMMITTED, EventKind.ROLLED_BACK, EventKind.REJECTED}
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> BrokerAddress:
+        host, _, port = text.rpartition(":")
+        if not host or not port.isdigit():
+            raise EdgeloopError(f"broker {text!r}: expected HOST:PORT", code="config")
+        return cls(host, int(port))
+
+
+@dataclass
+class PushResult:
+    ok: bool
+    outcome: str  # committed | rolled_back | rejected | duplicate | timeout
+    code: str | None
+    message: str
+    sha256: str
+    release: int
+    bytes_sent: int = 0
+    chunks_sent: int = 0
+    seconds: float = 0.0
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "events"} | {
+            "events": self.events
+        }
+
+
+def build_manifest(
+    model: Path,
+    private_key: Any,
+    *,
+    name: str,
+    version: str,
+    release: int,
+    recipe: str = "unknown",
+    delegate: str = "auto",
+    ttl_s: int = 7 * 24 * 3600,
+    chunk_size: int = 64 * 1024,
+) -> SignedManifest:
+    """Inspect the model, fill variant and requirements from it, and sign."""
+    info = modelfile.inspect(model)
+    fields = model_fields(model, chunk_size)
+    now = int(time.time())
+    fields.update(
+        name=name,
+        version=version,
+        release=release,
+        created=now,
+        expires=now + ttl_s,
+        variant={"recipe": recipe, "dtype": info.quantization, "delegate": delegate},
+        requirements={
+            "accelerator": "edgetpu" if info.is_edgetpu else None,
+            "runtimes": [],
+            "operators": [{"name": o.name, "version": o.version} for o in info.operators],
+            "memory_mb": None,
+        },
+    )
+    return sign_manifest(fields, private_key)
+
+
+class Pusher:
+    """One push session over its own MQTT connection (a host worker)."""
+
+    def __init__(
+        self,
+        broker: BrokerAddress,
+        device_id: str,
+        *,
+        prefix: str = "edgeloop",
+        progress: TextIO | None = None,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.topics = Topics(prefix, device_id)
+        self.client_id = f"edgeloop-push-{uuid.uuid4().hex[:12]}"
+        self.reply_topic = f"{prefix}/host/{self.client_id}/reply"
+        self.inbox: queue.Queue[IncomingMessage] = queue.Queue()
+        self.progress = progress
+        self.on_event = on_event
+        self.transport = Transport(
+            TransportConfig(
+                host=broker.host,
+                port=broker.port,
+                client_id=self.client_id,
+                username=broker.username,
+                password=broker.password,
+                clean_start=True,
+                session_expiry_s=0,
+                subscriptions=[
+                    (self.topics.need, 1),
+                    (self.topics.events, 1),
+                    (self.reply_topic, 1),
+                ],
+            ),
+            self.inbox.put,
+        )
+
+    def __enter__(self) -> Pusher:
+        self.transport.start()
+        if not self.transport.wait_connected(10):
+            self.transport.stop()
+            raise EdgeloopError(
+                "cannot connect to the broker",
+                hint="check --broker HOST:PORT and that the broker runs",
+                code="broker",
+            )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.transport.stop(final=None)
+
+    def push(
+        self,
+        model: Path,
+        signed: SignedManifest,
+        *,
+        timeout_s: float = 600.0,
+        gates: Mapping[str, Any] | None = None,
+        command_expiry_s: int = 300,
+    ) -> PushResult:
+        data = model.read_bytes()
+        m = signed.manifest
+        result = PushResult(False, "timeout", None, "no verdict in time", m.sha256, m.release)
+        cmd = Command(
+            "deploy",
+            uuid.uuid4().hex,
+            {"manifest": signed.to_dict()} | ({"gates": dict(gates)} if gates else {}),
+            time.time(),
+        )
+        correlation = cmd.id.encode()
+        # Subscriptions are in place once connected (the transport subscribes before it
+        # reports the connection), so no need request can be missed.
+        self.transport.publish(
+            self.topics.cmd("deploy"),
+            cmd.to_json(),
+            qos=1,
+            response_topic=self.reply_topic,
+            correlation_data=correlation,
+            message_expiry_interval=command_expiry_s,
+        ).wait(10)
+        t0 = time.monotonic()
+        deadline = t0 + timeout_s
+        chunk_topic = self.topics.chunks(m.sha256)
+        while time.monotonic() < deadline:
+            try:
+                msg = self.inbox.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            done = self._handle(msg, m.sha256, correlation, data, chunk_topic, result)
+            if done:
+                break
+        result.seconds = round(time.monotonic() - t0, 3)
+        if self.progress:
+            self.progress.write("\n")
+        return result
+
+    def _handle(
+        self,
+        msg: IncomingMessage,
+        sha: str,
+        correlation: bytes,
+        data: bytes,
+        chunk_topic: str,
+        result: PushResult,
+    ) -> bool:
+        try:
+            if msg.topic == self.topics.need:
+                need = NeedRequest.from_json(msg.payload)
+                if need.sha256 == sha:
+                    self._serve(need, data, chunk_topic, result)
+                return False
+            if msg.topic == self.reply_topic:
+                if msg.correlation_data != correlation:
+                    return False
+                reply = CommandReply.from_json(msg.payload)
+                return self._on_reply(reply, result)
+            if msg.topic == self.topics.events:
+                event = Event.from_json(msg.payload)
+                if event.data.get("sha256") != sha:
+                    return False
+                result.events.append(event.to_dict())
+                if self.on_event:
+                    self.on_event(event.to_dict())
+                self._show(event.kind, event.data)
+                if event.kind in FINAL_EVENTS:
+                    result.ok = event.kind == EventKind.COMMITTED
+                    result.outcome = event.kind
+                    result.code = event.code
+                    result.message = event.message or event.kind
+                    return True
+        except ProtocolError as exc:
+            log.warning("ignoring a malformed message on %s: %s", msg.topic, exc)
+        return False
+
+    def _on_reply(self, reply: CommandReply, result: PushResult) -> bool:
+        if reply.status == ReplyStatus.ACCEPTED:
+            self._show("accepted", {})
+            return False
+        if reply.status == ReplyStatus.DUPLICATE and reply.message == "already installed":
+            result.ok, result.outcome = True, "duplicate"
+        elif reply.status == ReplyStatus.DUPLICATE:
+            result.ok, result.outcome = False, "duplicate"
+        elif reply.status == ReplyStatus.OK:
+            result.ok, result.outcome = True, str(reply.code or "committed")
+        else:
+            result.ok = False
+            result.outcome = "rejected" if reply.status == ReplyStatus.REJECTED else "rolled_back"
+        result.code, result.message = reply.code, reply.message
+        return True
+
+    def _serve(self, need: NeedRequest, data: bytes, topic: str, result: PushResult) -> None:
+        size = len(data)
+        cs = self._chunk_size
+        for index in need.indexes():
+            start = index * cs
+            if start >= size:
+                continue
+            piece = data[start : start + cs]
+            self.transport.publish(topic, encode_chunk(need.sha256, index, piece), qos=1)
+            result.chunks_sent += 1
+            result.bytes_sent += len(piece)
+        self._show("transfer", {"sent": result.bytes_sent, "size": size})
+
+    _chunk_size = 64 * 1024
+
+    def _show(self, phase: str, data: Mapping[str, Any]) -> None:
+        if self.progress is None:
+            return
+        if phase == "transfer":
+            size = max(1, int(data["size"]))
+            sent = int(data["sent"])
+            frac = min(1.0, sent / size)
+            bar = "#" * int(frac * 30)
+            self.progress.write(f"\rtransfer [{bar:<30}] {sent / 2**20:7.2f} MiB sent")
+        else:
+            self.progress.write(f"\r{phase:<60}")
+        self.progress.flush()
+
+
+def push_model(
+    model: Path,
+    device_id: str,
+    broker: BrokerAddress,
+    private_key: Any,
+    *,
+    name: str,
+    version: str,
+    release: int | None = None,
+    prefix: str = "edgeloop",
+    recipe: str = "unknown",
+    delegate: str = "auto",
+    gates: Mapping[str, Any] | None = None,
+    timeout_s: float = 600.0,
+    progress: TextIO | None = sys.stderr,
+) -> PushResult:
+    """Sign and push ``model``; the release defaults to the current time in milliseconds."""
+    release = int(time.time() * 1000) if release is None else release
+    signed = build_manifest(
+        model, private_key, name=name, version=version, release=release,
+        recipe=recipe, delegate=delegate,
+    )  # fmt: skip
+    with Pusher(broker, device_id, prefix=prefix, progress=progress) as pusher:
+        pusher._chunk_size = signed.manifest.chunk_size
+        return pusher.push(model, signed, timeout_s=timeout_s, gates=gates)

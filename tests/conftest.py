@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.agent_proc import AgentProcess
+from tests.broker import Broker
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    """A fresh Mosquitto on a free port; the test fails if it does not exit cleanly."""
+    b = Broker(tmp_path / "broker").start()
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+@pytest.fixture
+def keys_dir(tmp_path: Path) -> Path:
+    """A fresh host signing key pair; the public key is ``keys_dir / "edgeloop.pub"``."""
+    from deploy.keys import init_keys
+
+    init_keys(tmp_path / "keys")
+    return tmp_path / "keys"
+
+
+@pytest.fixture
+def start_agent(
+    broker: Broker, tmp_path: Path, keys_dir: Path
+) -> Iterator[Callable[..., AgentProcess]]:
+    """Factory: ``start_agent(device_id="pi-01", **kwargs)`` runs a real agent subprocess.
+
+    Every agent still running at the end is stopped with SIGTERM and must exit 0.
+    """
+    started: list[AgentProcess] = []
+
+    def start(device_id: str = "pi-01", *, wait_online: bool = True, **kwargs: Any) -> AgentProcess:
+        state_dir = kwargs.pop("state_dir", tmp_path / f"state-{device_id}")
+        agent = AgentProcess(
+            broker, state_dir, keys_dir / "edgeloop.pub", device_id=device_id, **kwargs
+        )
+        started.append(agent)
+        return agent.start(wait_online=wait_online)
+
+    yield start
+    failures = []
+    for agent in started:
+        if agent.proc is not None:
+            rc = agent.stop()
+            if rc != 0:
+                failures.append(f"{agent.device_id} exited {rc}:\n{agent.log()}")
+    assert not failures, "\n".join(failures)

@@ -1,0 +1,87 @@
+"""Shared helpers for the manifest / store / protocol tests."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from agent.manifest import Manifest, SignedManifest, key_id_of, model_fields, sign_manifest
+from agent.protocol import canonical_json
+
+NOW = 1_700_000_000
+
+
+def new_key() -> tuple[Ed25519PrivateKey, dict[str, Ed25519PublicKey]]:
+    key = Ed25519PrivateKey.generate()
+    return key, {key_id_of(key.public_key()): key.public_key()}
+
+
+def model_bytes(size: int, seed: int = 0) -> bytes:
+    out = bytearray()
+    block = hashlib.sha256(b"seed%d" % seed).digest()
+    while len(out) < size:
+        block = hashlib.sha256(block).digest()
+        out += block
+    return bytes(out[:size])
+
+
+def signed(
+    key: Ed25519PrivateKey,
+    data: bytes,
+    *,
+    name: str = "digits",
+    release: int = 1,
+    chunk_size: int = 1024,
+    **extra: Any,
+) -> SignedManifest:
+    fields: dict[str, Any] = {"name": name, "version": f"1.{release}", "release": release}
+    fields.update(model_fields(data, chunk_size))
+    fields.setdefault("created", NOW)
+    fields.update(extra)
+    return sign_manifest(fields, key, now=NOW)
+
+
+def sign_raw_body(key: Ed25519PrivateKey, body: dict[str, Any]) -> bytes:
+    """An envelope whose signature is valid over ANY body (to reach the checks after it)."""
+    sig = key.sign(canonical_json(body, allow_floats=False))
+    envelope = {
+        "manifest": body,
+        "sig": base64.b64encode(sig).decode(),
+        "key_id": key_id_of(key.public_key()),
+    }
+    return canonical_json(envelope)
+
+
+def write_all(store: Any, manifest: Manifest, data: bytes) -> None:
+    for r in store.begin(manifest):
+        for i in r:
+            store.write_chunk(
+                manifest.sha256, i, data[i * manifest.chunk_size : (i + 1) * manifest.chunk_size]
+            )
+
+
+def install(store: Any, manifest: Manifest, data: bytes) -> None:
+    """The daemon's happy path, minus probe and health gates."""
+    store.check_release(manifest)
+    write_all(store, manifest, data)
+    store.record_release(manifest)
+    store.finish(manifest.sha256)
+    store.set_trial(manifest.sha256, manifest)
+    store.commit_trial()
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every file and directory under root with a content hash (to prove nothing changed)."""
+    out: dict[str, str] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for d in dirnames:
+            out[os.path.relpath(os.path.join(dirpath, d), root) + "/"] = "dir"
+        for f in filenames:
+            p = os.path.join(dirpath, f)
+            out[os.path.relpath(p, root)] = hashlib.sha256(Path(p).read_bytes()).hexdigest()
+    return out
