@@ -403,6 +403,8 @@ class Agent:
 
     def _handle_command(self, verb: str, msg: IncomingMessage) -> None:
         cmd = Command.from_json(msg.payload, verb)
+        if verb == "deploy":
+            _check_deploy_args(cmd.args)
         to = ReplyTo(cmd.id, verb, msg.response_topic, msg.correlation_data)
         if cmd.id in self._seen and verb != "deploy":  # deploy dedups by release (P4, P16)
             self.reply(to, ReplyStatus.DUPLICATE, None, "command already handled")
@@ -520,7 +522,20 @@ class Agent:
                 JSON_CONTENT_TYPE,
             )
             return
-        inputs, as_npy = decode_request(msg.payload, msg.content_type)
+        limit = self.cfg.limits.max_payload_kb * 1024
+        try:
+            if len(msg.payload) > limit:
+                raise ProtocolError(
+                    f"inference request of {len(msg.payload)} bytes exceeds {limit} bytes",
+                    code=Reason.TOO_LARGE,
+                    hint="raise limits.max_payload_kb or send a smaller .npy",
+                )
+            inputs, as_npy = decode_request(msg.payload, msg.content_type)
+        except EdgeloopError as exc:  # reply in the inference format, then the event
+            reply({"ok": False, **exc.to_dict()}, None, JSON_CONTENT_TYPE)
+            log.warning("rejected input on %s: %s", msg.topic, exc)
+            self.event(EventKind.INPUT_REJECTED, exc.code, exc.message, topic=msg.topic[:200])
+            return
         if not server.submit(InferenceJob(inputs, reply, as_npy)):
             reply(
                 {"ok": False, "code": Reason.BUSY, "message": "inference queue full"},
@@ -550,6 +565,15 @@ class Agent:
         crash_point("before_telemetry")
         self.outbox.append(self.topics.telemetry, lambda seq: canonical_json(record | {"seq": seq}))
         self.state_changed()
+
+
+def _check_deploy_args(args: dict[str, Any]) -> None:
+    """The unsigned deploy arguments next to the manifest: wrong types are malformed input."""
+    gates, delegate = args.get("gates"), args.get("delegate")
+    if gates is not None and not isinstance(gates, dict):
+        raise ProtocolError("cmd/deploy: args.gates must be an object")
+    if delegate is not None and not (isinstance(delegate, str) and len(delegate) <= 512):
+        raise ProtocolError("cmd/deploy: args.delegate must be a string")
 
 
 def run_agent(cfg: AgentConfig) -> int:

@@ -12,6 +12,7 @@ import contextlib
 import io
 import json
 import logging
+import math
 import queue
 import threading
 import time
@@ -109,11 +110,7 @@ def decode_request(payload: bytes, content_type: str | None) -> tuple[list[Any],
     Returns (arrays, as_npy). Raises InferenceInputError naming what was wrong.
     """
     if payload[:6] == b"\x93NUMPY" or content_type == NPY_CONTENT_TYPE:
-        try:
-            arr = np.load(io.BytesIO(payload), allow_pickle=False)
-        except (ValueError, OSError, EOFError) as exc:
-            raise InferenceInputError(f"not a valid .npy array: {exc}") from exc
-        return [arr], True
+        return [_load_npy(payload)], True
     try:
         doc = json.loads(payload.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -130,6 +127,31 @@ def decode_request(payload: bytes, content_type: str | None) -> tuple[list[Any],
     if isinstance(doc, list):
         return [doc], False
     raise InferenceInputError("JSON request must be an object or an array")
+
+
+def _load_npy(payload: bytes) -> npt.NDArray[Any]:
+    """np.load, after checking that the header's shape and dtype fit the bytes that follow
+    (np.load allocates what the header claims first: 100 bytes could ask for terabytes)."""
+    fmt = np.lib.format
+    buf = io.BytesIO(payload)
+    try:
+        version = fmt.read_magic(buf)
+        if version == (1, 0):
+            shape, _fortran, dtype = fmt.read_array_header_1_0(buf)
+        else:  # 2.0 and 3.0 differ only in the header's text encoding
+            shape, _fortran, dtype = fmt.read_array_header_2_0(buf)
+        if dtype.hasobject:
+            raise ValueError("object arrays are not accepted")
+        expected = math.prod(shape) * dtype.itemsize
+        if expected != len(payload) - buf.tell():
+            raise ValueError(
+                f"header says {list(shape)} {dtype} ({expected} bytes), "
+                f"{len(payload) - buf.tell()} bytes follow"
+            )
+        arr: npt.NDArray[Any] = np.load(io.BytesIO(payload), allow_pickle=False)
+    except (ValueError, OSError, EOFError, TypeError, SyntaxError) as exc:
+        raise InferenceInputError(f"not a valid .npy array: {exc}") from exc
+    return arr
 
 
 def _quantize(values: npt.NDArray[Any], detail: dict[str, Any]) -> npt.NDArray[Any]:
@@ -153,10 +175,12 @@ def to_model_inputs(raw: Sequence[Any], details: list[dict[str, Any]]) -> list[n
             arr = np.asarray(value)
         except (ValueError, TypeError) as exc:
             raise InferenceInputError(f"input {detail['name']!r}: not an array: {exc}") from exc
-        if arr.dtype == object or not (
-            np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_
+        if (
+            arr.dtype == object
+            or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_)
+            or np.issubdtype(arr.dtype, np.complexfloating)
         ):
-            raise InferenceInputError(f"input {detail['name']!r}: expected numbers")
+            raise InferenceInputError(f"input {detail['name']!r}: expected real numbers")
         want = tuple(int(d) for d in detail["shape"])
         if arr.shape != want:
             if arr.size == int(np.prod(want)):
@@ -167,7 +191,11 @@ def to_model_inputs(raw: Sequence[Any], details: list[dict[str, Any]]) -> list[n
                 raise InferenceInputError(
                     f"input {detail['name']!r}: shape {list(arr.shape)} does not fit {list(want)}"
                 )
-        out.append(_quantize(arr, detail))
+        converted = _quantize(arr, detail)
+        if np.issubdtype(converted.dtype, np.floating) and not np.isfinite(converted).all():
+            # NaN/Inf in means NaN out: the client's fault, not the model's (trial gates)
+            raise InferenceInputError(f"input {detail['name']!r}: contains NaN or infinity")
+        out.append(converted)
     return out
 
 

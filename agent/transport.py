@@ -272,7 +272,7 @@ class Transport:
         return client
 
     def _on_connect(
-        self, client: mqtt.Client, _u: Any, flags: Any, rc: ReasonCode, _p: Any
+        self, client: mqtt.Client, _u: Any, flags: Any, rc: ReasonCode, props: Any
     ) -> None:
         self._last_connack = rc.value
         if rc.is_failure:
@@ -284,7 +284,9 @@ class Transport:
         self._n["connects"] += 1
         self._last_error = None
         limits = [
-            x for x in (self.config.max_packet_bytes, getattr(_p, "MaximumPacketSize", None)) if x
+            x
+            for x in (self.config.max_packet_bytes, getattr(props, "MaximumPacketSize", None))
+            if x
         ]
         self._max_packet = min(limits) if limits else None
         self._attempt = 0
@@ -318,7 +320,13 @@ class Transport:
             h._resolve(None, "connection lost")
         if self._connected.is_set():
             self._n["disconnects"] += 1
-            log.warning("disconnected from %s:%s: %s", self.config.host, self.config.port, rc)
+            log.log(
+                logging.INFO if self._stop.is_set() else logging.WARNING,
+                "disconnected from %s:%s: %s",
+                self.config.host,
+                self.config.port,
+                rc,
+            )
         self._set_connected(False)
 
     def _on_paho_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:

@@ -5,6 +5,7 @@
     edge-deploy push MODEL --device ID --broker HOST:PORT --keys DIR [--name N --version V]
     edge-deploy fleet --broker HOST:PORT [--wait S] [--json]
     edge-deploy watch --broker HOST:PORT [--seconds S] [--device ID]
+    edge-deploy demo [--workdir DIR]          a whole fleet on this machine
 
 Bad input prints one line on stderr and exits 2; a push that ends rolled back or rejected exits 1.
 """
@@ -128,6 +129,12 @@ def cmd_watch(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from deploy.demo import run_demo
+
+    return run_demo(Path(args.workdir) if args.workdir else None)
+
+
 def _broker_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--broker", default="127.0.0.1:1883", help="HOST:PORT of the MQTT broker")
     p.add_argument("--username", default=None)
@@ -178,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     _broker_options(p)
     p.set_defaults(func=cmd_watch)
+    p = sub.add_parser("demo", help="a whole fleet on this machine (embedded broker, 3 agents)")
+    p.add_argument("--workdir", default=None, help="keep everything here (default: a temp dir)")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 

@@ -16,7 +16,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.protocol import ParsedTopic, ProtocolError, parse_topic
+from agent.errors import ProtocolError
+from agent.protocol import ParsedTopic, parse_topic
 from agent.transport import Transport
 from agent.transport_types import IncomingMessage, TransportConfig
 from deploy.push import BrokerAddress
@@ -92,7 +93,9 @@ class FleetWatcher:
             self.transport.stop(final=None)
 
     def pump(
-        self, seconds: float, on_message: Callable[[ParsedTopic, dict[str, Any]], None] | None = None
+        self,
+        seconds: float,
+        on_message: Callable[[ParsedTopic, dict[str, Any]], None] | None = None,
     ) -> None:
         deadline = time.monotonic() + seconds
         while True:
@@ -163,7 +166,9 @@ def format_table(rows: list[dict[str, Any]], columns: tuple[tuple[str, int], ...
     lines = [header, "  ".join("-" * width for _n, width in columns)]
     for row in rows:
         lines.append(
-            "  ".join(cell(row.get(name)).ljust(width)[: max(width, 1) + 40] for name, width in columns)
+            "  ".join(
+                cell(row.get(name)).ljust(width)[: max(width, 1) + 40] for name, width in columns
+            )
         )
     if not rows:
         lines.append("(no devices seen)")

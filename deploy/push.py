@@ -60,9 +60,7 @@ class PushResult:
     events: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "events"} | {
-            "events": self.events
-        }
+        return {k: v for k, v in self.__dict__.items() if k != "events"} | {"events": self.events}
 
 
 def build_manifest(

@@ -15,7 +15,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -190,20 +190,16 @@ class Observer:
                 if raise_:
                     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
                 return None
-            try:
+            with suppress(queue.Empty):
                 self.messages.append(self._q.get(timeout=min(left, 0.2)))
-            except queue.Empty:
-                pass
 
     def json_messages(self, topic_suffix: str) -> list[dict[str, Any]]:
         self._drain()
         out = []
         for m in self.messages:
             if m.topic.endswith(topic_suffix):
-                try:
+                with suppress(ValueError):
                     out.append(json.loads(m.payload))
-                except ValueError:
-                    pass
         return out
 
     def wait_event(self, kind: str, timeout: float = 60.0, **data: Any) -> dict[str, Any]:

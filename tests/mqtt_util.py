@@ -4,18 +4,25 @@ and a deadline-based wait. No sleeps that hide races: everything polls a conditi
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+
+from tests.broker import Broker
+
+REPO = Path(__file__).resolve().parents[1]
 
 MOSQUITTO_SUB = shutil.which("mosquitto_sub") or "/usr/bin/mosquitto_sub"
 MOSQUITTO_PUB = shutil.which("mosquitto_pub") or "/usr/bin/mosquitto_pub"
@@ -170,3 +177,47 @@ def mosquitto_sub(
     ]
     proc = subprocess.run(cmd, capture_output=True, timeout=timeout_s + 5, check=False)
     return proc.stdout.decode(errors="replace").splitlines()
+
+
+# ----- the device-like client subprocess (tests/mqtt_client_proc.py) ---------------------
+def start_proc(
+    broker: Broker, client_id: str, *extra: str, keepalive: int = 2
+) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.mqtt_client_proc",
+            "--port",
+            str(broker.port),
+            "--client-id",
+            client_id,
+            "--keepalive",
+            str(keepalive),
+            *extra,
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+
+
+def read_until(proc: subprocess.Popen[str], marker: str, timeout: float = 15.0) -> list[str]:
+    """Read the child's stdout lines until one starts with ``marker`` (deadline enforced)."""
+    assert proc.stdout is not None
+    lines: list[str] = []
+    end = time.monotonic() + timeout
+    os.set_blocking(proc.stdout.fileno(), False)
+    while time.monotonic() < end:
+        line = proc.stdout.readline()
+        if line:
+            lines.append(line.strip())
+            if line.startswith(marker):
+                return lines
+        elif proc.poll() is not None:
+            break
+        else:
+            time.sleep(0.01)
+    raise AssertionError(f"child did not print {marker!r} within {timeout}s: {lines}")

@@ -198,7 +198,8 @@ def test_energy_counter_arithmetic_and_wraparound():
     counter = EnergyCounter(wrap_uj=1_000_000)
     assert counter.update(10.0, 900_000) == []
     [s] = counter.update(12.0, 100_000)  # wrapped: 100_000 + 1_000_000 - 900_000 = 0.2 J
-    assert (s.t, s.watts) == (10.0, pytest.approx(0.1))
+    assert s.t == 10.0
+    assert s.watts == pytest.approx(0.1)
     assert counter.wraps == 1
     plain = EnergyCounter()
     plain.update(0.0, 5_000_000)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.energy import EnergySampler, open_meter
+from agent.energy import EnergySampler, EnergyWindow, open_meter
 from tests.sim_meters import PowerProfile, SimLineMeter, SimUM25C
 
 IDLE_W, LOAD_W = 2.5, 5.0
@@ -78,7 +78,7 @@ def started(spec: str, **kwargs) -> EnergySampler:
     return EnergySampler(open_meter(spec), **kwargs).start()
 
 
-def assert_close(window, expected, rel=0.10):
+def assert_close(window: EnergyWindow, expected: tuple[float, float], rel: float = 0.10) -> None:
     gross, net = expected
     assert window.missing_reason is None
     assert window.mj_per_inference == pytest.approx(gross, rel=rel)
@@ -160,7 +160,11 @@ def test_um25c_unplugged_then_replugged(um25c):
 
 @pytest.mark.parametrize(
     ("mode", "code"),
-    [("silent", "meter_silent"), ("partial", "meter_garbage"), ("wrong_model", "meter_wrong_model")],
+    [
+        ("silent", "meter_silent"),
+        ("partial", "meter_garbage"),
+        ("wrong_model", "meter_wrong_model"),
+    ],
 )
 def test_um25c_misbehaving_meter_is_reported_and_recovers(um25c, mode, code):
     sampler = started(f"um25c:{um25c.path}?interval=0.05&timeout=0.3", max_hold_s=0.2)
@@ -206,8 +210,7 @@ def test_um25c_configured_model_must_match(um25c):
 
 
 def test_line_meter_unplugged_then_replugged(line_meter):
-    sampler = started(f"serial_lines:{line_meter.path}?fields=ms,mV,mA&timeout=0.3",
-                      max_hold_s=0.2)
+    sampler = started(f"serial_lines:{line_meter.path}?fields=ms,mV,mA&timeout=0.3", max_hold_s=0.2)
     try:
         assert sampler.wait_baseline(10) is not None
         line_meter.unplug()
@@ -221,8 +224,7 @@ def test_line_meter_unplugged_then_replugged(line_meter):
 
 
 def test_line_meter_silent_then_back(line_meter):
-    sampler = started(f"serial_lines:{line_meter.path}?fields=ms,mV,mA&timeout=0.3",
-                      max_hold_s=0.2)
+    sampler = started(f"serial_lines:{line_meter.path}?fields=ms,mV,mA&timeout=0.3", max_hold_s=0.2)
     try:
         assert sampler.wait_baseline(10) is not None
         line_meter.mode = "silent"

@@ -1,0 +1,306 @@
+"""A scriptable host for the end-to-end delivery tests, plus small shared helpers.
+
+``ScriptedHost`` does what ``deploy.push.Pusher`` does (publish ``cmd/deploy``, answer every
+``need`` with chunk messages, collect replies and events) but each step can be bent: chunks
+served in reverse order, twice, with wrong bytes for chosen indexes, needs answered twice, the
+whole host -> device traffic recorded for a later replay. It runs on its own MQTT connection and
+can be dropped at any moment (the agent just died), unlike a blocking ``Pusher.push``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent.errors import ProtocolError
+from agent.manifest import SignedManifest
+from agent.messages import Command, CommandReply, Event, NeedRequest
+from agent.protocol import Topics, encode_chunk
+from agent.transport import Transport
+from agent.transport_types import IncomingMessage, TransportConfig
+from tests.agent_proc import AgentProcess, Observer, wait_for
+from tests.broker import Broker
+from tests.modelzoo import digits_data
+
+GATES: dict[str, Any] = {"min_inferences": 20, "min_seconds": 0.5}
+
+# Health defaults for installs that start without a deploy (a resume after a restart).
+AGENT_CONFIG = """\
+[broker]
+reconnect_min_s = 0.2
+reconnect_max_s = 1.0
+
+[health]
+min_inferences = 20
+min_seconds = 0.5
+probe_timeout_s = 30.0
+"""
+
+
+def agent_config(directory: Path) -> list[str]:
+    """``--config FILE`` arguments for a quick-gated agent."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "agent-test.toml"
+    path.write_text(AGENT_CONFIG)
+    return ["--config", str(path)]
+
+
+@dataclass(frozen=True)
+class Sent:
+    """One host -> device publish, kept for replays."""
+
+    topic: str
+    payload: bytes
+    response_topic: str | None = None
+    correlation: bytes | None = None
+
+
+Order = Callable[[list[int]], list[int]]
+
+
+class ScriptedHost:
+    def __init__(self, broker: Broker, device_id: str = "pi-01", prefix: str = "edgeloop") -> None:
+        self.topics = Topics(prefix, device_id)
+        self.client_id = f"test-host-{uuid.uuid4().hex[:10]}"
+        self.reply_topic = f"{prefix}/host/{self.client_id}/reply"
+        self._q: queue.Queue[IncomingMessage | None] = queue.Queue()
+        self._lock = threading.Lock()
+        self.models: dict[str, tuple[bytes, int]] = {}
+        self.order: Order = lambda indexes: indexes  # which chunks, in which order, per need
+        self.need_repeat = 1  # answer each need this many times
+        self.corrupt: dict[int, int] = {}  # chunk index -> how many more times to send it wrong
+        self.serving = True
+        self.needs: list[NeedRequest] = []
+        self.replies: list[CommandReply] = []
+        self.events: list[Event] = []
+        self.sent: list[Sent] = []
+        self.bytes_sent = 0
+        self.chunks_sent = 0
+        self.transport = Transport(
+            TransportConfig(
+                host=broker.host, port=broker.port, client_id=self.client_id, clean_start=True,
+                session_expiry_s=0,
+                subscriptions=[(self.topics.need, 1), (self.topics.events, 1),
+                               (self.reply_topic, 1)],
+            ),
+            self._q.put,
+        )  # fmt: skip
+        self._worker = threading.Thread(target=self._run, name="scripted-host", daemon=True)
+
+    def __enter__(self) -> ScriptedHost:
+        self.transport.start()
+        if not self.transport.wait_connected(10):
+            raise AssertionError("the scripted host could not connect")
+        self._worker.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._worker.is_alive():
+            self._q.put(None)
+            self._worker.join(10)
+        self.transport.stop(final=None)
+
+    # ---- host -> device ----------------------------------------------------------------------
+    def offer(self, model: bytes, signed: SignedManifest) -> None:
+        """Answer needs for this model's chunks."""
+        self.models[signed.manifest.sha256] = (model, signed.manifest.chunk_size)
+
+    def publish(self, sent: Sent, *, expiry: int | None = None, record: bool = True) -> None:
+        handle = self.transport.publish(
+            sent.topic, sent.payload, qos=1, response_topic=sent.response_topic,
+            correlation_data=sent.correlation, message_expiry_interval=expiry,
+        )  # fmt: skip
+        if not handle.wait(10) or handle.error:
+            raise AssertionError(f"publish to {sent.topic} failed: {handle.error}")
+        if record:
+            with self._lock:
+                self.sent.append(sent)
+
+    def deploy(
+        self,
+        manifest: SignedManifest | Mapping[str, Any],
+        *,
+        gates: Mapping[str, Any] | None = GATES,
+        cmd_id: str | None = None,
+        expiry: int | None = None,
+        extra_args: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Publish ``cmd/deploy``; returns the command id (= the correlation data)."""
+        envelope = manifest.to_dict() if isinstance(manifest, SignedManifest) else dict(manifest)
+        args: dict[str, Any] = {"manifest": envelope}
+        if gates:
+            args["gates"] = dict(gates)
+        args.update(extra_args or {})
+        cmd = Command("deploy", cmd_id or uuid.uuid4().hex, args, time.time())
+        self.publish(
+            Sent(self.topics.cmd("deploy"), cmd.to_json(), self.reply_topic, cmd.id.encode()),
+            expiry=expiry,
+        )
+        return cmd.id
+
+    def command(self, verb: str, args: Mapping[str, Any] | None = None, *,
+                expiry: int | None = None) -> str:  # fmt: skip
+        cmd = Command(verb, uuid.uuid4().hex, dict(args or {}), time.time())
+        self.publish(
+            Sent(self.topics.cmd(verb), cmd.to_json(), self.reply_topic, cmd.id.encode()),
+            expiry=expiry,
+        )
+        return cmd.id
+
+    def replay(self, messages: list[Sent]) -> None:
+        for m in messages:
+            self.publish(m, record=False)
+
+    # ---- device -> host ----------------------------------------------------------------------
+    def wait_reply(self, cmd_id: str, timeout: float = 30.0,
+                   status: str | None = None) -> CommandReply:  # fmt: skip
+        def found() -> CommandReply | None:
+            with self._lock:
+                for r in self.replies:
+                    if r.id == cmd_id and (status is None or r.status == status):
+                        return r
+            return None
+
+        reply: CommandReply = wait_for(found, timeout, f"reply {status or ''} to {cmd_id}")
+        return reply
+
+    def replies_to(self, cmd_id: str) -> list[CommandReply]:
+        with self._lock:
+            return [r for r in self.replies if r.id == cmd_id]
+
+    def wait_event(self, kind: str, sha256: str | None = None, timeout: float = 60.0) -> Event:
+        def found() -> Event | None:
+            with self._lock:
+                for e in self.events:
+                    if e.kind == kind and (sha256 is None or e.data.get("sha256") == sha256):
+                        return e
+            return None
+
+        event: Event = wait_for(found, timeout, f"event {kind} for {sha256}")
+        return event
+
+    def events_of(self, kind: str, sha256: str | None = None) -> list[Event]:
+        with self._lock:
+            return [e for e in self.events
+                    if e.kind == kind and (sha256 is None or e.data.get("sha256") == sha256)]  # fmt: skip
+
+    # ---- worker ------------------------------------------------------------------------------
+    def _run(self) -> None:
+        while (msg := self._q.get()) is not None:
+            try:
+                self._handle(msg)
+            except ProtocolError:
+                pass
+
+    def _handle(self, msg: IncomingMessage) -> None:
+        if msg.topic == self.topics.need:
+            need = NeedRequest.from_json(msg.payload)
+            with self._lock:
+                self.needs.append(need)
+            if self.serving and need.sha256 in self.models:
+                for _ in range(self.need_repeat):
+                    self._serve(need)
+        elif msg.topic == self.reply_topic:
+            reply = CommandReply.from_json(msg.payload)
+            with self._lock:
+                self.replies.append(reply)
+        elif msg.topic == self.topics.events:
+            event = Event.from_json(msg.payload)
+            with self._lock:
+                self.events.append(event)
+
+    def _serve(self, need: NeedRequest) -> None:
+        data, cs = self.models[need.sha256]
+        topic = self.topics.chunks(need.sha256)
+        for index in self.order(need.indexes()):
+            piece = data[index * cs : (index + 1) * cs]
+            if not piece:
+                continue
+            if self.corrupt.get(index, 0) > 0:
+                self.corrupt[index] -= 1
+                piece = bytes([piece[0] ^ 0xFF]) + piece[1:]
+            self.publish(Sent(topic, encode_chunk(need.sha256, index, piece)))
+            self.bytes_sent += len(piece)
+            self.chunks_sent += 1
+
+
+# ---- store and serving checks ------------------------------------------------------------------
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def store_problems(state_dir: Path) -> list[str]:
+    """P1's disk invariant: every file in models/ is complete (its name is its sha256), no temp
+    files survive a restart, pointers name files that exist."""
+    problems = []
+    for p in sorted((state_dir / "models").glob("*.tflite")):
+        if sha256_file(p) != p.name.split(".")[0]:
+            problems.append(f"models/{p.name} does not match its sha256")
+    for p in sorted((state_dir / "models").iterdir()):
+        if p.name.startswith(".") or p.name.endswith(".part"):
+            problems.append(f"partial file models/{p.name}")
+    for p in sorted((state_dir / "pointers").iterdir()):
+        if p.name.startswith("."):
+            problems.append(f"temp file pointers/{p.name}")
+            continue
+        sha = json.loads(p.read_bytes())["sha256"]
+        if not (state_dir / "models" / f"{sha}.tflite").is_file():
+            problems.append(f"pointer {p.name} names missing model {sha}")
+    for root, _dirs, files in os.walk(state_dir):
+        rel = Path(root).relative_to(state_dir)
+        for f in files:
+            if f.endswith(".part") and rel.parts[:1] != ("staging",):
+                problems.append(f"partial file {rel / f} outside staging/")
+    return problems
+
+
+def model_files(state_dir: Path) -> set[str]:
+    return {p.name.split(".")[0] for p in (state_dir / "models").glob("*.tflite")}
+
+
+def pointer_sha(state_dir: Path, which: str = "current") -> str | None:
+    try:
+        return str(json.loads((state_dir / "pointers" / which).read_bytes())["sha256"])
+    except FileNotFoundError:
+        return None
+
+
+def infer(broker: Broker, device_id: str, inputs: list[Any], timeout: float = 20.0) -> dict[str, Any]:
+    """One inference request over MQTT; returns the JSON reply."""
+    reply_topic = f"test/{uuid.uuid4().hex}"
+    corr = uuid.uuid4().bytes
+    with Observer(broker, [reply_topic]) as obs:
+        obs.transport.publish(
+            f"edgeloop/dev/{device_id}/infer", json.dumps({"inputs": inputs}),
+            response_topic=reply_topic, correlation_data=corr,
+        ).wait(5)  # fmt: skip
+        msg = obs.wait_message(lambda m: m.correlation_data == corr, timeout, "inference reply")
+        assert msg is not None
+        result: dict[str, Any] = json.loads(msg.payload)
+        return result
+
+
+def assert_digits_serving(agent: AgentProcess, sha256: str) -> None:
+    """The retained state names ``sha256`` and an inference on it answers correctly."""
+    state = agent.state()
+    assert state is not None and state["model"] is not None, state
+    assert state["model"]["sha256"] == sha256, (state["model"], sha256)
+    x, labels = digits_data()
+    body = infer(agent.broker, agent.device_id, [x[0].tolist()])
+    assert body["ok"] is True, body
+    assert body["model"]["sha256"] == sha256
+    assert max(range(10), key=lambda i: body["outputs"][0][i]) == int(labels[0])
