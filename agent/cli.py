@@ -291,3 +291,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `edge-... --json | head`: the reader went away, not an error
+        sys.stderr.close()
+        return 0

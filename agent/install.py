@@ -33,6 +33,8 @@ from agent.store import ModelStore
 
 log = logging.getLogger(__name__)
 
+MAX_BAD_CHUNK = 5  # the same chunk failing its hash this often ends the install (endless data)
+
 
 @dataclass(frozen=True)
 class ReplyTo:
@@ -117,6 +119,7 @@ class Install:
     inflight: dict[int, float] = field(default_factory=dict)
     received_bytes: int = 0
     corrupt_chunks: int = 0
+    bad_by_index: dict[int, int] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
     last_rx: float = field(default_factory=time.monotonic)
     last_progress: float = 0.0
@@ -158,6 +161,7 @@ class Installer:
         chunk_timeout_s: float = 3.0,
         probe_timeout_s: float = 60.0,
         probe_memory_mb: int = 2048,
+        reconnect_grace_s: float = 0.5,
     ) -> None:
         self.host = host
         self.default_gates = default_gates
@@ -166,6 +170,7 @@ class Installer:
         self.chunk_timeout_s = chunk_timeout_s
         self.probe_timeout_s = probe_timeout_s
         self.probe_memory_mb = probe_memory_mb
+        self.reconnect_grace_s = reconnect_grace_s
         self.active: Install | None = None
         self.stale_chunks = 0
 
@@ -275,9 +280,7 @@ class Installer:
             fresh = self.host.store.write_chunk(sha256, frame.index, frame.data)
         except StoreError as exc:
             if exc.code == Reason.BAD_CHUNK:
-                a.corrupt_chunks += 1
-                log.warning("chunk %d of %s failed its hash: asking again", frame.index, sha256)
-                self._request_more(a, force=True)
+                self._bad_chunk(a, frame.index)
                 return
             raise
         if fresh:
@@ -285,11 +288,30 @@ class Installer:
         crash_point(f"after_chunk:{frame.index}")
         self._continue()
 
+    def _bad_chunk(self, a: Install, index: int) -> None:
+        """Ask again for this one chunk only (the rest of the window is still on its way)."""
+        a.corrupt_chunks += 1
+        a.bad_by_index[index] = n = a.bad_by_index.get(index, 0) + 1
+        if n > MAX_BAD_CHUNK:
+            self._fail_install(
+                a, Reason.BAD_CHUNK, f"chunk {index} failed its sha256 {n} times: giving up"
+            )
+            return
+        log.warning("chunk %d of %s failed its hash: asking again", index, a.manifest.sha256)
+        a.inflight[index] = time.monotonic()
+        self.host.request_chunks(a.manifest.sha256, [index])
+
     def on_connected(self) -> None:
+        """Back online. The session is persistent, so the broker now delivers the chunks it
+        queued and re-sends unacknowledged ones: asking for the whole window again would move
+        it twice. Ask only what is not already requested; whatever stays missing is asked
+        again when nothing arrives for ``reconnect_grace_s`` (a lost session, a need that was
+        published while offline)."""
         a = self.active
-        if a is not None and a.phase == "downloading":
-            a.inflight.clear()
-            self._request_more(a, force=True)
+        if a is None or a.phase != "downloading":
+            return
+        a.last_rx = time.monotonic() - self.chunk_timeout_s + self.reconnect_grace_s
+        self._request_more(a)
 
     def _continue(self) -> None:
         a = self.active
@@ -417,7 +439,9 @@ class Installer:
         self.host.state_changed()
         self.host.reply(a.reply, ReplyStatus.ERROR, code, message, **_ref(a.manifest))
         self.host.event(
-            EventKind.ROLLED_BACK if code != Reason.BAD_MODEL else EventKind.REJECTED,
+            EventKind.REJECTED
+            if code in (Reason.BAD_MODEL, Reason.BAD_CHUNK)
+            else EventKind.ROLLED_BACK,
             code,
             message,
             **_ref(a.manifest),

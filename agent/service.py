@@ -137,7 +137,7 @@ class Agent:
         try:
             from agent.energy import EnergySampler, open_meter
 
-            sampler = EnergySampler(open_meter(spec))
+            sampler = EnergySampler(open_meter(spec), baseline_s=self.cfg.energy.idle_baseline_s)
             return sampler.start()
         except EdgeloopError as exc:
             log.error("energy meter %s unavailable: %s (telemetry goes on without it)", spec, exc)
@@ -207,7 +207,11 @@ class Agent:
 
     def _healthy(self, now: float) -> bool:
         """All loops make progress: the core (here), inference worker, MQTT thread."""
-        limit = max(30.0, 3 * self._telemetry_interval)
+        # A loop stalled for longer than the watchdog interval is what the operator's
+        # WatchdogSec calls unhealthy: stop pinging, systemd restarts us one interval later.
+        # (2 s floor: an idle worker reports progress every second.)
+        wd = self.notifier.watchdog_s
+        limit = max(2.0, wd) if wd else max(30.0, 3 * self._telemetry_interval)
         for server in (self.server, self.trial_server):
             if server is not None and now - server.last_progress > limit:
                 return False

@@ -13,6 +13,7 @@ import io
 import json
 import logging
 import math
+import os
 import queue
 import threading
 import time
@@ -27,6 +28,11 @@ from agent.errors import EdgeloopError
 from agent.inputs import random_inputs
 
 log = logging.getLogger(__name__)
+
+#: Test hook (P13 watchdog tests): ``EDGELOOP_HANG_AT=inference:N`` blocks the inference worker
+#: forever just before the job that follows N successful inferences, as a wedged driver would.
+HANG_ENV = "EDGELOOP_HANG_AT"
+_HANG_AT = os.environ.get(HANG_ENV) or None
 
 NPY_CONTENT_TYPE = "application/x-npy"
 JSON_CONTENT_TYPE = "application/json"
@@ -278,6 +284,9 @@ class Server:
                 continue
             if job is None:
                 return
+            if _HANG_AT is not None and _HANG_AT == f"inference:{self.total}":
+                log.warning("%s=%s: the inference worker hangs now", HANG_ENV, _HANG_AT)
+                threading.Event().wait()
             self._handle(job)
             self._last_progress = time.monotonic()
 

@@ -157,6 +157,7 @@ class Pusher:
     ) -> PushResult:
         data = model.read_bytes()
         m = signed.manifest
+        self._chunk_size = m.chunk_size  # serve chunks at the size the manifest was signed with
         result = PushResult(False, "timeout", None, "no verdict in time", m.sha256, m.release)
         cmd = Command(
             "deploy",
@@ -232,6 +233,11 @@ class Pusher:
     def _on_reply(self, reply: CommandReply, result: PushResult) -> bool:
         if reply.status == ReplyStatus.ACCEPTED:
             self._show("accepted", {})
+            return False
+        if reply.status == ReplyStatus.DUPLICATE and reply.message == "already installing":
+            # the device is resuming this very transfer (after a restart or reconnect): keep
+            # serving its needs and wait for the verdict event
+            self._show("resuming", {})
             return False
         if reply.status == ReplyStatus.DUPLICATE and reply.message == "already installed":
             result.ok, result.outcome = True, "duplicate"

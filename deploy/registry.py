@@ -193,11 +193,11 @@ class Registry:
             cid = class_id(str(hw_class), str(rt_name))
             parsed = HardwareClass.from_id(cid)
             board = str(hw.get("board_id") or parsed.board)
+            family = str(hw.get("board_family") or parsed.board_family)
+            family = board if family == "generic" else family  # generic boards share nothing
             self.upsert_class(
-                HardwareClass(
-                    cid, str(hw_class), board, str(hw.get("board_family") or parsed.board_family),
-                    parsed.accelerator, str(rt_name), str(hw.get("board") or ""),
-                )
+                HardwareClass(cid, str(hw_class), board, family, parsed.accelerator, str(rt_name),
+                              str(hw.get("board") or ""))
             )  # fmt: skip
         accels = hw.get("accelerators") or []
         accel = ",".join(f"{a.get('kind')}:{a.get('device')}" for a in accels) or (

@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent import modelfile
 from agent.errors import ProtocolError
-from agent.manifest import SignedManifest
+from agent.manifest import SignedManifest, model_fields, sign_manifest
 from agent.messages import Command, CommandReply, Event, NeedRequest
 from agent.protocol import Topics, encode_chunk
 from agent.transport import Transport
@@ -304,3 +305,36 @@ def assert_digits_serving(agent: AgentProcess, sha256: str) -> None:
     assert body["ok"] is True, body
     assert body["model"]["sha256"] == sha256
     assert max(range(10), key=lambda i: body["outputs"][0][i]) == int(labels[0])
+
+
+def sign_model(
+    model: Path | bytes,
+    key: Any,
+    *,
+    release: int,
+    name: str = "digits",
+    chunk_size: int = 64 * 1024,
+    describe: bool = True,
+    now: float | None = None,
+    ttl_s: int = 3600,
+    **overrides: Any,
+) -> SignedManifest:
+    """Sign like ``edge-deploy push`` does (``build_manifest``: variant and requirements read
+    from the file); ``describe=False`` signs bytes that are no model at all; ``overrides``
+    replace manifest fields before signing."""
+    data = model.read_bytes() if isinstance(model, Path) else model
+    fields: dict[str, Any] = model_fields(data, chunk_size)
+    created = int(time.time() if now is None else now)
+    fields.update(name=name, version=f"1.{release}", release=release, created=created,
+                  expires=created + ttl_s)  # fmt: skip
+    if describe:
+        info = modelfile.inspect(data)
+        fields["variant"] = {"recipe": "test", "dtype": info.quantization, "delegate": "auto"}
+        fields["requirements"] = {
+            "accelerator": "edgetpu" if info.is_edgetpu else None,
+            "runtimes": [],
+            "operators": [{"name": o.name, "version": o.version} for o in info.operators],
+            "memory_mb": None,
+        }
+    fields.update(overrides)
+    return sign_manifest(fields, key, now=now)
