@@ -317,8 +317,15 @@ class Installer:
         a = self.active
         if a is None or a.phase != "downloading":
             return
-        if not self.host.store.missing(a.manifest.sha256):
-            self._finish_transfer(a)
+        store = self.host.store
+        try:
+            # bytes already verified in models/ (a new release of last_good, a re-push after a
+            # crash between finish and trial): there is no staging and nothing to fetch
+            if store.has_model(a.manifest.sha256) or not store.missing(a.manifest.sha256):
+                self._finish_transfer(a)
+                return
+        except StoreError as exc:  # staging vanished or unreadable: end this install cleanly
+            self._fail_install(a, exc.code, exc.message)
             return
         self._request_more(a)
         now = time.monotonic()

@@ -89,6 +89,7 @@ class Agent:
         self._birth_lock = threading.Lock()
         self._idle_window = LatencyWindow()
         self._last_window: dict[str, Any] | None = None
+        self._last_window_sha: str | None = None
         self._telemetry_interval = cfg.telemetry.interval_s
         self._next_telemetry = time.monotonic() + self._telemetry_interval
         self._loop_progress = time.monotonic()
@@ -552,6 +553,11 @@ class Agent:
         server = self._serving()
         snap = server.window.drain() if server is not None else self._idle_window.drain()
         loaded = self.trial_loaded if server is self.trial_server else self.loaded
+        # The first window after the serving model changed holds the switch itself (load,
+        # first inferences, trial traffic): flagged so the host does not judge the model by it.
+        sha = server.meta.get("sha256") if server is not None else None
+        warmup = sha != self._last_window_sha
+        self._last_window_sha = sha
         record = self.telemetry.build(
             seq=0,
             snap=snap,
@@ -560,6 +566,7 @@ class Agent:
             extra={
                 "boot_id": self.boot_id,
                 "trial": server is not None and server is self.trial_server,
+                "warmup": warmup,
                 "threads": loaded.threads if loaded else None,
             },
         )

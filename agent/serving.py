@@ -284,7 +284,7 @@ class Server:
                 continue
             if job is None:
                 return
-            if _HANG_AT is not None and _HANG_AT == f"inference:{self.total}":
+            if _HANG_AT is not None and f"inference:{self.total}" == _HANG_AT:
                 log.warning("%s=%s: the inference worker hangs now", HANG_ENV, _HANG_AT)
                 threading.Event().wait()
             self._handle(job)

@@ -3,6 +3,8 @@
     edge-deploy keys init --dir DIR          make the signing key pair (prints the .pub path last)
     edge-deploy keys show --dir DIR
     edge-deploy push MODEL --device ID --broker HOST:PORT --keys DIR [--name N --version V]
+    edge-deploy convert SOURCE --recipe NAME|all --out FILE|DIR [--calibration DATA]
+                [--validation DATA] [--backend auto|tf|aiq] [--json]
     edge-deploy fleet --broker HOST:PORT [--wait S] [--json]
     edge-deploy watch --broker HOST:PORT [--seconds S] [--device ID]
     edge-deploy demo [--workdir DIR]          a whole fleet on this machine
@@ -132,7 +134,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from deploy.demo import run_demo
 
-    return run_demo(Path(args.workdir) if args.workdir else None)
+    return run_demo(Path(args.workdir))
 
 
 def _broker_options(p: argparse.ArgumentParser) -> None:
@@ -174,6 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
     _broker_options(p)
     p.set_defaults(func=cmd_push)
 
+    from deploy.convert.cli import add_convert_parser
+
+    add_convert_parser(sub)
+
     p = sub.add_parser("fleet", help="table of devices")
     p.add_argument("--wait", type=float, default=1.5, help="seconds to collect state")
     p.add_argument("--json", action="store_true")
@@ -186,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     _broker_options(p)
     p.set_defaults(func=cmd_watch)
     p = sub.add_parser("demo", help="a whole fleet on this machine (embedded broker, 3 agents)")
-    p.add_argument("--workdir", default=None, help="keep everything here (default: a temp dir)")
+    p.add_argument("--workdir", default="edgeloop-demo", help="where the demo keeps its state")
     p.set_defaults(func=cmd_demo)
     return parser
 

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from deploy.registry_types import HardwareClass, Stats
+from deploy.targets import UNITS
 
 if TYPE_CHECKING:
     from deploy.registry import Registry
@@ -200,7 +201,7 @@ class Priors:
                     continue
                 ref_ratio = self.ratio(cid, ref, metric)
                 value = base * mine.value / ref_ratio.value
-                text = f"{ref} measured {base:.3g} on {src}{why} x {mine.value:.2f}"
+                text = f"{ref} measured {base:.3g} {UNITS[metric]} on {src}{why} x {mine.value:.2f}"
                 if ref != BASE:
                     text += f" / {ref_ratio.value:.2f} ({ref} vs {BASE})"
                 basis = mine.basis if src == cid else "similar"

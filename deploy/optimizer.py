@@ -18,7 +18,7 @@ the report can show the decision log and a later reader can check it. See docs/l
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -154,8 +154,9 @@ def decide(ctx: ClassContext) -> Decision:
     }  # fmt: skip
     if not ctx.candidates:
         why = "; ".join(f"{e.recipe}: {e.reason}" for e in ctx.excluded) or "no variants"
-        return Decision("infeasible", None, f"no candidate for {ctx.hw.id} passed the host "
-                        f"gates ({why})", ev | {"pareto": []})  # fmt: skip
+        text = f"no candidate for {ctx.hw.id} passed the host gates ({why})"
+        empty: dict[str, Any] = {"pareto": [], "pareto_metrics": [], "pareto_all": []}
+        return Decision("infeasible", None, text, ev | empty)
     cands = {c.variant: c for c in ctx.candidates}
     cur = ctx.current
     if cur is not None and cur not in cands:
@@ -204,6 +205,10 @@ def _first_guess(ctx: ClassContext, judged: Mapping[str, Stats], ev: dict[str, A
             break
         skipped.append(o)
     else:
+        seen = [o for o in options if o.cand.variant in judged]
+        if seen:  # something was measured here: move on from the best of it, as after a trial
+            best = min(seen, key=lambda o: max(v.measured / v.target for v in o.violations))
+            return _next_choice(ctx, judged, best, ev)
         o = fresh[0]
         text = (f"no candidate is predicted to meet every target on {ctx.hw.id}; deploying the "
                 f"most accurate, {o.cand.recipe}, to measure it")  # fmt: skip
@@ -268,12 +273,15 @@ def _next_choice(ctx: ClassContext, judged: Mapping[str, Stats], cur: _Option, e
                        "left is expected to fix it", ev)  # fmt: skip
 
 
-def pareto_front(points: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Points (dicts with PARETO_METRICS keys, None = unknown = worst) not dominated by another."""
+def pareto_front(
+    points: Iterable[Mapping[str, Any]], metrics: Sequence[str] = PARETO_METRICS
+) -> list[dict[str, Any]]:
+    """Points (dicts with ``metrics`` keys, lower is better, None = unknown = worst) that no
+    other point dominates."""
     pts = [dict(p) for p in points]
 
     def key(p: Mapping[str, Any]) -> tuple[float, ...]:
-        return tuple(float("inf") if p.get(m) is None else float(p[m]) for m in PARETO_METRICS)
+        return tuple(float("inf") if p.get(m) is None else float(p[m]) for m in metrics)
 
     def dominates(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
         return all(x <= y for x, y in zip(a, b, strict=True)) and a != b
@@ -288,12 +296,21 @@ def _infeasible(ctx: ClassContext, options: list[_Option], why: str, ev: dict[st
                **{m: o.value(m) for m in DEVICE_METRICS},
                "basis": {m: (e.basis if (e := o.values.get(m)) else None) for m in DEVICE_METRICS},
                "violations": [v.describe() for v in o.violations]} for o in options]  # fmt: skip
-    front = pareto_front(points)
+    # The front shown is over accuracy and the device metrics this class has targets for: a
+    # metric nobody constrained would fill it with variants differing only there (often by a
+    # default prior). The full four-metric front is kept in the evidence too.
+    dims = ["accuracy_drop"] + [m for m in DEVICE_METRICS if ctx.targets.get(m) is not None]
+    front = pareto_front(points, dims)
     listing = ", ".join(
-        f"{p['recipe']} (drop {p['accuracy_drop']}, p95 {p['p95_ms'] and round(p['p95_ms'], 3)})"
+        f"{p['recipe']} (" + ", ".join(
+            f"{LABELS.get(m, 'accuracy drop')} "
+            + ("?" if p[m] is None else f"{p[m]:.3g}" + (" points" if m == "accuracy_drop"
+                                                          else f" {UNITS[m]}"))
+            for m in dims) + ")"
         for p in front
-    )
-    return Decision("infeasible", None, f"{why}; Pareto front: {listing}", ev | {"pareto": front})
+    )  # fmt: skip
+    extra = {"pareto": front, "pareto_metrics": dims, "pareto_all": pareto_front(points)}
+    return Decision("infeasible", None, f"{why}; Pareto front: {listing}", ev | extra)
 
 
 def build_context(
@@ -330,5 +347,5 @@ def record(reg: Registry, decision: Decision, model: str, class_id: str, *, ts: 
     """Store ``decision`` with its evidence; returns the decision id."""
     return reg.record_decision(
         model, class_id, action=decision.action, variant=decision.variant,
-        reason=decision.reason, evidence=decision.evidence, ts=ts or time.time(),
+        reason=decision.reason, evidence=decision.evidence, ts=time.time() if ts is None else ts,
     )  # fmt: skip

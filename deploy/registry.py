@@ -44,6 +44,10 @@ log = logging.getLogger(__name__)
 OUTCOMES = ("committed", "rolled_back", "rejected")
 
 
+def _now(t: float | None) -> float:
+    return time.time() if t is None else t
+
+
 def _dumps(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
 
@@ -306,7 +310,7 @@ class Registry:
             cur = db.execute(
                 "INSERT INTO deployments (device, class_id, variant, release, manifest_sha256, "
                 "started) VALUES (?,?,?,?,?,?)",
-                (device, cid, variant, release, manifest_sha256, started or time.time()),
+                (device, cid, variant, release, manifest_sha256, _now(started)),
             )
             return int(cur.lastrowid or 0)
 
@@ -319,7 +323,7 @@ class Registry:
         with self._tx() as db:
             db.execute(
                 "UPDATE deployments SET outcome = ?, reason = ?, finished = ? WHERE id = ?",
-                (outcome, reason, finished or time.time(), deployment_id),
+                (outcome, reason, _now(finished), deployment_id),
             )
 
     def deployment(self, deployment_id: int) -> Deployment | None:
@@ -388,7 +392,7 @@ class Registry:
             cur = db.execute(
                 "INSERT INTO decisions (ts, model, class_id, action, variant, reason, evidence) "
                 "VALUES (?,?,?,?,?,?,?)",
-                (ts or time.time(), model, class_id, action, variant, reason,
+                (_now(ts), model, class_id, action, variant, reason,
                  _dumps(dict(evidence))),
             )  # fmt: skip
             return int(cur.lastrowid or 0)
@@ -406,7 +410,7 @@ class Registry:
         waves: list[Any], counts: Mapping[str, Any], plan: Mapping[str, Any],
         now: float | None = None,
     ) -> int:  # fmt: skip
-        t = now or time.time()
+        t = _now(now)
         with self._tx() as db:
             cur = db.execute(
                 "INSERT INTO rollouts (model, variant, class_id, state, waves, counts, plan, "
@@ -423,7 +427,7 @@ class Registry:
         with self._tx() as db:
             db.execute(
                 "UPDATE rollouts SET state = ?, counts = ?, plan = ?, updated = ? WHERE id = ?",
-                (state, _dumps(dict(counts)), _dumps(dict(plan)), now or time.time(), rollout_id),
+                (state, _dumps(dict(counts)), _dumps(dict(plan)), _now(now), rollout_id),
             )
 
     def rollout(self, rollout_id: int) -> RolloutRow | None:
@@ -444,7 +448,7 @@ class Registry:
                 "INSERT INTO rollout_devices VALUES (?,?,?,?,?,?) ON CONFLICT(rollout, device) "
                 "DO UPDATE SET state = excluded.state, reason = excluded.reason, "
                 "updated = excluded.updated",
-                (rollout_id, device, wave, state, reason, now or time.time()),
+                (rollout_id, device, wave, state, reason, _now(now)),
             )
 
     def rollout_devices(self, rollout_id: int) -> list[RolloutDevice]:

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from agent import modelfile
 from agent.errors import ProtocolError
 from agent.manifest import SignedManifest, model_fields, sign_manifest
@@ -304,7 +306,7 @@ def assert_digits_serving(agent: AgentProcess, sha256: str) -> None:
     body = infer(agent.broker, agent.device_id, [x[0].tolist()])
     assert body["ok"] is True, body
     assert body["model"]["sha256"] == sha256
-    assert max(range(10), key=lambda i: body["outputs"][0][i]) == int(labels[0])
+    assert int(np.argmax(body["outputs"][0])) == int(labels[0])
 
 
 def sign_model(

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.agent_proc import AgentProcess, wait_for
+from tests.agent_proc import AgentProcess
 from tests.broker import Broker
 
 pytestmark = [pytest.mark.broker]
@@ -154,7 +154,7 @@ def test_birth_telemetry_and_will_after_sigkill(
     assert sub_once(broker, STATE) == {"online": False}  # retained: late joiners see it too
 
 
-def test_frozen_agent_marked_offline_within_keepalive_then_reborn(
+def test_frozen_agent_marked_offline_by_keepalive_then_reborn(
     broker: Broker, presence_agent: Callable[[], AgentProcess], watcher: Callable[[], Watcher]
 ) -> None:
     agent = presence_agent()
@@ -184,13 +184,3 @@ def test_clean_stop_publishes_stopped_and_not_the_will(
     seen = w.sync("after-exit")
     assert [json.loads(p) for _t, p in seen] == [{"online": False, "reason": "stopped"}]
     assert sub_once(broker, STATE) == {"online": False, "reason": "stopped"}
-    # and still nothing after a full keepalive window: the session ended normally
-    wait_for(lambda: True, 1, "nothing")
-    deadline = time.monotonic() + 1.5 * KEEPALIVE_S
-    later = []
-    while time.monotonic() < deadline:
-        later += w.sync(f"later-{len(later)}-{time.monotonic()}")
-        if later:
-            break
-        time.sleep(0.5)  # polling cadence for the absence check, not a race cover
-    assert later == []

@@ -62,14 +62,16 @@ def test_a_version_1_file_migrates_to_current_keeping_its_rows(tmp_path):
     db.execute("INSERT INTO models VALUES ('digits', '/src', 'ff', '{\"accuracy\": 0.97}')")
     db.execute(
         "INSERT INTO variants (id, model, recipe, path, sha256, size, quantization, accuracy) "
-        "VALUES ('v-int8', 'digits', 'int8', '/v', ?, 20000, 'int8', 0.96)", ("a" * 64,)
+        "VALUES ('v-int8', 'digits', 'int8', '/v', ?, 20000, 'int8', 0.96)",
+        ("a" * 64,),
     )
     db.execute("INSERT INTO hardware_classes VALUES (?, 'rpi4b-cpu', 'rpi4b', 'raspberrypi', "
                "'cpu', 'ai-edge-litert', '')", (CLS,))  # fmt: skip
     db.execute("INSERT INTO devices (id, hardware_class) VALUES ('pi-01', ?)", (CLS,))
     db.execute(
         "INSERT INTO telemetry_windows (device, seq, class_id, model_sha256, ts, inferences, "
-        "p95_ms, rss_mb) VALUES ('pi-01', 1, ?, ?, 5.0, 50, 7.5, 40.0)", (CLS, "a" * 64)
+        "p95_ms, rss_mb) VALUES ('pi-01', 1, ?, ?, 5.0, 50, 7.5, 40.0)",
+        (CLS, "a" * 64),
     )
     db.execute("INSERT INTO releases VALUES ('digits', 4)")
     db.commit()
@@ -77,11 +79,12 @@ def test_a_version_1_file_migrates_to_current_keeping_its_rows(tmp_path):
 
     with Registry(path) as reg:
         assert reg.schema_version == SCHEMA_VERSION
-        assert reg.variant("v-int8") is not None and reg.variant("v-int8").accuracy == 0.96
+        v = reg.variant("v-int8")
+        assert v is not None and v.accuracy == 0.96
         st = reg.class_stats(CLS, "v-int8")
         assert (st.windows, st.inferences, st.p95_ms, st.peak_memory_mb) == (1, 50, 7.5, 40.0)
         assert reg.next_release("digits") == 5
-        did = reg.record_decision(CLS.split("/")[0], CLS, action="deploy", variant="v-int8",
+        did = reg.record_decision("digits", CLS, action="deploy", variant="v-int8",
                                   reason="r", evidence={"k": 1})  # fmt: skip
         assert did == 1  # tables added by migration 2 work
         cols = {r[1] for r in reg._db.execute("PRAGMA table_info(telemetry_windows)")}

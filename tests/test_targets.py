@@ -59,9 +59,14 @@ def test_every_problem_is_reported_at_once(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_targets(write(tmp_path, bad))
     msg = err.value.message
-    for expected in ("colour: unknown key", "targets.p95_ms: must be a number",
-                     "targets.peak_memory_mb: must be a positive", "targets.latency: unknown target",
-                     "class.rpi4b-cpu.size_mb: must be a number", "5 problem(s)"):  # fmt: skip
+    for expected in (
+        "colour: unknown key",
+        "targets.p95_ms: must be a number",
+        "targets.peak_memory_mb: must be a positive",
+        "targets.latency: unknown target",
+        "class.rpi4b-cpu.size_mb: must be a number",
+        "5 problem(s)",
+    ):
         assert expected in msg
     assert "max_accuracy_drop: must" not in msg  # 0 points is a valid (strict) budget
 

@@ -180,13 +180,15 @@ def _db(linear: float) -> float:
     return 10.0 * math.log10(max(linear, 1e-20))
 
 
-def sensitivity(q: Any, model: bytes, key: str, samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def sensitivity(
+    q: Any, model: bytes, key: str, samples: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
     """Per-operator SNR loss (dB) of the all-int8 model, most sensitive first."""
     from ai_edge_quantizer.quantizer import ValidationErrorMetric
 
     result = q.validate({key: samples}, error_metrics=[ValidationErrorMetric.SNR], num_threads=2)
     snr = {name: float(v["snr"]) for name, v in result.get_all_tensor_results().items()}
-    scores = []
+    scores: list[dict[str, Any]] = []
     for op in graph_ops(model):
         out_snr = [snr[t] for t in op.outputs if t in snr]
         if not out_snr:
@@ -196,7 +198,7 @@ def sensitivity(q: Any, model: bytes, key: str, samples: list[dict[str, Any]]) -
         loss = min(upstream, 200.0) - min(_db(min(out_snr)), 200.0)
         scores.append({"index": op.index, "op": op.name, "tensor": op.outputs[0],
                        "loss_db": round(loss, 3)})  # fmt: skip
-    scores.sort(key=lambda s: s["loss_db"], reverse=True)
+    scores.sort(key=lambda s: float(s["loss_db"]), reverse=True)
     return scores
 
 

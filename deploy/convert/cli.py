@@ -66,7 +66,7 @@ def _line(r: VariantResult) -> str:
         metrics = ", ".join(p for p in parts if p) or "no metric"
     runs = ", ".join(x["runtime"] + " " + x["version"] for x in r.min_runtime if x.get("ok"))
     return (
-        f"{r.recipe:<14} ok{' (cached)' if r.cached else '':<10} {r.size / 1024:8.1f} KiB  "
+        f"{r.recipe:<14} ok{' (cached)' if r.cached else '':<10} {(r.size or 0) / 1024:8.1f} KiB  "
         f"{r.quantization:<12} {metrics}; {r.conversion_s or 0:.2f}s [{r.backend}] "
         f"-> {r.path}; loads on: {runs or 'none known'}"
     )

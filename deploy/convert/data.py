@@ -5,7 +5,8 @@ the float model's domain), optional integer ``labels``, and a content fingerprin
 
 - ``.npz``: arrays named after the model inputs (signature name such as ``image``, or tensor
   name such as ``serving_default_image:0``), or ``arr_0``, ``arr_1``... by position; ``labels``
-  is optional (used when it has one entry per sample). ``FILE.npz#key1,key2`` picks arrays explicitly (one per input, in input order).
+  is optional (used when it has one entry per sample). ``FILE.npz#key1,key2`` picks arrays
+  explicitly (one per input, in input order).
   With several candidate arrays and one input, the role decides: ``calib``/``calibration`` for
   calibration, ``x``/``validation``/``val``/``test`` for validation.
 - folder of ``.npy``: *per input* when every input has its ``<name>.npy`` (or ``arr_<i>.npy``),
@@ -195,9 +196,7 @@ def _from_npz(path: Path, specs: Sequence[InputSpec], role: str, keys: list[str]
             chosen = keys
         else:
             chosen = _choose_npz_keys(path, files, specs, role)
-        arrays = [
-            _fit(npz[k], s, f"{path}#{k}") for k, s in zip(chosen, specs, strict=True)
-        ]
+        arrays = [_fit(npz[k], s, f"{path}#{k}") for k, s in zip(chosen, specs, strict=True)]
     if labels is not None and len(labels) != len(arrays[0]):
         log.info("%s: 'labels' has %d entries, %s has %d samples: not its labels",
                  path, len(labels), chosen[0], len(arrays[0]))  # fmt: skip
@@ -284,8 +283,8 @@ def _read_image(path: Path, spec: InputSpec) -> np.ndarray:
     from PIL import Image  # pillow comes with matplotlib (the host extra)
 
     _, height, width, channels = spec.shape
-    with Image.open(path) as img:
-        img = img.convert("L" if channels == 1 else "RGB")
+    with Image.open(path) as raw:
+        img = raw.convert("L" if channels == 1 else "RGB")
         if height > 0 and width > 0:
             img = img.resize((width, height), Image.Resampling.BILINEAR)
         arr = np.asarray(img, dtype=np.uint8)

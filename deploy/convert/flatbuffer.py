@@ -32,7 +32,7 @@ def _name(raw: Any) -> str:
 
 def signature_name(tensor_name: str, used: set[str]) -> str:
     """A clean, unique signature entry name from a tensor name."""
-    base = tensor_name.split(":")[0].removeprefix(f"{DEFAULT_SIGNATURE}_")
+    base = tensor_name.split(":", 1)[0].removeprefix(f"{DEFAULT_SIGNATURE}_")
     base = re.sub(r"[^0-9A-Za-z_]+", "_", base.split(";")[0]).strip("_") or "tensor"
     name, n = base, 1
     while name in used:

@@ -165,7 +165,7 @@ class Converter:
             raise EdgeloopError(str(edgetpu.unavailable_reason()), hint=edgetpu.INSTALL_HINT,
                                 code="unavailable")  # fmt: skip
         int8 = Recipe(f"{recipe.name}/int8", "int8", calibration=True, io=recipe.io)
-        model, meta, cached = self._bytes(int8, backend)
+        model, meta, _ = self._bytes(int8, backend)
         version = edgetpu.compiler_version(compiler) or "unknown"
         int8_sha = hashlib.sha256(model).hexdigest()
         key = key_of(int8=int8_sha, recipe=recipe.fingerprint(), compiler=version)
@@ -272,13 +272,15 @@ class Converter:
                 reference = evaluate(tmp.name, data)[1]
             self._reference_outputs[data.fingerprint] = reference
         self.progress.say(f"{model.name}: evaluating on {len(data)} samples")
-        evaluation, _ = evaluate(model, data, reference,
-                                 on_sample=self.progress.counter("  samples", len(data)))  # fmt: skip
+        counter = self.progress.counter("  samples", len(data))
+        evaluation, _ = evaluate(model, data, reference, on_sample=counter)
         if self.cache is not None:
             self.cache.put_eval(key, evaluation.to_dict())
         return evaluation
 
-    def convert_all(self, recipes: Sequence[str | Recipe] | str, out_dir: str | Path) -> list[VariantResult]:
+    def convert_all(
+        self, recipes: Sequence[str | Recipe] | str, out_dir: str | Path
+    ) -> list[VariantResult]:
         """Every recipe into ``out_dir/<source stem>_<recipe>.tflite``; failures do not stop."""
         chosen = resolve(recipes, self.recipes_file) if isinstance(recipes, str) else [
             r if isinstance(r, Recipe) else get_recipe(r, self.recipes_file) for r in recipes

@@ -1,12 +1,13 @@
 """The TensorFlow backend: ``tf.lite.TFLiteConverter`` from a Keras file or a SavedModel.
 
-| kind | converter settings |
-|---|---|
-| fp32 | none |
-| fp16 | ``optimizations=[DEFAULT]``, ``target_spec.supported_types=[tf.float16]`` |
-| dynamic-int8 | ``optimizations=[DEFAULT]`` |
-| int8, edgetpu | ``optimizations=[DEFAULT]``, representative dataset, ``TFLITE_BUILTINS_INT8``, ``inference_input_type``/``inference_output_type`` = the recipe's ``io`` (int8 or uint8; float32 keeps float I/O) |
-| int16x8 | ``optimizations=[DEFAULT]``, representative dataset, ``EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8`` |
+- fp32: no options.
+- fp16: ``optimizations=[DEFAULT]``, ``target_spec.supported_types=[tf.float16]``.
+- dynamic-int8: ``optimizations=[DEFAULT]``.
+- int8, edgetpu: ``optimizations=[DEFAULT]``, representative dataset, ``TFLITE_BUILTINS_INT8``,
+  ``inference_input_type``/``inference_output_type`` = the recipe's ``io`` (int8 or uint8;
+  float32 keeps float I/O).
+- int16x8: ``optimizations=[DEFAULT]``, representative dataset,
+  ``EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8``.
 
 Weights are per-channel for convolutions (the converter's default). ``selective`` is not done
 here: the pipeline converts to float with this backend and hands the float .tflite to

@@ -1,0 +1,295 @@
+"""Delivery and serving benchmark for issue 3 (not collected by pytest).
+
+    /work/venv/bin/python tests/bench_delivery.py [--rounds 3] [--idle-seconds 20] [--json OUT]
+
+Everything runs in one process tree against one Mosquitto on 127.0.0.1, in the same run:
+
+(a) install throughput of a ~14 MB model (MobileNet v2 fp32 when TensorFlow can make it, else a
+    synthetic 14 MB flatbuffer-shaped blob) pushed to a real agent: bytes / (install_accepted ->
+    install_verified, both device timestamps), against raw paho pub->sub throughput of the same
+    bytes in 64 KiB QoS 1 messages through the same broker (goal: ratio >= 0.6);
+(b) push-to-serving time (push start -> committed) for digits and the 14 MB model;
+(c) MQTT request/response inference overhead vs a bare invoke() on the same model (digits
+    int8): round-trip median minus bare-invoke median (goal <= 1.5 ms);
+(d) agent idle RSS with the runtime loaded and no model (goal <= 50 MB), and idle CPU % over
+    ``--idle-seconds`` (goal <= 0.5 %), with the default 10 s telemetry interval.
+
+Prints a table, the command and the machine; docs/benchmarks.md records the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import paho.mqtt.client as mqtt
+import psutil
+from paho.mqtt.enums import CallbackAPIVersion
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from agent.inputs import random_inputs  # noqa: E402
+from agent.runtime import get_backend  # noqa: E402
+from deploy.keys import init_keys, load_private  # noqa: E402
+from deploy.push import BrokerAddress, PushResult, push_model  # noqa: E402
+from tests.agent_proc import AgentProcess, Observer  # noqa: E402
+from tests.broker import Broker  # noqa: E402
+from tests.modelzoo import model  # noqa: E402
+
+CHUNK = 64 * 1024
+TOPIC = "bench/raw"
+
+
+# ---- (a) raw paho pub -> sub ------------------------------------------------------------------
+def raw_throughput(broker: Broker, data: bytes) -> float:
+    """MB/s of ``data`` in 64 KiB QoS 1 messages, first publish -> last message received."""
+    pieces = [data[i : i + CHUNK] for i in range(0, len(data), CHUNK)]
+    done = threading.Event()
+    got = [0]
+    subscribed = threading.Event()
+
+    def on_message(_c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        got[0] += 1
+        if got[0] == len(pieces):
+            done.set()
+
+    sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"raw-sub-{uuid.uuid4().hex[:6]}",
+                      protocol=mqtt.MQTTv5)  # fmt: skip
+    sub.on_message = on_message
+    sub.on_subscribe = lambda *_a: subscribed.set()
+    sub.connect(broker.host, broker.port)
+    sub.loop_start()
+    sub.subscribe(TOPIC, qos=1)
+    subscribed.wait(10)
+    pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"raw-pub-{uuid.uuid4().hex[:6]}",
+                      protocol=mqtt.MQTTv5)  # fmt: skip
+    pub.connect(broker.host, broker.port)
+    pub.loop_start()
+    time.sleep(0.2)  # both connected (setup, outside the timed part)
+    t0 = time.perf_counter()
+    for p in pieces:
+        pub.publish(TOPIC, p, qos=1)
+    if not done.wait(120):
+        raise RuntimeError(f"raw transfer incomplete: {got[0]}/{len(pieces)}")
+    seconds = time.perf_counter() - t0
+    for c in (pub, sub):
+        c.loop_stop()
+        c.disconnect()
+    return len(data) / seconds / 1e6
+
+
+# ---- (a), (b) pushes --------------------------------------------------------------------------
+def big_model(workdir: Path) -> tuple[Path, str]:
+    try:
+        from tests.modelzoo import mobilenet_v2
+
+        return mobilenet_v2("fp32"), "MobileNet v2 fp32"
+    except BaseException:  # pytest.skip (no TensorFlow) is a BaseException
+        path = workdir / "synthetic14mb.tflite"
+        path.write_bytes(b"\x1c\x00\x00\x00TFL3" + os.urandom(14 * 10**6 - 8))
+        return path, "synthetic 14 MB blob (not loadable: transfer only)"
+
+
+def push(broker: Broker, keys: Path, path: Path, release: int) -> tuple[PushResult, float]:
+    t0 = time.time()
+    result = push_model(
+        path, "pi-01", BrokerAddress(broker.host, broker.port), load_private(keys),
+        name=path.stem.replace("_", "-")[:60], version="1", release=release,
+        gates={"min_inferences": 20, "min_seconds": 0.5}, progress=None, timeout_s=300,
+    )  # fmt: skip
+    return result, t0
+
+
+def event_ts(result: PushResult, kind: str) -> float | None:
+    for e in result.events:
+        if e["kind"] == kind:
+            return float(e["ts"])
+    return None
+
+
+# ---- (c) request/response overhead ------------------------------------------------------------
+def bare_invoke_ms(path: Path, n: int) -> list[float]:
+    interp = get_backend().module.Interpreter(model_path=str(path), num_threads=1)
+    interp.allocate_tensors()
+    d = interp.get_input_details()
+    for detail, value in zip(d, random_inputs(d, np.random.default_rng(0)), strict=True):
+        interp.set_tensor(detail["index"], value)
+    for _ in range(20):
+        interp.invoke()
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter_ns()
+        interp.invoke()
+        out.append((time.perf_counter_ns() - t0) / 1e6)
+    return out
+
+
+def mqtt_round_trips(broker: Broker, n: int, npy: bool) -> tuple[list[float], list[float]]:
+    """n sequential requests: (round-trip ms, device-reported invoke ms)."""
+    from tests.modelzoo import digits_data
+
+    x, _ = digits_data()
+    reply_topic = f"bench/replies/{uuid.uuid4().hex[:6]}"
+    if npy:
+        import io
+
+        buf = io.BytesIO()
+        np.save(buf, x[0:1], allow_pickle=False)
+        payload, ctype = buf.getvalue(), "application/x-npy"
+    else:
+        payload, ctype = json.dumps({"inputs": [x[0].tolist()]}).encode(), "application/json"
+    rtts, invokes = [], []
+    with Observer(broker, [reply_topic]) as obs:
+        for i in range(n + 20):
+            corr = f"r{i}".encode()
+            t0 = time.perf_counter()
+            obs.transport.publish(
+                "edgeloop/dev/pi-01/infer", payload, qos=QOS, response_topic=reply_topic,
+                correlation_data=corr, content_type=ctype,
+            )  # fmt: skip
+            msg = obs.wait_message(lambda m, c=corr: m.correlation_data == c, 10, "reply")  # type: ignore[misc]
+            rtt = (time.perf_counter() - t0) * 1e3
+            assert msg is not None
+            if npy:
+                invoke = float("nan")
+            else:
+                body = json.loads(msg.payload)
+                assert body["ok"], body
+                invoke = float(body["latency_ms"])
+            obs.messages.clear()
+            if i >= 20:  # warm-up
+                rtts.append(rtt)
+                invokes.append(invoke)
+    return rtts, invokes
+
+
+# ---- (d) idle footprint -----------------------------------------------------------------------
+def idle_footprint(agent: AgentProcess, seconds: float) -> dict[str, float]:
+    proc = psutil.Process(agent.pid)
+    time.sleep(3.0)  # let start-up settle (imports, first telemetry)
+    c0, t0 = proc.cpu_times(), time.monotonic()
+    time.sleep(seconds)
+    c1, t1 = proc.cpu_times(), time.monotonic()
+    cpu = (c1.user - c0.user + c1.system - c0.system) / (t1 - t0) * 100
+    mem = proc.memory_full_info()
+    return {"rss_mb": mem.rss / 2**20, "uss_mb": mem.uss / 2**20, "cpu_pct": cpu,
+            "threads": proc.num_threads(), "seconds": t1 - t0}  # fmt: skip
+
+
+def median(xs: list[float]) -> float:
+    return float(statistics.median(xs))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=3, help="raw and install rounds, alternating")
+    ap.add_argument("--requests", type=int, default=300)
+    ap.add_argument("--idle-seconds", type=float, default=20.0)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    out: dict[str, Any] = {"runtime": {"name": get_backend().name, "version": get_backend().version}}
+    work = Path(tempfile.mkdtemp(prefix="bench-delivery-"))
+    broker = Broker(work / "broker", persistence=False).start()
+    init_keys(work / "keys")
+    keys = work / "keys"
+    release = iter(range(1, 10**6))
+    try:
+        # (d) first: a fresh agent, runtime imported, no model, default 10 s telemetry
+        idle = AgentProcess(broker, work / "idle-state", keys / "edgeloop.pub",
+                            device_id="idle-01", telemetry_interval=10.0).start()  # fmt: skip
+        out["idle"] = idle_footprint(idle, args.idle_seconds)
+        idle.stop()
+
+        agent = AgentProcess(broker, work / "state", keys / "edgeloop.pub",
+                             telemetry_interval=10.0).start()  # fmt: skip
+        big, big_name = big_model(work)
+        data = big.read_bytes()
+        out["big_model"] = {"name": big_name, "bytes": len(data),
+                            "sha256": hashlib.sha256(data).hexdigest()}  # fmt: skip
+        raws, installs, serve_big = [], [], []
+        for _ in range(args.rounds):
+            raws.append(raw_throughput(broker, data))
+            result, t0 = push(broker, keys, big, next(release))
+            accepted, verified = event_ts(result, "install_accepted"), event_ts(result, "install_verified")
+            if accepted is None or verified is None:
+                raise RuntimeError(f"no accepted/verified events: {result.to_dict()}")
+            installs.append(len(data) / (verified - accepted) / 1e6)
+            committed = event_ts(result, "committed")
+            if result.ok and committed is not None:
+                serve_big.append(committed - t0)
+            # the next round must transfer again: a different byte string, same size
+            data = data + os.urandom(8)  # trailing bytes after the flatbuffer are ignored
+            big = work / f"big-{len(raws)}.tflite"
+            big.write_bytes(data)
+        out["raw_mb_s"] = raws
+        out["install_mb_s"] = installs
+        out["throughput_ratio"] = median(installs) / median(raws)
+        out["push_to_serving_big_s"] = serve_big
+
+        digits_serve = []
+        for _ in range(args.rounds):
+            result, t0 = push(broker, keys, model("digits_int8"), next(release))
+            committed = event_ts(result, "committed")
+            if result.ok and committed is not None:
+                digits_serve.append(committed - t0)
+        out["push_to_serving_digits_s"] = digits_serve
+
+        # (c) request/response overhead on digits int8 (the model now served)
+        result, _t0 = push(broker, keys, model("digits_int8"), next(release))
+        bare = bare_invoke_ms(model("digits_int8"), args.requests)
+        rtt_json, inv_json = mqtt_round_trips(broker, args.requests, npy=False)
+        rtt_npy, _ = mqtt_round_trips(broker, args.requests, npy=True)
+        out["bare_invoke_ms_p50"] = median(bare)
+        out["device_invoke_ms_p50"] = median(inv_json)
+        out["rtt_json_ms_p50"] = median(rtt_json)
+        out["rtt_npy_ms_p50"] = median(rtt_npy)
+        out["overhead_json_ms_p50"] = median(rtt_json) - median(bare)
+        out["overhead_npy_ms_p50"] = median(rtt_npy) - median(bare)
+        agent.stop()
+    finally:
+        broker.stop(check=False)
+        shutil.rmtree(work, ignore_errors=True)
+
+    lines = [
+        ("raw paho pub->sub, 64 KiB QoS 1 (MB/s)", " / ".join(f"{v:.1f}" for v in out["raw_mb_s"])),
+        ("install accepted->verified (MB/s)", " / ".join(f"{v:.1f}" for v in out["install_mb_s"])),
+        ("install / raw (median; goal >= 0.6)", f"{out['throughput_ratio']:.2f}"),
+        (f"push->committed {out['big_model']['name']} (s)",
+         " / ".join(f"{v:.2f}" for v in out["push_to_serving_big_s"]) or "n/a"),
+        ("push->committed digits int8 (s)", " / ".join(f"{v:.2f}" for v in out["push_to_serving_digits_s"])),
+        ("bare invoke p50, digits int8 (ms)", f"{out['bare_invoke_ms_p50']:.3f}"),
+        ("MQTT round trip p50, JSON (ms)", f"{out['rtt_json_ms_p50']:.3f}"),
+        ("MQTT round trip p50, .npy (ms)", f"{out['rtt_npy_ms_p50']:.3f}"),
+        ("overhead p50 JSON / .npy (goal <= 1.5 ms)",
+         f"{out['overhead_json_ms_p50']:.3f} / {out['overhead_npy_ms_p50']:.3f}"),
+        ("idle RSS / USS (MB; goal RSS <= 50)", f"{out['idle']['rss_mb']:.1f} / {out['idle']['uss_mb']:.1f}"),
+        (f"idle CPU over {out['idle']['seconds']:.0f}s (%; goal <= 0.5)", f"{out['idle']['cpu_pct']:.2f}"),
+    ]  # fmt: skip
+    width = max(len(k) for k, _ in lines)
+    for k, v in lines:
+        print(f"{k:<{width}}  {v}")
+    print(f"\ncommand: {' '.join([Path(sys.executable).as_posix(), *sys.argv])}")
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}, "
+          f"runtime {out['runtime']['name']} {out['runtime']['version']}, "
+          f"load avg {os.getloadavg()[0]:.2f}")  # fmt: skip
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
