@@ -98,7 +98,8 @@ def agents(
                 f'hw_root = "{DATA / "hwtrees" / d.hw_tree}"\ntrust_keys = ["{trust_key}"]\n'
                 f'[broker]\nhost = "127.0.0.1"\nport = {broker.port}\n'
                 f"[runtime]\nthreads = {d.threads}\n"
-                f"[telemetry]\ninterval_s = {opts.telemetry_s}\n[loadgen]\nrate_hz = {opts.load_hz}\n"
+                f"[telemetry]\ninterval_s = {opts.telemetry_s}\n"
+                f"[loadgen]\nrate_hz = {opts.load_hz}\n"
                 "[health]\nmin_inferences = 30\nmin_seconds = 0.5\n"
                 f'[energy]\nmeter = "estimate:{d.power}?interval=0.5"\nidle_baseline_s = 1.0\n'
             )
@@ -109,7 +110,7 @@ def agents(
                     stdout=log_file,
                     stderr=subprocess.STDOUT,
                     env=dict(os.environ) | {"PYTHONUNBUFFERED": "1"},
-                )  # fmt: skip
+                )
             )
             log_file.close()
         yield procs

@@ -51,6 +51,7 @@ class AgentProcess:
     extra_args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     telemetry_interval: float = 1.0
+    ready_check: bool = False  # start() also waits until a command is answered (subscribed)
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
 
@@ -78,6 +79,8 @@ class AgentProcess:
         logf.close()
         if wait_online:
             self.wait_online(timeout)
+            if self.ready_check:
+                self.wait_ready(timeout)
         return self
 
     @property
@@ -104,6 +107,24 @@ class AgentProcess:
 
         result: dict[str, Any] = wait_for(online, timeout, "the agent's online birth")
         return result
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Until a ``state`` command is answered. The birth is published before the agent's
+        SUBSCRIBE reaches the broker, so on a first connect a command sent right after the
+        birth can miss the (not yet existing) subscription."""
+        reply_topic = f"test/ready/{uuid.uuid4().hex}"
+        with Observer(self.broker, [reply_topic]) as obs:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if not self.alive():
+                    raise AssertionError(f"agent exited:\n{self.log()}")
+                body = json.dumps({"id": uuid.uuid4().hex, "args": {}, "ts": time.time()})
+                obs.transport.publish(
+                    f"edgeloop/dev/{self.device_id}/cmd/state", body, response_topic=reply_topic
+                ).wait(5)
+                if obs.wait_message(lambda m: True, 1.0, "state reply", raise_=False):
+                    return
+        raise AssertionError(f"agent answered no command within {timeout}s:\n{self.log()}")
 
     def log(self) -> str:
         if self.log_path is None or not self.log_path.exists():
