@@ -17,19 +17,19 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from agent import compat, modelfile
 from agent.crashpoints import crash_point
 from agent.errors import EdgeloopError, IncompatibleModelError, ManifestError, StoreError
 from agent.manifest import Manifest, verify_manifest
 from agent.messages import Command, EventKind, ReplyStatus
-from agent.modelfile import OperatorInfo
 from agent.protocol import Reason, decode_chunk
-from agent.sandbox import ProbeResult, probe_model
 from agent.serving import LatencyWindow, Server
 from agent.stats import summarize
 from agent.store import ModelStore
+
+if TYPE_CHECKING:  # the install-only modules load on the first deploy (idle RSS, ~5 MB)
+    from agent.sandbox import ProbeResult
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +122,7 @@ class Install:
     bad_by_index: dict[int, int] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
     last_rx: float = field(default_factory=time.monotonic)
+    reconnected: float | None = None  # set on a reconnect until the requests before it expire
     last_progress: float = 0.0
     trial_started: float | None = None
     trial_window: LatencyWindow | None = None
@@ -134,6 +135,8 @@ class Install:
 
 def operator_problems(manifest: Manifest, runtime: str, version: str, delegate: str) -> list[str]:
     """Operators the manifest declares that this runtime is known not to resolve."""
+    from agent import compat, modelfile
+
     table, _note = compat.find_table(runtime, version)
     if table is None:
         return []
@@ -142,7 +145,7 @@ def operator_problems(manifest: Manifest, runtime: str, version: str, delegate: 
         custom = name not in table.builtin
         if custom and (name == modelfile.EDGETPU_CUSTOM_OP and delegate.startswith("edgetpu")):
             continue
-        op = OperatorInfo(name=name, version=ver, custom=custom, count=1)
+        op = modelfile.OperatorInfo(name=name, version=ver, custom=custom, count=1)
         if not table.supports(op):
             problems.append(f"{name} v{ver} (not resolved by {runtime} {table.version})")
     return problems
@@ -215,9 +218,26 @@ class Installer:
             msg = "already installed" if cur and cur.sha256 == manifest.sha256 else "replayed"
             self.host.reply(reply, ReplyStatus.DUPLICATE, Reason.REPLAYED, msg, **_ref(manifest))
             return
-        delegate = str(cmd.args.get("delegate") or manifest.variant.delegate or "auto")
-        if delegate == "auto" and not manifest.variant.delegate:
-            delegate = self.default_delegate
+        delegate = str(manifest.variant.delegate or "auto")
+        override = cmd.args.get("delegate")
+        if override:
+            # Command args are not signed: they may pick among built-in delegates, never name
+            # a library to load (external delegates come only from a signed manifest or the
+            # local config).
+            if not isinstance(override, str) or not (
+                override in ("auto", "cpu", "edgetpu") or override.startswith("edgetpu:")
+            ):
+                self._reject(
+                    reply, Reason.INVALID,
+                    f"delegate {override!r:.80} is not allowed in a command "
+                    "(use auto, cpu or edgetpu[:device]; external delegates only via the "
+                    "signed manifest or the agent config)",
+                    manifest,
+                )  # fmt: skip
+                return
+            delegate = override
+        if delegate == "auto" and not override:
+            delegate = self.default_delegate  # the board's own policy (config runtime.delegate)
         problems = self._compat_problems(manifest, delegate)
         if problems:
             self._reject(reply, Reason.INCOMPATIBLE, "; ".join(problems), manifest)
@@ -302,15 +322,15 @@ class Installer:
         self.host.request_chunks(a.manifest.sha256, [index])
 
     def on_connected(self) -> None:
-        """Back online. The session is persistent, so the broker now delivers the chunks it
-        queued and re-sends unacknowledged ones: asking for the whole window again would move
-        it twice. Ask only what is not already requested; whatever stays missing is asked
-        again when nothing arrives for ``reconnect_grace_s`` (a lost session, a need that was
-        published while offline)."""
+        """Back online. Chunks requested before the link went down were lost with it (QoS 0
+        chunks) or come again from the broker (QoS 1, persistent session): asking for the
+        whole window again at once would move the latter twice. So ask only for what is not
+        already requested, and ask again for the earlier requests that are still missing
+        ``reconnect_grace_s`` later (tick)."""
         a = self.active
         if a is None or a.phase != "downloading":
             return
-        a.last_rx = time.monotonic() - self.chunk_timeout_s + self.reconnect_grace_s
+        a.reconnected = time.monotonic()
         self._request_more(a)
 
     def _continue(self) -> None:
@@ -321,7 +341,7 @@ class Installer:
         try:
             # bytes already verified in models/ (a new release of last_good, a re-push after a
             # crash between finish and trial): there is no staging and nothing to fetch
-            if store.has_model(a.manifest.sha256) or not store.missing(a.manifest.sha256):
+            if store.has_model(a.manifest.sha256) or store.remaining(a.manifest.sha256) == 0:
                 self._finish_transfer(a)
                 return
         except StoreError as exc:  # staging vanished or unreadable: end this install cleanly
@@ -360,7 +380,15 @@ class Installer:
         if a is None:
             return
         now = time.monotonic()
-        if a.phase == "downloading" and a.inflight and now - a.last_rx > self.chunk_timeout_s:
+        if a.phase == "downloading" and a.reconnected is not None:
+            if now - a.reconnected > self.reconnect_grace_s:
+                lost = sorted(i for i, t in a.inflight.items() if t < a.reconnected)
+                a.reconnected = None
+                if lost:
+                    log.info("asking again for %d chunks lost with the connection", len(lost))
+                    a.inflight.update((i, now) for i in lost)
+                    self.host.request_chunks(a.manifest.sha256, lost)
+        elif a.phase == "downloading" and a.inflight and now - a.last_rx > self.chunk_timeout_s:
             log.info("no chunk for %.1fs: asking again for the missing ones", now - a.last_rx)
             a.last_rx = now
             self._request_more(a, force=True)
@@ -373,6 +401,8 @@ class Installer:
         try:
             store.flush(m.sha256)
             path = store.finish(m.sha256)
+            from agent import compat, modelfile
+
             info = modelfile.inspect(path)
             compat.ensure_compatible(
                 info,
@@ -391,6 +421,8 @@ class Installer:
             corrupt_chunks=a.corrupt_chunks,
         )
         self.host.state_changed()
+        from agent.sandbox import probe_model
+
         self.host.background(
             "probe",
             lambda: probe_model(
@@ -462,7 +494,7 @@ class Installer:
         g = a.gates
         elapsed = now - a.trial_started
         count = window.peek_count()
-        while count + server.backlog() < g.min_inferences and server.backlog() < 2:
+        while count + server.backlog() < g.min_inferences and server.backlog() < 16:
             if not server.submit_synthetic():
                 break
         snap = window.peek()

@@ -29,12 +29,18 @@ class Transfer:
         self.fd = fd
         self.bitmap = bitmap
         self.pending = 0  # bytes written since the last fsync + bitmap persist
+        self.remaining = len(self.missing())  # chunks not yet written (kept as they arrive)
 
     def has(self, index: int) -> bool:
         return bool(self.bitmap[index >> 3] & (1 << (index & 7)))
 
+    def set(self, index: int) -> None:
+        self.bitmap[index >> 3] |= 1 << (index & 7)
+        self.remaining -= 1
+
     def missing(self) -> list[int]:
-        return [i for i in range(self.manifest.chunk_count) if not self.has(i)]
+        bitmap = self.bitmap
+        return [i for i in range(self.manifest.chunk_count) if not bitmap[i >> 3] & (1 << (i & 7))]
 
 
 class Staging:
@@ -129,9 +135,9 @@ class Staging:
             while view:
                 n = os.pwrite(t.fd, view, offset)
                 view, offset = view[n:], offset + n
-            t.bitmap[index >> 3] |= 1 << (index & 7)
+            t.set(index)
             t.pending += len(data)
-            if t.pending >= self.fsync_every_bytes or not t.missing():
+            if t.pending >= self.fsync_every_bytes or t.remaining == 0:
                 self.persist(t)
         except OSError as exc:
             raise StoreError(f"writing chunk {index}: {exc}", code=Reason.IO_ERROR) from exc

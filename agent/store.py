@@ -190,6 +190,11 @@ class ModelStore:
         """Missing chunk indexes as compact ranges. StoreError("not_staged")."""
         return self.staging.missing(sha256)
 
+    def remaining(self, sha256: str) -> int:
+        """How many chunks are still missing (O(1), kept as chunks arrive). StoreError
+        ("not_staged")."""
+        return self.staging.require(sha256).remaining
+
     def flush(self, sha256: str) -> None:
         """Make every chunk written so far durable (fsync + bitmap)."""
         t = self.staging.get(sha256)

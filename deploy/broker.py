@@ -51,6 +51,7 @@ class EmbeddedBroker:
         conf.write_text(
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
             f"persistence_location {self.workdir}/\nmax_queued_messages 100000\n"
+            "set_tcp_nodelay true\n"
             f"log_dest file {self.workdir / 'mosquitto.log'}\n"
         )
         self.proc = subprocess.Popen(

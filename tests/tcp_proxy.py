@@ -52,13 +52,18 @@ class TcpProxy:
         self.connections = 0
         self.flaps = 0
         self.corrupted = 0
+        self.publishes_down = 0  # PUBLISH packets toward the client
+        self.redelivered_down = 0  # of which the broker re-sent (DUP flag set)
+        self.redelivered_bytes = 0
         self._thresholds: list[int] = []
         self._corrupt_left = 0
         self._corrupt_min = 0
-        self._writers: set[asyncio.StreamWriter] = set()
+        self._conns: set[_Conn] = set()
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.base_events.Server | None = None
-        self._thread = threading.Thread(target=self._loop.run_forever, name="tcp-proxy", daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="tcp-proxy", daemon=True
+        )
         self._lock = threading.Lock()
 
     # ---- control (any thread) -------------------------------------------------------------
@@ -107,16 +112,16 @@ class TcpProxy:
         self.port = self._server.sockets[0].getsockname()[1]
 
     def _abort_all(self) -> None:
-        for w in list(self._writers):
-            with contextlib.suppress(Exception):
-                w.transport.abort()
-        self._writers.clear()
+        for conn in list(self._conns):
+            conn.abort()
+        self._conns.clear()
 
     def _flap_now(self) -> None:
-        if self._writers:
+        if self._conns:
             self.flaps += 1
             log.info("proxy: flap %d at %d bytes down", self.flaps, self.bytes_down)
-        self._abort_all()
+        for conn in list(self._conns):
+            conn.cut()
 
     async def _client(self, c_reader: asyncio.StreamReader, c_writer: asyncio.StreamWriter) -> None:
         try:
@@ -125,37 +130,44 @@ class TcpProxy:
             c_writer.transport.abort()
             return
         self.connections += 1
-        pair = {c_writer, b_writer}
-        self._writers |= pair
-        up = asyncio.ensure_future(self._pipe_up(c_reader, b_writer))
-        down = asyncio.ensure_future(self._pipe_down(b_reader, c_writer))
+        conn = _Conn(c_writer, b_writer)
+        self._conns.add(conn)
+        up = asyncio.ensure_future(self._pipe_up(c_reader, conn))
+        down = asyncio.ensure_future(self._pipe_down(b_reader, conn))
         await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
+        if conn.cutting:  # let the client read what it was sent, then see the end
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(up), 5)
         for task in (up, down):
             task.cancel()
-        for w in pair:
-            with contextlib.suppress(Exception):
-                w.transport.abort()
-        self._writers -= pair
+        conn.abort()
+        self._conns.discard(conn)
 
-    async def _pipe_up(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe_up(self, reader: asyncio.StreamReader, conn: _Conn) -> None:
         while data := await reader.read(65536):
             self.bytes_up += len(data)
-            writer.write(data)
-            await writer.drain()
+            if not conn.cutting:  # after a cut, what the client sends is lost on the way
+                conn.broker.write(data)
+                await conn.broker.drain()
 
-    async def _pipe_down(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe_down(self, reader: asyncio.StreamReader, conn: _Conn) -> None:
         buf = bytearray()
-        while data := await reader.read(65536):
+        writer = conn.client
+        while not conn.cutting and (data := await reader.read(65536)):
             buf += data
             while (n := _packet_length(buf)) is not None and len(buf) >= n:
                 packet, buf = buf[:n], buf[n:]
+                if packet[0] >> 4 == PUBLISH:
+                    self.publishes_down += 1
+                    if packet[0] & 0x08:
+                        self.redelivered_down += 1
+                        self.redelivered_bytes += n
                 self._maybe_corrupt(packet)
                 writer.write(bytes(packet))
                 self.bytes_down += n
                 if self._crossed_threshold():
-                    await writer.drain()
                     self._flap_now()
-                    return
+                    break
             await writer.drain()
 
     def _maybe_corrupt(self, packet: bytearray) -> None:
@@ -176,3 +188,28 @@ class TcpProxy:
                     self._thresholds.pop(0)
                 return True
         return False
+
+
+class _Conn:
+    """One proxied connection. A cut (a flap) drops the broker side at once (RST: what the
+    broker had sent and the proxy not yet forwarded is lost, as on a dead link) and ends the
+    client side after the bytes already forwarded (FIN), so ``bytes_down`` counts exactly what
+    the client could read."""
+
+    def __init__(self, client: asyncio.StreamWriter, broker: asyncio.StreamWriter) -> None:
+        self.client, self.broker = client, broker
+        self.cutting = False
+
+    def cut(self) -> None:
+        if self.cutting:
+            return
+        self.cutting = True
+        with contextlib.suppress(Exception):
+            self.broker.transport.abort()
+        with contextlib.suppress(Exception):
+            self.client.write_eof()
+
+    def abort(self) -> None:
+        for w in (self.broker, self.client):
+            with contextlib.suppress(Exception):
+                w.transport.abort()

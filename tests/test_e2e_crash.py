@@ -11,42 +11,42 @@ only the chunks that were not yet durable.
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from deploy.keys import init_keys, load_private
-from deploy.push import BrokerAddress, Pusher, push_model
+from agent.manifest import SignedManifest
 from agent.messages import NeedRequest
+from deploy.keys import load_private
+from deploy.push import BrokerAddress, Pusher, PushResult
 from tests.agent_proc import AgentProcess, Observer
 from tests.broker import Broker
 from tests.e2e_host import (
     GATES,
     ScriptedHost,
-    agent_config,
     assert_digits_serving,
     model_files,
     pointer_sha,
+    seed_state,
     sha256_file,
     sign_model,
+    start_seeded,
     store_problems,
 )
-from tests.modelzoo import model
 from tests.models.bad_models import big_model
 
 pytestmark = [pytest.mark.broker, pytest.mark.runtime]
 
-CHUNK = 32 * 1024  # a ~2 MiB model in 64 chunks; the bitmap is made durable every 1 MiB
-NEW_SIZE = 2 * 2**20 - 8192  # 64 chunks of 32 KiB with the flatbuffer overhead
+CHUNK = 32 * 1024  # 64 chunks; the staging bitmap is made durable every 1 MiB (32 chunks)
+NEW_SIZE = 2 * 2**20 - 8192  # ~2 MiB with the flatbuffer overhead
 
-# crash point -> what the restarted agent must show: "old" (current = the old model, the new
-# transfer resumes), "trial" (the trial is rolled back with crashed_in_trial), "new" (the
-# commit had switched current: the new model is installed).
+# crash point -> what the restarted agent must show: "old" (current is still the old model),
+# "trial" (the trial is rolled back at start with crashed_in_trial), "new" (the commit had
+# switched current: the new model is installed, last_good is the old one).
 CRASH_POINTS = {
-    "after_chunk:3": "old",
-    "after_chunk:40": "old",
+    "after_chunk:3": "old",  # nothing durable yet: the resume fetches everything
+    "after_chunk:40": "old",  # 32 chunks durable: the resume fetches only the other 32
     "before_finish_rename": "old",
     "after_finish_rename": "old",
     "before_pointer_rename:trial": "old",
@@ -61,28 +61,9 @@ CRASH_POINTS = {
 
 
 @pytest.fixture(scope="module")
-def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path, str]]:
-    """A state dir with digits_int8 r1 committed by a real agent, and the key that signed it.
-    Each test copies it, so only one agent has to install the old model."""
-    root = tmp_path_factory.mktemp("seed")
-    keys = root / "keys"
-    init_keys(keys)
-    broker = Broker(root / "broker").start()
-    try:
-        agent = AgentProcess(broker, root / "state", keys / "edgeloop.pub",
-                             extra_args=agent_config(root)).start()  # fmt: skip
-        try:
-            result = push_model(
-                model("digits_int8"), "pi-01", BrokerAddress(broker.host, broker.port),
-                load_private(keys), name="digits", version="1.1", release=1, gates=GATES,
-                progress=None, timeout_s=60,
-            )  # fmt: skip
-            assert result.ok and result.outcome == "committed", result
-        finally:
-            assert agent.stop() == 0
-    finally:
-        broker.stop()
-    yield root / "state", keys, result.sha256
+def seeded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """digits_int8 r1 committed by a real agent, once per module (tests copy the state)."""
+    return seed_state(tmp_path_factory.mktemp("seed"))
 
 
 @pytest.fixture
@@ -99,27 +80,42 @@ def durable_chunks(state_dir: Path, sha256: str) -> set[int]:
     return {i for i in range(len(bits) * 8) if bits[i >> 3] & (1 << (i & 7))}
 
 
+def requested(obs: Observer) -> set[int]:
+    out: set[int] = set()
+    for n in obs.json_messages("/need"):
+        ranges = [range(a, b) for a, b in n["ranges"]]
+        out.update(NeedRequest.from_ranges(n["sha256"], ranges).indexes())
+    return out
+
+
+def push(broker: Broker, model: Path, signed: SignedManifest) -> PushResult:
+    with Pusher(BrokerAddress(broker.host, broker.port), "pi-01", progress=None) as pusher:
+        return pusher.push(model, signed, timeout_s=60, gates=GATES)
+
+
 @pytest.mark.parametrize("point", list(CRASH_POINTS))
 def test_crash_at_point_leaves_old_or_new_complete(
     point: str,
-    seeded: tuple[Path, Path, str],
+    seeded: tuple[Path, str],
     new_model: Path,
     broker: Broker,
     tmp_path: Path,
     keys_dir: Path,
     start_agent: Callable[..., AgentProcess],
 ) -> None:
-    seed_state, _seed_keys, old_sha = seeded
+    seed_dir, old_sha = seeded
     expect = CRASH_POINTS[point]
-    state_dir = tmp_path / "state-pi-01"
-    shutil.copytree(seed_state, state_dir)
-    key = load_private(keys_dir)  # pointers are not re-verified: any trusted key signs r2
-    args = agent_config(tmp_path)
+    key = load_private(keys_dir)
     signed = sign_model(new_model, key, release=2, chunk_size=CHUNK)
-    new_sha, size = signed.manifest.sha256, signed.manifest.size
-    assert signed.manifest.chunk_count == 64
+    new_sha, size, nchunks = (
+        signed.manifest.sha256,
+        signed.manifest.size,
+        signed.manifest.chunk_count,
+    )
+    assert nchunks == 64
 
-    agent = start_agent(state_dir=state_dir, extra_args=args, env={"EDGELOOP_CRASH_AT": point})
+    agent = start_seeded(start_agent, seed_dir, tmp_path, env={"EDGELOOP_CRASH_AT": point})
+    state_dir = agent.state_dir
     with ScriptedHost(broker) as host:
         host.offer(new_model.read_bytes(), signed)
         host.deploy(signed)
@@ -128,9 +124,7 @@ def test_crash_at_point_leaves_old_or_new_complete(
 
     # The state directory exactly as the crash left it.
     assert store_problems(state_dir) == []
-    cur = pointer_sha(state_dir)
-    assert cur in (old_sha, new_sha)
-    assert cur == (new_sha if expect == "new" else old_sha), point
+    assert pointer_sha(state_dir) == (new_sha if expect == "new" else old_sha), point
     if new_sha in model_files(state_dir):
         assert sha256_file(state_dir / "models" / f"{new_sha}.tflite") == new_sha
     durable = durable_chunks(state_dir, new_sha)
@@ -138,43 +132,36 @@ def test_crash_at_point_leaves_old_or_new_complete(
     topics = [f"edgeloop/dev/pi-01/{k}" for k in ("state", "events", "need")]
     with Observer(broker, topics) as obs:
         agent.env = {}
-        agent.start()
+        agent.start()  # the same state dir, no crash hook
         if expect == "trial":
             ev = obs.wait_event("rolled_back", 30, sha256=new_sha)
             assert ev["code"] == "crashed_in_trial", ev
         assert store_problems(state_dir) == []
         if expect == "new":
-            assert_digits_serving_sha(agent, new_sha)
+            state = agent.state()
+            assert state is not None and state["model"]["sha256"] == new_sha, state
             assert pointer_sha(state_dir, "last_good") == old_sha
             return
-        if expect == "trial":
-            assert pointer_sha(state_dir) == old_sha
-            assert_digits_serving(agent, old_sha)
-        # Finish the install: same manifest again (the agent resumes a staged transfer, or
-        # says it was already accepted), then if needed a new release of the same bytes.
-        with Pusher(BrokerAddress(broker.host, broker.port), "pi-01", progress=None) as pusher:
-            result = pusher.push(new_model, signed, timeout_s=60, gates=GATES)
+        assert pointer_sha(state_dir) == old_sha
+        assert_digits_serving(agent, old_sha)
+
+        # Finish the install: the same manifest again (a staged transfer is resumed), else a
+        # new release of the same bytes (the agent had accepted r2 already).
+        result = push(broker, new_model, signed)
         if not result.ok:
             assert result.outcome == "duplicate" and result.code == "replayed", result
             assert new_sha in model_files(state_dir)  # complete on disk: nothing to move
-            signed = sign_model(new_model, key, release=3, chunk_size=CHUNK)
-            with Pusher(BrokerAddress(broker.host, broker.port), "pi-01", progress=None) as p:
-                result = p.push(new_model, signed, timeout_s=60, gates=GATES)
+            result = push(
+                broker, new_model, sign_model(new_model, key, release=3, chunk_size=CHUNK)
+            )
         assert result.ok, (point, result)
         # Only missing chunks move: no need after the restart names a durable chunk, and the
-        # host never served more than what was missing (chunks the broker had queued for the
-        # agent's persistent session count for the rest).
-        asked = {i for n in obs.json_messages("/need") for i in NeedRequest.from_ranges(
-            n["sha256"], [range(a, b) for a, b in n["ranges"]]).indexes()}  # fmt: skip
+        # host served at most the missing ones (chunks the broker had queued for the agent's
+        # persistent session make up the rest).
+        asked = requested(obs)
         assert not asked & durable, (point, sorted(durable), sorted(asked))
-        missing = signed.manifest.chunk_count - len(durable) if point.startswith("after_chunk") else 0
-        assert result.chunks_sent <= missing, (point, len(durable), result.chunks_sent)
+        missing = nchunks - len(durable) if point.startswith("after_chunk") else 0
+        assert result.chunks_sent == missing, (point, len(durable), result.chunks_sent)
         assert result.bytes_sent < size or not durable
     assert pointer_sha(state_dir) == new_sha
     assert store_problems(state_dir) == []
-    assert agent.state()["model"]["sha256"] == new_sha  # type: ignore[index]
-
-
-def assert_digits_serving_sha(agent: AgentProcess, sha256: str) -> None:
-    state = agent.state()
-    assert state is not None and state["model"]["sha256"] == sha256, state

@@ -137,7 +137,7 @@ def test_broker_restart_loses_no_telemetry(
     start_agent: Callable[..., AgentProcess],
     kill_agent: bool,
 ) -> None:
-    args = agent_config(tmp_path) + ["--loadgen-rate", "50"]
+    args = [*agent_config(tmp_path), "--loadgen-rate", "50"]
     agent = start_agent(DEVICE, telemetry_interval=0.5, extra_args=args)
     first_boot = agent.wait_online()["boot_id"]
     sha = push_digits(broker, keys_dir)
@@ -207,7 +207,7 @@ def test_bounded_outbox_drops_oldest_and_reports_it(
         assert set(range(missing[-1] + 1, last_seq + 1)) <= host.seqs()
 
         def reported() -> int:
-            return max(t["outbox_dropped"] for t in host.telemetry())
+            return max(int(t["outbox_dropped"]) for t in host.telemetry())
 
         wait_for(lambda: reported() >= len(missing), 10, "outbox_dropped in telemetry")
         # records in flight when the broker went away may be dropped from disk yet still be
@@ -218,7 +218,7 @@ def test_bounded_outbox_drops_oldest_and_reports_it(
 
 
 def _log_time(line: str) -> float:
-    stamp = line.split(" WARNING ")[0].strip()
+    stamp = line.split(" WARNING ", maxsplit=1)[0].strip()
     return datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
 
 

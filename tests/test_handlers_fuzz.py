@@ -24,7 +24,6 @@ import os
 import shutil
 import subprocess
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -44,8 +43,8 @@ from agent.manifest import key_id_of, model_fields, sign_manifest
 from agent.messages import EventKind
 from agent.protocol import VERBS, canonical_json, encode_chunk
 from agent.runtime.delegates import load_model
-from agent.serving import NPY_CONTENT_TYPE, Server
 from agent.service import Agent
+from agent.serving import NPY_CONTENT_TYPE, Server
 from agent.transport_types import IncomingMessage, PublishHandle
 from deploy.keys import init_keys, load_private
 from deploy.push import BrokerAddress, push_model
@@ -165,7 +164,9 @@ json_scalars = (
 )
 json_values = st.recursive(
     json_scalars,
-    lambda kids: st.lists(kids, max_size=5) | st.dictionaries(st.text(max_size=12), kids, max_size=5),
+    lambda kids: (
+        st.lists(kids, max_size=5) | st.dictionaries(st.text(max_size=12), kids, max_size=5)
+    ),
     max_leaves=25,
 )
 arg_keys = st.sampled_from(
@@ -193,8 +194,18 @@ payloads = st.one_of(
     json_values.map(_dumps),
     command_docs.map(_dumps),
     command_docs.map(lambda d: _dumps(d)[:-1]),  # truncated JSON
-    st.sampled_from([b"", b"null", b"{", b"[]", b'{"id":"a","id":"b"}', b'{"id":NaN}',
-                     b'{"id":"x","args":{"x":Infinity}}', b"[" * 5000 + b"]" * 5000]),  # fmt: skip
+    st.sampled_from(
+        [
+            b"",
+            b"null",
+            b"{",
+            b"[]",
+            b'{"id":"a","id":"b"}',
+            b'{"id":NaN}',
+            b'{"id":"x","args":{"x":Infinity}}',
+            b"[" * 5000 + b"]" * 5000,
+        ]
+    ),
 )
 verbs = st.sampled_from(sorted(VERBS)) | st.from_regex(r"[a-z][a-z0-9_]{0,10}", fullmatch=True)
 
@@ -237,7 +248,10 @@ def test_deploy_with_fuzzed_arguments_never_raises(tmp_path: Path) -> None:
         @FUZZ
         @given(args=st.dictionaries(st.sampled_from(["gates", "delegate", "y"]), json_values))
         def check(args: dict[str, Any]) -> None:
-            doc = {"id": uuid.uuid4().hex, "args": args | {"manifest": _signed(h, blob, next(release))}}
+            doc = {
+                "id": uuid.uuid4().hex,
+                "args": args | {"manifest": _signed(h, blob, next(release))},
+            }
             corr = h.send(f"{BASE}/cmd/deploy", canonical_json(doc))
             (reply,) = h.replies_to(corr)
             status = json.loads(reply.payload)["status"]
@@ -298,8 +312,10 @@ def _flip(data: bytes, i: int) -> bytes:
 
 
 # ---- path traversal in signed names: refused before anything is written -----------------------
-TRAVERSAL = ["../../../escape", "..", ".", "/tmp/escape", "a/../../escape", "..\\..\\escape",
-             "escape\x00.tflite", "%2e%2e%2fescape", "~root", "-rf", ".hidden", "a" * 65]  # fmt: skip
+TRAVERSAL = [
+    "../../../escape", "..", ".", "/tmp/escape", "a/../../escape", "..\\..\\escape",
+    "escape\x00.tflite", "%2e%2e%2fescape", "~root", "-rf", ".hidden", "a" * 65,
+]  # fmt: skip
 
 
 def _raw_signed(h: Harness, blob: bytes, **override: Any) -> dict[str, Any]:
@@ -318,7 +334,11 @@ def test_traversal_names_in_signed_manifests_are_refused(tmp_path: Path) -> None
         @FUZZ
         @given(
             name=st.sampled_from([*TRAVERSAL, absolute])
-            | st.builds(lambda a, b: a + b, st.sampled_from(["../", "/", "..\\", "./"]), st.text(max_size=20)),
+            | st.builds(
+                lambda a, b: a + b,
+                st.sampled_from(["../", "/", "..\\", "./"]),
+                st.text(max_size=20),
+            ),
             where=st.sampled_from(["name", "version", "sha256", "key_id"]),
         )  # fmt: skip
         def check(name: str, where: str) -> None:
@@ -345,7 +365,7 @@ def _npy(arr: np.ndarray[Any, Any]) -> bytes:
 
 
 def _npy_header(shape: str, descr: str = "<f4") -> bytes:
-    text = "{'descr': '%s', 'fortran_order': False, 'shape': %s, }" % (descr, shape)
+    text = f"{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}"
     text = text.ljust(117) + "\n"
     return b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text.encode()
 
@@ -360,9 +380,19 @@ arrays = st.tuples(dtypes, shapes).flatmap(lambda t: hnp.arrays(t[0], t[1]))
 infer_payloads = st.one_of(
     arrays.map(_npy),
     arrays.map(lambda a: _npy(a)[: max(1, len(_npy(a)) // 2)]),  # truncated
-    st.sampled_from([_npy_header(s) + b"\0" * 16 for s in
-                     ["(100000000000000,)", "(2**40,)", "(-1,)", "(4611686018427387904,)",
-                      "(10000, 10000, 10000)", "(1, 8, 8, 1)"]]),  # fmt: skip
+    st.sampled_from(
+        [
+            _npy_header(s) + b"\0" * 16
+            for s in [
+                "(100000000000000,)",
+                "(2**40,)",
+                "(-1,)",
+                "(4611686018427387904,)",
+                "(10000, 10000, 10000)",
+                "(1, 8, 8, 1)",
+            ]
+        ]
+    ),
     st.binary(max_size=200).map(lambda b: b"\x93NUMPY" + b),
     arrays.map(lambda a: _dumps({"inputs": [a.tolist()]} if a.dtype.kind in "biuf" else [1])),
     json_values.map(lambda v: _dumps({"inputs": v})),

@@ -18,6 +18,7 @@ Every function returns the ``.tflite`` bytes; the tests sign and push them like 
 from __future__ import annotations
 
 import math
+import struct
 from typing import Any
 
 import flatbuffers  # type: ignore[import-untyped]
@@ -208,13 +209,24 @@ def flip_byte(data: bytes, offset: int) -> bytes:
     return bytes(out)
 
 
+def schema_version_offset(model: bytes) -> int:
+    """File offset of the low byte of ``Model.version`` (field 0 of the root table)."""
+    root = struct.unpack_from("<I", model, 0)[0]
+    vtable = root - struct.unpack_from("<i", model, root)[0]
+    field = struct.unpack_from("<H", model, vtable + 4)[0]
+    if field == 0:
+        raise ValueError("the model does not store a schema version")
+    return int(root + field)
+
+
 def corrupt_variants(model: bytes) -> dict[str, bytes]:
-    """The P8 family from one real model. ``flipped`` inverts the first byte of the root table
-    offset, which sends every reader far outside the file."""
+    """The P8 family from one real model. ``flipped`` inverts one byte, the schema version
+    (3 -> 252): the file still parses as a flatbuffer, so it passes the agent's own inspection
+    and reaches the interpreter in the sandbox, which must refuse it."""
     return {
         "empty": b"",
         "header8": model[:8],
         "truncated50": model[: len(model) // 2],
         "random": garbage(len(model), seed=8),
-        "flipped": flip_byte(model, 0),
+        "flipped": flip_byte(model, schema_version_offset(model)),
     }

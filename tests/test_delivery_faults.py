@@ -1,0 +1,162 @@
+"""RELIABILITY P2 and P16 end to end: a flaky link costs only what was lost, a corrupted chunk
+is fetched again, and every host -> device message may arrive twice or out of order without a
+second install or a double count.
+
+P2 puts tests/tcp_proxy.py between the agent and Mosquitto: it aborts the TCP connection at
+chosen byte counts and flips a byte inside a chunk PUBLISH, and counts every byte the agent
+received, retransmissions included.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from deploy.keys import load_private
+from tests.agent_proc import AgentProcess
+from tests.broker import Broker
+from tests.e2e_host import (
+    ScriptedHost,
+    assert_digits_serving,
+    pointer_sha,
+    seed_state,
+    sign_model,
+    start_seeded,
+)
+from tests.models.bad_models import big_model
+from tests.modelzoo import model
+from tests.tcp_proxy import TcpProxy
+
+pytestmark = [pytest.mark.broker, pytest.mark.runtime]
+
+BIG = 5 * 2**20
+INSTALL_KINDS = ("install_accepted", "install_verified", "trial_started", "committed")
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    return seed_state(tmp_path_factory.mktemp("seed"))
+
+
+@pytest.fixture(scope="module")
+def big() -> bytes:
+    return big_model(BIG, seed=2)
+
+
+@pytest.fixture
+def proxy(broker: Broker) -> Iterator[TcpProxy]:
+    with TcpProxy(broker.host, broker.port) as p:
+        yield p
+
+
+def test_link_flapping_five_times_resumes_with_little_overhead(
+    seeded: tuple[Path, str],
+    big: bytes,
+    broker: Broker,
+    proxy: TcpProxy,
+    tmp_path: Path,
+    keys_dir: Path,
+    start_agent: Callable[..., AgentProcess],
+) -> None:
+    seed_dir, old_sha = seeded
+    signed = sign_model(big, load_private(keys_dir), release=2)
+    sha, size = signed.manifest.sha256, signed.manifest.size
+    agent = start_seeded(start_agent, seed_dir, tmp_path, extra_args=["--broker", proxy.url])
+    pid = agent.pid
+    with ScriptedHost(broker) as host:
+        host.offer(big, signed)
+        start = proxy.bytes_down
+        proxy.flap_at(start + k * size // 6 for k in range(1, 6))
+        host.deploy(signed)
+        host.wait_event("committed", sha, timeout=90)
+        received = proxy.bytes_down - start
+    assert proxy.flaps == 5 and proxy.connections >= 6
+    stats = (f"{received} bytes received for a {size}-byte model; {proxy.publishes_down} "
+             f"PUBLISH, {proxy.redelivered_down} redelivered ({proxy.redelivered_bytes} bytes), "
+             f"{host.chunks_sent} chunks served for {signed.manifest.chunk_count}")
+    print(stats)
+    assert received <= 1.2 * size, stats
+    assert agent.pid == pid
+    assert pointer_sha(agent.state_dir) == sha
+    assert pointer_sha(agent.state_dir, "last_good") == old_sha
+
+
+def test_chunk_corrupted_on_the_wire_is_fetched_again(
+    seeded: tuple[Path, str],
+    big: bytes,
+    broker: Broker,
+    proxy: TcpProxy,
+    tmp_path: Path,
+    keys_dir: Path,
+    start_agent: Callable[..., AgentProcess],
+) -> None:
+    seed_dir, _old = seeded
+    signed = sign_model(big, load_private(keys_dir), release=2)
+    sha, size, chunk = signed.manifest.sha256, signed.manifest.size, signed.manifest.chunk_size
+    agent = start_seeded(start_agent, seed_dir, tmp_path, extra_args=["--broker", proxy.url])
+    with ScriptedHost(broker) as host:
+        host.offer(big, signed)
+        proxy.corrupt_publishes(1, min_size=chunk // 2)  # a chunk, not the deploy command
+        start = proxy.bytes_down
+        host.deploy(signed)
+        verified = host.wait_event("install_verified", sha, timeout=90)
+        host.wait_event("committed", sha)
+        received = proxy.bytes_down - start
+    assert proxy.corrupted == 1
+    assert verified.data["corrupt_chunks"] == 1
+    assert host.chunks_sent == signed.manifest.chunk_count + 1  # only that chunk again
+    assert received <= size + 2 * chunk, received
+    assert pointer_sha(agent.state_dir) == sha
+
+
+def test_duplicated_and_reversed_messages_install_once(
+    seeded: tuple[Path, str],
+    broker: Broker,
+    tmp_path: Path,
+    keys_dir: Path,
+    start_agent: Callable[..., AgentProcess],
+) -> None:
+    """Every host -> device message twice and in reverse order: the deploy command (same id and
+    a new id), each need answered twice, each answer's chunks reversed and duplicated; after the
+    commit, the whole recorded host traffic replayed again, newest first."""
+    seed_dir, old_sha = seeded
+    data = model("digits_fp32").read_bytes()
+    signed = sign_model(data, load_private(keys_dir), release=2, chunk_size=4096)
+    sha, size = signed.manifest.sha256, signed.manifest.size
+    agent = start_seeded(start_agent, seed_dir, tmp_path)
+    with ScriptedHost(broker) as host:
+        host.offer(data, signed)
+        host.order = lambda indexes: list(reversed(indexes)) * 2
+        host.need_repeat = 2
+        first = host.deploy(signed)
+        host.deploy(signed, cmd_id=first)  # the same command delivered twice
+        second = host.deploy(signed)  # the same manifest under a new command id
+        host.wait_event("committed", sha)
+        assert host.wait_reply(first, status="accepted")
+        assert host.wait_reply(second).status == "duplicate"
+        assert [r.status for r in host.replies_to(first)].count("accepted") == 1
+
+        traffic = list(reversed(host.sent))
+        assert len(traffic) > 3 * signed.manifest.chunk_count
+        host.replay(traffic)
+        replayed_reply = host.wait_reply(second, status="duplicate")
+        assert replayed_reply.message in ("already installing", "already installed")
+        # a state round trip after the replay: the agent has handled everything before it
+        assert host.wait_reply(host.command("state")).status == "ok"
+        assert host.replies_to(first)[-1].status == "duplicate"
+
+        for kind in INSTALL_KINDS:
+            assert len(host.events_of(kind, sha)) == 1, kind
+        assert host.events_of("rolled_back") == host.events_of("rejected") == []
+        verified = host.events_of("install_verified", sha)[0]
+        assert verified.data["corrupt_chunks"] == 0
+        for progress in host.events_of("install_progress", sha):
+            assert progress.data["received_bytes"] <= size
+        assert_digits_serving(agent, sha)
+    assert pointer_sha(agent.state_dir) == sha
+    assert pointer_sha(agent.state_dir, "last_good") == old_sha
+    counters = json.loads((agent.state_dir / "counters.json").read_bytes())
+    assert counters["releases"]["digits"] == 2

@@ -1,0 +1,243 @@
+"""RELIABILITY P7 and P8 end to end: bad models are stopped by the probe or the trial's health
+gates and rolled back, a crash in trial is rolled back at the next start, and no model, however
+broken, takes the agent process down. After each, the old model still answers inferences.
+
+Bad models come from tests/models/bad_models.py (built at test time, no TensorFlow) and from
+corrupting a committed digits model; they are signed with the trusted key, as a compromised or
+buggy build pipeline would sign them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from deploy.keys import load_private
+from tests.agent_proc import AgentProcess
+from tests.broker import Broker
+from tests.delivery_helpers import sign_raw_body
+from tests.e2e_host import (
+    ScriptedHost,
+    assert_digits_serving,
+    infer,
+    pointer_sha,
+    seed_state,
+    sign_model,
+    start_seeded,
+)
+from tests.models import bad_models
+from tests.modelzoo import model
+
+pytestmark = [pytest.mark.broker, pytest.mark.runtime]
+
+QUICK = {"min_inferences": 20, "min_seconds": 0.5}
+LONG_TRIAL = {"min_inferences": 20, "min_seconds": 60.0}
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    return seed_state(tmp_path_factory.mktemp("seed"))
+
+
+def _digits_fp32() -> bytes:
+    return model("digits_fp32").read_bytes()
+
+
+# name -> (model bytes, signed with a description, gates, kind, code, probe code, message part)
+P7_CASES: dict[str, tuple[Callable[[], bytes], bool, dict[str, Any], str, str, str | None, str]] = {
+    "signed_garbage": (bad_models.garbage, False, QUICK, "rolled_back", "model_file", None,
+                       "not a TFLite flatbuffer"),
+    "nan_outputs": (bad_models.nan_model, True, QUICK, "rolled_back", "probe_failed",
+                    "bad_output", "NaN"),
+    "wrong_output_shape": (bad_models.wrong_shape_model, True, QUICK, "rolled_back",
+                           "probe_failed", "bad_output", "shape [1, 10]"),
+    "misses_p95_gate": (_digits_fp32, True, QUICK | {"p95_ms": 0.0001}, "rolled_back",
+                        "health_failed", None, "p95"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(P7_CASES))
+def test_bad_model_is_rolled_back_and_the_old_one_serves(
+    case: str,
+    seeded: tuple[Path, str],
+    broker: Broker,
+    tmp_path: Path,
+    keys_dir: Path,
+    start_agent: Callable[..., AgentProcess],
+) -> None:
+    make, describe, gates, kind, code, probe_code, part = P7_CASES[case]
+    seed_dir, old_sha = seeded
+    data = make()
+    signed = sign_model(data, load_private(keys_dir), release=2, describe=describe)
+    sha = signed.manifest.sha256
+    agent = start_seeded(start_agent, seed_dir, tmp_path)
+    pid = agent.pid
+    with ScriptedHost(broker) as host:
+        host.offer(data, signed)
+        cmd = host.deploy(signed, gates=gates)
+        event = host.wait_event(kind, sha)
+        assert event.code == code, event
+        assert part in event.message, event.message
+        if probe_code is not None:
+            assert event.data["probe"]["code"] == probe_code, event.data
+        reply = host.wait_reply(cmd, status="error")
+        assert reply.code == code
+        assert host.events_of("committed") == []
+        # the trial ran only where the gate is a trial gate
+        assert bool(host.events_of("trial_started", sha)) is (code == "health_failed")
+        assert_digits_serving(agent, old_sha)
+    assert pointer_sha(agent.state_dir) == old_sha
+    assert pointer_sha(agent.state_dir, "trial") is None
+    assert agent.pid == pid and agent.alive()
+
+
+def test_nan_on_real_input_during_trial_fails_the_health_gate(
+    seeded: tuple[Path, str],
+    broker: Broker,
+    tmp_path: Path,
+    keys_dir: Path,
+    start_agent: Callable[..., AgentProcess],
+) -> None:
+    """A model fine on the probe's inputs (SQRT of [0, 1)) that returns NaN for a real request
+    during the trial (a negative input): the trial fails (health_failed) and rolls back."""
+    seed_dir, old_sha = seeded
+    data = bad_models.sqrt_model(4)
+    signed = sign_model(data, load_private(keys_dir), release=2)
+    sha = signed.manifest.sha256
+    agent = start_seeded(start_agent, seed_dir, tmp_path)
+    with ScriptedHost(broker) as host:
+        host.offer(data, signed)
+        host.deploy(signed, gates=LONG_TRIAL)
+        host.wait_event("trial_started", sha)
+        body = infer(broker, "pi-01", [[-1.0, 0.25, 0.5, 1.0]])
+        assert body["model"]["sha256"] == sha  # the trial model answered, with NaN
+        assert body["outputs"][0][0][0] != body["outputs"][0][0][0]
+        event = host.wait_event("rolled_back", sha, timeout=30)
+        assert event.code == "health_failed" and "NaN" in event.message, event
+        assert host.events_of("committed") == []
+        assert_digits_serving(agent, old_sha)
+
+
+def test_sigkill_during_trial_rolls_back_at_next_start(
+    seeded: tuple[Path, str],
+    broker: Broker,
+    tmp_path: Path,
+    keys_dir: Path,
+    start_agent: Callable[..., AgentProcess],
+) -> None:
+    seed_dir, old_sha = seeded
+    data = model("digits_fp32").read_bytes()
+    signed = sign_model(data, load_private(keys_dir), release=2)
+    sha = signed.manifest.sha256
+    agent = start_seeded(start_agent, seed_dir, tmp_path)
+    with ScriptedHost(broker) as host:
+        host.offer(data, signed)
+        host.deploy(signed, gates=LONG_TRIAL)
+        host.wait_event("trial_started", sha)
+        assert pointer_sha(agent.state_dir, "trial") == sha
+        agent.kill()  # SIGKILL from outside, mid-trial
+        agent.start()
+        event = host.wait_event("rolled_back", sha, timeout=30)
+        assert event.code == "crashed_in_trial", event
+        assert host.events_of("committed") == []
+        assert_digits_serving(agent, old_sha)
+    assert pointer_sha(agent.state_dir, "trial") is None
+    assert pointer_sha(agent.state_dir) == old_sha
+
+
+# ---- P8: a crashing loader cannot kill the agent --------------------------------------------
+
+CORRUPT = ["header8", "truncated50", "random", "flipped"]
+
+
+@pytest.mark.parametrize("variant", CORRUPT)
+def test_corrupt_model_file_never_kills_the_agent(
+    variant: str,
+    seeded: tuple[Path, str],
+    broker: Broker,
+    tmp_path: Path,
+    keys_dir: Path,
+    start_agent: Callable[..., AgentProcess],
+) -> None:
+    seed_dir, old_sha = seeded
+    data = bad_models.corrupt_variants(model("digits_int8").read_bytes())[variant]
+    signed = sign_model(data, load_private(keys_dir), release=2, describe=False)
+    sha = signed.manifest.sha256
+    agent = start_seeded(start_agent, seed_dir, tmp_path)
+    pid = agent.pid
+    with ScriptedHost(broker) as host:
+        host.offer(data, signed)
+        host.deploy(signed)
+        event = host.wait_event("rolled_back", sha)
+        if variant == "flipped":
+            # it parses as a flatbuffer, so it reached the interpreter, in the sandbox child
+            assert event.code == "probe_failed", event
+            assert event.data["probe"]["stage"] == "load", event.data
+            assert "schema version" in event.message
+        else:
+            assert event.code == "model_file", event
+        assert host.events_of("trial_started") == []
+        assert_digits_serving(agent, old_sha)
+    assert agent.pid == pid and agent.alive()
+
+
+def test_empty_model_is_refused_as_invalid(
+    seeded: tuple[Path, str],
+    broker: Broker,
+    tmp_path: Path,
+    keys_dir: Path,
+    start_agent: Callable[..., AgentProcess],
+) -> None:
+    """0 bytes cannot even be described by a manifest (size >= 1): a host that signs one
+    anyway gets ``invalid`` at accept, before anything is written."""
+    seed_dir, old_sha = seeded
+    key = load_private(keys_dir)
+    body = sign_model(b"x", key, release=2, describe=False).manifest.to_dict()
+    body.update(
+        size=0, chunks=[], sha256="e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+    )
+    envelope = json.loads(sign_raw_body(key, body))
+    agent = start_seeded(start_agent, seed_dir, tmp_path)
+    pid = agent.pid
+    with ScriptedHost(broker) as host:
+        cmd = host.deploy(envelope)
+        reply = host.wait_reply(cmd)
+        assert (reply.status, reply.code) == ("rejected", "invalid"), reply
+        assert host.wait_event("rejected").code == "invalid"
+        assert_digits_serving(agent, old_sha)
+    assert agent.pid == pid and agent.alive()
+
+
+@pytest.mark.parametrize(("mode", "signal"), [("segv", "SIGSEGV"), ("abort", "SIGABRT")])
+def test_loader_killed_by_a_signal_is_reported_and_the_agent_lives(
+    mode: str,
+    signal: str,
+    seeded: tuple[Path, str],
+    broker: Broker,
+    tmp_path: Path,
+    keys_dir: Path,
+    start_agent: Callable[..., AgentProcess],
+) -> None:
+    """The sandbox child dies by a signal right after loading (EDGELOOP_SANDBOX_CRASH, the
+    sandbox's test hook, read only in the child): the event names the signal."""
+    seed_dir, old_sha = seeded
+    data = model("digits_fp32").read_bytes()
+    signed = sign_model(data, load_private(keys_dir), release=2)
+    sha = signed.manifest.sha256
+    agent = start_seeded(start_agent, seed_dir, tmp_path, env={"EDGELOOP_SANDBOX_CRASH": mode})
+    pid = agent.pid
+    with ScriptedHost(broker) as host:
+        host.offer(data, signed)
+        host.deploy(signed)
+        event = host.wait_event("rolled_back", sha)
+        assert event.code == "probe_failed", event
+        assert event.data["signal"] == signal, event.data
+        assert signal in event.message
+        assert event.data["probe"]["code"] == "crashed"
+        assert host.events_of("trial_started") == []
+        assert_digits_serving(agent, old_sha)
+    assert agent.pid == pid and agent.alive()
