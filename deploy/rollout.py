@@ -37,7 +37,7 @@ class Deployer:
     timeout_s: float = 300.0
 
     def push(self, device: str, variant: Variant, *, reason: str = "") -> PushResult:
-        release = self.registry.next_release(self.model)
+        release = self.registry.next_release(self.model, at_least=self._release_floor(device))
         dep = self.registry.record_deployment(device, variant.id, release, variant.sha256)
         try:
             result = push_model(
@@ -56,6 +56,17 @@ class Deployer:
         self.registry.finish_deployment(dep, outcome, why)
         log.info("%s on %s: %s (%s)", variant.recipe, device, outcome, result.message)
         return result
+
+    def _release_floor(self, device: str) -> int:
+        """Above the release the device serves now: it accepts only higher ones, and that one
+        may not come from this registry (``edge-deploy push`` signs with the time in ms; a
+        registry restored from a backup is behind)."""
+        d = self.registry.device(device)
+        model = (d.state.get("model") if d else None) or {}
+        rel = model.get("release")
+        if model.get("name") == self.model and isinstance(rel, int) and not isinstance(rel, bool):
+            return rel + 1
+        return 1
 
 
 @dataclass

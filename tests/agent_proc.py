@@ -71,7 +71,7 @@ class AgentProcess:
     def start(self, *, wait_online: bool = True, timeout: float = 30.0) -> AgentProcess:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.state_dir.parent / f"{self.device_id}-agent.log"
-        env = dict(os.environ) | {"PYTHONUNBUFFERED": "1"} | self.env
+        env = dict(os.environ) | {"PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"} | self.env
         logf = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             self.command(), cwd=REPO, env=env, stdout=logf, stderr=subprocess.STDOUT
@@ -139,8 +139,15 @@ class AgentProcess:
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+                # PYTHONFAULTHANDLER is set in start(): SIGABRT writes every thread's stack
+                # to the log, so a hang in shutdown shows where it hangs
+                self.proc.send_signal(signal.SIGABRT)
+                try:
+                    self.proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+                self.proc = None
                 raise AssertionError(f"agent did not stop on SIGTERM:\n{self.log()}") from None
         rc = self.proc.returncode
         self.proc = None

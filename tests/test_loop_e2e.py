@@ -30,13 +30,14 @@ import pytest
 from deploy.loop import ClassRun, ClosedLoop, LoopSettings
 from deploy.optimizer import Decision, EnoughRule, enough_telemetry
 from deploy.registry import Registry
-from deploy.registry_types import Variant
+from deploy.registry_types import Deployment, Variant
 from deploy.rollout import RolloutRunner
 from deploy.rollout_plan import RolloutPolicy
 from deploy.targets import Targets, parse_targets
 from tests.agent_proc import REPO, wait_for
 from tests.loop_fixtures import (
     DIGITS_DATA,
+    GATES,
     MODEL,
     DeviceSpec,
     Fleet,
@@ -108,22 +109,24 @@ class LoopResult:
     target_p95: float  # the tight class's target
     size_target: float  # the gated class's size target (MB)
     first_deployment: int  # deployments with a larger id were made by the loop
-    started: float
-    seconds: float
+
+
+def all_deployments(reg: Registry) -> list[Deployment]:
+    rows = [d for c in reg.hardware_classes() for d in reg.deployments_for(c.id, MODEL)]
+    return sorted(rows, key=lambda d: d.id)
 
 
 def last_deployment_id(reg: Registry) -> int:
-    rows = reg._all("SELECT COALESCE(MAX(id), 0) FROM deployments")
-    return int(rows[0][0])
+    return max((d.id for d in all_deployments(reg)), default=0)
 
 
 def last_decision_id(reg: Registry) -> int:
-    return int(reg._all("SELECT COALESCE(MAX(id), 0) FROM decisions")[0][0])
+    return max((d.id for d in reg.decisions(MODEL)), default=0)
 
 
-def deployments_since(reg: Registry, first: int, device: str | None = None) -> list[Any]:
-    rows = reg._all("SELECT * FROM deployments WHERE id > ? ORDER BY id", (first,))
-    return [r for r in rows if device is None or r["device"] == device]
+def deployments_since(reg: Registry, first: int, device: str | None = None) -> list[Deployment]:
+    return [d for d in all_deployments(reg)
+            if d.id > first and (device is None or d.device == device)]  # fmt: skip
 
 
 def p95_of(decision: Any) -> float:
@@ -167,11 +170,9 @@ def loop(fleet: Fleet, bad_variant: Variant) -> LoopResult:
     }, "test")  # fmt: skip
     reg = fleet.host.reg
     first = last_deployment_id(reg)
-    t0 = time.monotonic()
     runs = ClosedLoop(reg, fleet.host.dep, targets, settings()).run()
-    seconds = time.monotonic() - t0
-    return LoopResult({r.class_id.split("/")[0]: r for r in runs}, targets, target,
-                      size_target, first, t0, seconds)  # fmt: skip
+    by_class = {r.class_id.split("/")[0]: r for r in runs}
+    return LoopResult(by_class, targets, target, size_target, first)
 
 
 def decisions(reg: Registry, run: ClassRun) -> list[Any]:
@@ -191,7 +192,7 @@ def test_tight_class_converges_to_a_quantized_variant(fleet: Fleet, loop: LoopRe
     # within 3 device trials: the loop's count and the registry's deployments to the canary
     assert run.trials <= 3
     canary_pushes = deployments_since(reg, loop.first_deployment, run.canary)
-    assert 1 <= len(canary_pushes) <= 3, [dict(r) for r in canary_pushes]
+    assert 1 <= len(canary_pushes) <= 3, canary_pushes
     # the float model missed the target on the canary and the chosen variant met it, by the
     # loop's own measurements (median of window p95s, >= 3 windows since the loop started)
     judged_fp32 = [d for d in run.decisions if d.action == "deploy" and "current" in d.evidence]
@@ -249,17 +250,14 @@ def test_a_variant_failing_the_accuracy_gate_is_never_deployed(
     gated = loop.runs[GATED]
     assert gated.state == "infeasible", gated.summary()
     # never deployed: no deployment row, no deploy command, never served or measured
-    all_rows = reg._all("SELECT variant, device FROM deployments")
-    assert [dict(r) for r in all_rows if r["variant"] == bad_variant.id] == []
+    assert [d for d in all_deployments(reg) if d.variant == bad_variant.id] == []
     assert all(m["sha256"] != bad_variant.sha256 for _, m in fleet.deploy_commands())
     states = fleet.messages("/state")
     assert states, "the observer saw no state message"
     served = {(b.get("model") or {}).get("sha256") for _, b in states}
     served |= {(b.get("model") or {}).get("sha256") for _, b in fleet.messages("/telemetry")}
     assert bad_variant.sha256 not in served
-    windows = reg._all("SELECT COUNT(*) FROM telemetry_windows WHERE model_sha256 = ?",
-                       (bad_variant.sha256,))  # fmt: skip
-    assert windows[0][0] == 0
+    assert all(reg.windows(c.id, bad_variant.sha256) == [] for c in reg.hardware_classes())
     # every decision of every class lists it as excluded by the accuracy gate, with the reason
     rows = reg.decisions(MODEL)
     assert len({r.class_id for r in rows}) >= 3
@@ -316,8 +314,7 @@ def test_rollout_with_a_failing_device_aborts_and_rolls_back(fleet: Fleet) -> No
     assert fleet.retained_model("box-c") == before["box-c"]
     assert fleet.retained_model("box-b").get("sha256") != new.sha256
     # the registry's deployments tell the same story
-    rows = [(r["device"], r["variant"], r["outcome"], r["release"])
-            for r in deployments_since(reg, first)]  # fmt: skip
+    rows = [(d.device, d.variant, d.outcome, d.release) for d in deployments_since(reg, first)]
     assert rows == [
         ("box-a", new.id, "committed", m_new["release"]),
         ("box-b", new.id, "rolled_back", m_b["release"]),
@@ -390,3 +387,32 @@ def test_the_registry_survives_a_host_restart_mid_loop(fleet: Fleet) -> None:
     canary_pushes = deployments_since(reg, first_dep, canary)
     assert 1 <= len(canary_pushes) <= 3
     assert fleet.retained_model(canary)["sha256"] == variant.sha256
+
+
+# ---- releases pushed outside the registry --------------------------------------------------
+
+
+def test_the_loop_deploys_above_a_release_pushed_outside_the_registry(fleet: Fleet) -> None:
+    """`edge-deploy push` signs with release = now in milliseconds; the loop's deployer must
+    still be able to reach that device (its release counter only accepts higher releases)."""
+    from deploy.push import push_model
+
+    host, device = fleet.host, "pi5-a"
+    fp32, int8 = fleet.variant("fp32"), fleet.variant("int8")
+    manual = push_model(Path(int8.path), device, host.address, host.key, name=MODEL,
+                        version="manual", recipe="int8", gates=GATES, timeout_s=60,
+                        progress=None)  # fmt: skip
+    assert manual.ok, manual.message
+    assert manual.release > 10**12  # milliseconds: far above the registry's counter
+    wait_for(lambda: fleet.retained_model(device).get("release") == manual.release, 10,
+             "the manual push in the retained state")  # fmt: skip
+
+    def stored_release() -> Any:
+        d = host.reg.device(device)
+        return d is not None and (d.state.get("model") or {}).get("release") == manual.release
+
+    wait_for(stored_release, 10, "the collector to store it")
+    back = host.dep.push(device, fp32)
+    assert back.ok, back.message
+    assert back.release > manual.release
+    assert fleet.retained_model(device)["sha256"] == fp32.sha256
