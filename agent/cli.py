@@ -17,18 +17,15 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from agent import __version__
+from agent.cliutil import EXIT_FAILED, EXIT_OK, run_main
 from agent.errors import EdgeloopError
 
 log = logging.getLogger(__name__)
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_BAD_INPUT = 2
 
 
 def _print_json(obj: Any) -> None:
@@ -278,19 +275,4 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    level = logging.WARNING - 10 * min(args.verbose, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    func: Callable[[argparse.Namespace], int] = args.func
-    try:
-        return int(func(args))
-    except EdgeloopError as exc:
-        hint = f" (hint: {exc.hint})" if exc.hint else ""
-        print(f"edge-agent: error: {exc.message}{hint}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:  # `edge-... --json | head`: the reader went away, not an error
-        sys.stderr.close()
-        return 0
+    return run_main(build_parser(), argv)

@@ -18,16 +18,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from agent.cliutil import EXIT_FAILED, EXIT_OK, run_main
 from agent.errors import EdgeloopError
 from deploy import __version__
-
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 
 def _broker(args: argparse.Namespace) -> Any:
@@ -221,19 +219,4 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    level = logging.WARNING - 10 * min(args.verbose, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    func: Callable[[argparse.Namespace], int] = args.func
-    try:
-        return int(func(args))
-    except EdgeloopError as exc:
-        hint = f" (hint: {exc.hint})" if exc.hint else ""
-        print(f"edge-deploy: error: {exc.message}{hint}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:  # `edge-... --json | head`: the reader went away, not an error
-        sys.stderr.close()
-        return 0
+    return run_main(build_parser(), argv)

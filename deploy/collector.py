@@ -12,14 +12,12 @@ import json
 import logging
 import queue
 import threading
-import uuid
 from collections import deque
 from typing import Any
 
 from agent.errors import EdgeloopError, ProtocolError
 from agent.protocol import parse_topic
-from agent.transport import Transport
-from agent.transport_types import IncomingMessage, TransportConfig
+from agent.transport_types import IncomingMessage
 from deploy.push import BrokerAddress
 from deploy.registry import Registry
 
@@ -44,19 +42,7 @@ class Collector:
         self.skipped = 0
         share = f"$share/{share_group}/" if share_group else ""
         topics = [f"{share}{prefix}/dev/+/{kind}" for kind in ("state", "telemetry", "events")]
-        self.transport = Transport(
-            TransportConfig(
-                host=broker.host,
-                port=broker.port,
-                client_id=f"edgeloop-collector-{uuid.uuid4().hex[:10]}",
-                username=broker.username,
-                password=broker.password,
-                clean_start=True,
-                session_expiry_s=0,
-                subscriptions=[(t, 1) for t in topics],
-            ),
-            self.inbox.put,
-        )
+        self.transport = broker.client("collector", topics, self.inbox.put)
         self._thread = threading.Thread(target=self._run, name="collector", daemon=True)
         self._idle = threading.Event()
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import queue
 import time
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,8 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from agent.errors import ProtocolError
 from agent.protocol import ParsedTopic, parse_topic
-from agent.transport import Transport
-from agent.transport_types import IncomingMessage, TransportConfig
+from agent.transport_types import IncomingMessage
 from deploy.push import BrokerAddress
 
 if TYPE_CHECKING:
@@ -72,23 +70,10 @@ class FleetWatcher:
         self.prefix = prefix
         self.devices: dict[str, DeviceView] = {}
         self.inbox: queue.Queue[IncomingMessage] = queue.Queue()
-        self.transport = Transport(
-            TransportConfig(
-                host=broker.host,
-                port=broker.port,
-                client_id=f"edgeloop-fleet-{uuid.uuid4().hex[:12]}",
-                username=broker.username,
-                password=broker.password,
-                clean_start=True,
-                session_expiry_s=0,
-                subscriptions=[
-                    (f"{prefix}/dev/+/state", 1),
-                    (f"{prefix}/dev/+/telemetry", 1),
-                    (f"{prefix}/dev/+/events", 1),
-                ],
-            ),
+        self.transport = broker.client(
+            "fleet", [f"{prefix}/dev/+/{kind}" for kind in ("state", "telemetry", "events")],
             self.inbox.put,
-        )
+        )  # fmt: skip
 
     @contextmanager
     def running(self) -> Iterator[FleetWatcher]:

@@ -13,7 +13,7 @@ import queue
 import sys
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -44,6 +44,28 @@ class BrokerAddress:
         if not host or not port.isdigit():
             raise EdgeloopError(f"broker {text!r}: expected HOST:PORT", code="config")
         return cls(host, int(port))
+
+    def client(
+        self,
+        role: str,
+        subscriptions: Sequence[str],
+        on_message: Callable[[IncomingMessage], None],
+        client_id: str | None = None,
+    ) -> Transport:
+        """A host-side MQTT v5 client (clean session: a host tool keeps no broker state)."""
+        return Transport(
+            TransportConfig(
+                host=self.host,
+                port=self.port,
+                client_id=client_id or f"edgeloop-{role}-{uuid.uuid4().hex[:12]}",
+                username=self.username,
+                password=self.password,
+                clean_start=True,
+                session_expiry_s=0,
+                subscriptions=[(t, 1) for t in subscriptions],
+            ),
+            on_message,
+        )
 
 
 @dataclass
@@ -114,22 +136,11 @@ class Pusher:
         self.inbox: queue.Queue[IncomingMessage] = queue.Queue()
         self.progress = progress
         self.on_event = on_event
-        self.transport = Transport(
-            TransportConfig(
-                host=broker.host,
-                port=broker.port,
-                client_id=self.client_id,
-                username=broker.username,
-                password=broker.password,
-                clean_start=True,
-                session_expiry_s=0,
-                subscriptions=[
-                    (self.topics.need, 1),
-                    (self.topics.events, 1),
-                    (self.reply_topic, 1),
-                ],
-            ),
+        self.transport = broker.client(
+            "push",
+            [self.topics.need, self.topics.events, self.reply_topic],
             self.inbox.put,
+            client_id=self.client_id,
         )
 
     def __enter__(self) -> Pusher:

@@ -74,10 +74,11 @@ def test_link_flapping_five_times_resumes_with_little_overhead(
         host.wait_event("committed", sha, timeout=90)
         received = proxy.bytes_down - start
     assert proxy.flaps == 5 and proxy.connections >= 6
-    stats = (f"{received} bytes received for a {size}-byte model; {proxy.publishes_down} "
-             f"PUBLISH, {proxy.redelivered_down} redelivered ({proxy.redelivered_bytes} bytes), "
-             f"{host.chunks_sent} chunks served for {signed.manifest.chunk_count}")
-    print(stats)
+    stats = (
+        f"{received} bytes received for a {size}-byte model; {proxy.publishes_down} "
+        f"PUBLISH, {proxy.redelivered_down} redelivered ({proxy.redelivered_bytes} bytes), "
+        f"{host.chunks_sent} chunks served for {signed.manifest.chunk_count}"
+    )
     assert received <= 1.2 * size, stats
     assert agent.pid == pid
     assert pointer_sha(agent.state_dir) == sha

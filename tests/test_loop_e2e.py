@@ -5,8 +5,9 @@ trees in deploy/data/hwtrees, every agent a real subprocess serving digitsnet un
 generator, the host's registry, collector and deployer on the same broker.
 
 * ``rpi4b-cpu`` (pi4-a canary, pi4-b; one thread): a p95 target half the float model's p95 as
-  ``edge-agent bench`` measures it on this machine now; the loop must move to a quantized variant.
-* ``rpi5-cpu`` (pi5-a): a loose p95 target; the loop must keep the float model.
+  the class's own devices measure it just before the loop (the median of >= 6 window p95s, as
+  the loop's roll-up computes it); the loop must move to a quantized variant.
+* ``rpi5-cpu`` (pi5-a): a loose p95 target (20x); the loop must keep the float model.
 * ``x86_64-edgetpu-pci`` (box-a, box-b, box-c): a size target only a deliberately broken variant
   (int8 calibrated on noise, ~10 % accuracy) meets; the accuracy gate must keep it off every
   device. box-b fails every trial (``[health] max_rss_mb = 1``): the rollout test's fault.
@@ -18,6 +19,7 @@ targets derived from measurements made at test time.
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,19 +31,19 @@ import pytest
 
 from deploy.loop import ClassRun, ClosedLoop, LoopSettings
 from deploy.optimizer import Decision, EnoughRule, enough_telemetry
+from deploy.push import PushResult
 from deploy.registry import Registry
 from deploy.registry_types import Deployment, Variant
-from deploy.rollout import RolloutRunner
+from deploy.rollout import Deployer, RolloutRunner
 from deploy.rollout_plan import RolloutPolicy
 from deploy.targets import Targets, parse_targets
-from tests.agent_proc import REPO, wait_for
+from tests.agent_proc import REPO, Observer, wait_for
 from tests.loop_fixtures import (
     DIGITS_DATA,
     GATES,
     MODEL,
     DeviceSpec,
     Fleet,
-    bench_p95,
     held_out_accuracy,
     running_fleet,
 )
@@ -152,13 +154,8 @@ def float_p95_on(fleet: Fleet, device: str, since: float | None) -> float:
 @pytest.fixture(scope="module")
 def loop(fleet: Fleet, bad_variant: Variant) -> LoopResult:
     """One run of the closed loop over the whole fleet."""
-    fp32, int8 = fleet.variant("fp32"), fleet.variant("int8")
-    # premise, measured here and now: full int8 is several times faster than float
-    float_bench = bench_p95(Path(fp32.path), threads=1)
-    int8_bench = bench_p95(Path(int8.path), threads=1)
-    assert int8_bench < 0.4 * float_bench, f"bench p95: fp32 {float_bench} ms, int8 {int8_bench}"
-    # the tight target: half the float p95 the class's devices measure now (after the benches
-    # and the conversions above, which load the machine like nothing in the loop does)
+    # the tight target: half the float p95 the class's devices measure now (after the
+    # conversions above, which load the machine like nothing in the loop does)
     float_p95 = float_p95_on(fleet, "pi4-a", time.time())
     target = 0.5 * float_p95
     real = [v.size_mb for v in fleet.variants if v.available]
@@ -416,3 +413,73 @@ def test_the_loop_deploys_above_a_release_pushed_outside_the_registry(fleet: Fle
     assert back.ok, back.message
     assert back.release > manual.release
     assert fleet.retained_model(device)["sha256"] == fp32.sha256
+
+
+class HostDiedError(BaseException):
+    """The host process dies: not an Exception, so nothing in the loop catches it."""
+
+
+@dataclass
+class DyingDeployer(Deployer):
+    """The seam for a host that dies mid-deploy: records the deployment and starts the real
+    push (signed manifest, chunks, as Deployer.push does), then dies once the device has
+    started the new variant's trial. The transfer is complete; the device goes on alone."""
+
+    observer: Observer | None = None
+
+    def push(self, device: str, variant: Variant, *, reason: str = "") -> PushResult:
+        from deploy.push import push_model
+
+        assert self.observer is not None
+        release = self.registry.next_release(self.model, at_least=self._release_floor(device))
+        self.registry.record_deployment(device, variant.id, release, variant.sha256)
+        threading.Thread(
+            target=push_model, args=(Path(variant.path), device, self.broker, self.private_key),
+            kwargs={"name": self.model, "version": str(release), "release": release,
+                    "recipe": variant.recipe, "gates": self.gates, "timeout_s": 60,
+                    "progress": None},
+            daemon=True,
+        ).start()  # fmt: skip
+        self.observer.wait_event("trial_started", 60, sha256=variant.sha256, release=release)
+        raise HostDiedError
+
+
+def test_a_restarted_host_follows_the_canary_that_committed_after_it_died(fleet: Fleet) -> None:
+    """The host dies while the canary runs a new variant's trial (its retained state still
+    names the old one); the restarted loop must notice the commit and judge the new variant,
+    not wait forever for telemetry of the old one, and must not push it again."""
+    host = fleet.host
+    canary = "pi4-a"
+    cls = fleet.class_of(canary)
+    fp32 = fleet.variant("fp32")
+    pushed = time.time()
+    assert host.dep.push(canary, fp32).ok
+    target = 0.5 * float_p95_on(fleet, canary, pushed)
+    targets = parse_targets({"model": MODEL, "targets": {"max_accuracy_drop": MAX_DROP},
+                             "class": {TIGHT: {"p95_ms": target}}}, "test")  # fmt: skip
+    dying = DyingDeployer(
+        host.reg, host.address, host.key, MODEL, gates={**GATES, "min_seconds": 5.0},
+        observer=fleet.observer,
+    )  # fmt: skip
+    seen: list[Decision] = []
+    loop1 = ClosedLoop(
+        host.reg, dying, targets, settings(), on_decision=lambda c, d: seen.append(d)
+    )
+    with pytest.raises(HostDiedError):
+        loop1.run(only=[cls])
+    deployed = seen[-1].variant
+    assert seen[-1].action == "deploy" and deployed is not None and deployed != fp32.id
+    first_dep = last_deployment_id(host.reg)
+
+    host.restart()
+    reg = host.reg
+    assert fleet.retained_model(canary)["sha256"] == fp32.sha256  # premise: still in trial
+    loop2 = ClosedLoop(reg, host.dep, targets, settings(timeout_s=60))
+    run = loop2.run(only=[cls])[0]
+    assert run.state == "done", (run.summary(), [d.reason for d in run.decisions])
+    assert run.final_variant == deployed
+    assert run.trials == 0
+    assert deployments_since(reg, first_dep, canary) == []  # not pushed again
+    assert any(d.variant == deployed and d.action == "wait" for d in run.decisions)
+    final = reg.variant(deployed)
+    assert final is not None and fleet.retained_model(canary)["sha256"] == final.sha256
