@@ -311,18 +311,20 @@ class Transport:
         ]
         self._max_packet = min(limits) if limits else None
         self._attempt = 0
-        if self.config.birth is not None:
-            try:
-                topic, payload = self.config.birth()
-                self._publish(topic, payload, 1, True, None)
-            except Exception:
-                log.exception("building the birth message failed; connected without birth")
+        # SUBSCRIBE before the birth: the broker handles one connection's packets in order, so
+        # whoever sees the birth and sends a command can count on the subscription being there.
         subs = list(self.config.subscriptions)
         if subs:
             _rc, mid = client.subscribe(subs)
             if mid is not None:
                 with self._lock:
                     self._sub_mids[mid] = [t for t, _q in subs]
+        if self.config.birth is not None:
+            try:
+                topic, payload = self.config.birth()
+                self._publish(topic, payload, 1, True, None)
+            except Exception:
+                log.exception("building the birth message failed; connected without birth")
         log.info(
             "connected to %s:%s (session present: %s)",
             self.config.host,
