@@ -92,7 +92,7 @@ def test_bench_with_a_usb_meter_reports_energy(tmp_path: Path) -> None:
     ],
     ids=["missing", "not-a-model", "edgetpu-model-on-cpu"],
 )
-def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, make, fragment: str) -> None:  # type: ignore[no-untyped-def]
+def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, make, fragment: str) -> None:
     path = make(tmp_path)
     out = edge_agent("bench", str(path), "--json", "--delegate", "cpu")
     assert out.returncode == 2, (out.stdout, out.stderr)

@@ -55,7 +55,7 @@ def test_telemetry_windows_carry_measured_energy_and_survive_an_unplugged_meter(
         # same CLOCK_MONOTONIC, so window times and the switch time compare directly)
         switched = profile.set(LOAD_W)
 
-        def measured_under_load(m) -> bool:  # type: ignore[no-untyped-def]
+        def measured_under_load(m) -> bool:
             if not m.topic.endswith("/telemetry"):
                 return False
             rec = json.loads(m.payload)
@@ -83,7 +83,7 @@ def test_telemetry_windows_carry_measured_energy_and_survive_an_unplugged_meter(
         sim.unplug()
         seen_after = len(obs.messages)
 
-        def missing_but_serving(m) -> bool:  # type: ignore[no-untyped-def]
+        def missing_but_serving(m) -> bool:
             if not m.topic.endswith("/telemetry") or obs.messages.index(m) < seen_after:
                 return False
             rec = json.loads(m.payload)
