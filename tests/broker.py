@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -13,13 +12,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+from deploy.broker import find_mosquitto, free_port
 
+__all__ = ["Broker", "free_port", "running_broker", "wait_port"]
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+MOSQUITTO = find_mosquitto() or "/usr/sbin/mosquitto"
 
 
 def wait_port(port: int, deadline_s: float = 10.0) -> None:
