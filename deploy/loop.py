@@ -94,6 +94,7 @@ class ClassRun:
     devices: list[str]
     state: str = "deciding"  # deciding | deploying | measuring | promoting | done | infeasible
     current: str | None = None  # variant id serving on the canary
+    release: int | None = None  # its release (newer ones in the canary's state are followed)
     trials: int = 0
     decisions: list[Decision] = field(default_factory=list)
     pending: Future[Any] | None = None
@@ -186,12 +187,19 @@ class ClosedLoop:
             return
         if run.state not in ("deciding", "measuring"):
             return
+        if not self._follow_canary(run):
+            return
         ctx = build_context(
             self.registry, self.model, run.class_id, self.targets, current=run.current,
             rule=self.settings.rule, since=since,
         )  # fmt: skip
         decision = decide(ctx)
-        if decision.action == "wait" and run.decisions and run.decisions[-1].action == "wait":
+        last = run.decisions[-1] if run.decisions else None
+        if (
+            decision.action == "wait"
+            and last
+            and (last.action, last.variant) == ("wait", decision.variant)
+        ):
             return  # do not log the same wait every poll
         record(self.registry, decision, self.model, run.class_id)
         run.decisions.append(decision)
@@ -230,8 +238,34 @@ class ClosedLoop:
                 run.note = f"rollout aborted: {run.rollout.reason}"
             return
         if isinstance(result, PushResult) and result.ok:
-            run.current = run.pending_variant
+            run.current, run.release = run.pending_variant, result.release
+        elif isinstance(result, PushResult) and result.code == "busy":
+            run.trials -= 1  # the canary was installing something else: not a trial
         run.state = "deciding"  # a rolled-back variant is excluded by the optimizer
+
+    def _follow_canary(self, run: ClassRun) -> bool:
+        """Sync ``run`` with the canary's retained state: a newer release of this model there
+        (a deploy that committed after a host restart, an operator's push) becomes the current
+        variant. False while the canary is installing something: nothing to decide yet."""
+        d = self.registry.device(run.canary)
+        state = d.state if d else {}
+        install = state.get("install") or {}
+        if install.get("state", "idle") != "idle":
+            run.note = f"canary {run.canary} busy: {install.get('state')} r{install.get('release')}"
+            return False
+        model = state.get("model") or {}
+        rel = model.get("release")
+        if model.get("name") != self.model or not isinstance(rel, int):
+            return True
+        if run.release is not None and rel <= run.release:
+            return True  # what this loop pushed, or older (a state not yet caught up)
+        run.release = rel
+        v = self.registry.variant_by_sha(str(model.get("sha256") or ""))
+        if v is not None and v.model == self.model and v.id != run.current:
+            log.info("%s: the canary %s serves %s (release %d): following it",
+                     run.class_id, run.canary, v.id, rel)  # fmt: skip
+            run.current = v.id
+        return True
 
     def _promote(self, run: ClassRun) -> None:
         rest = [d for d in run.devices if d != run.canary]

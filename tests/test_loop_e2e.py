@@ -4,9 +4,9 @@ One fleet for the module (tests/loop_fixtures.py): three hardware classes from t
 trees in deploy/data/hwtrees, every agent a real subprocess serving digitsnet under its own load
 generator, the host's registry, collector and deployer on the same broker.
 
-* ``rpi4b-cpu`` (pi4-a canary, pi4-b; one thread): a p95 target half the float model's p95 as
-  the class's own devices measure it just before the loop (the median of >= 6 window p95s, as
-  the loop's roll-up computes it); the loop must move to a quantized variant.
+* ``rpi4b-cpu`` (pi4-a canary, pi4-b; one thread): a p95 target of 0.55 x the float model's
+  p95 as the class's own devices measure it just before the loop (the median of >= 6 window
+  p95s, as the loop's roll-up computes it); the loop must move to a quantized variant.
 * ``rpi5-cpu`` (pi5-a): a loose p95 target (20x); the loop must keep the float model.
 * ``x86_64-edgetpu-pci`` (box-a, box-b, box-c): a size target only a deliberately broken variant
   (int8 calibrated on noise, ~10 % accuracy) meets; the accuracy gate must keep it off every
@@ -61,8 +61,13 @@ SPECS = (
     DeviceSpec("box-b", "x86-m2-coral", health={"max_rss_mb": 1}, deploy_float=False),
     DeviceSpec("box-c", "x86-m2-coral", threads=1),
 )
-RULE = EnoughRule(min_windows=3, min_inferences=60)
+# Five windows, not three: the median of five window p95s shrugs off the one or two windows a
+# neighbour's probe or trial (a core at 100 % for ~1 s, all agents share 2 cores) slows down.
+RULE = EnoughRule(min_windows=5, min_inferences=100)
 TARGET_RULE = EnoughRule(min_windows=6, min_inferences=120)  # what a derived target rests on
+# The tight p95 target, as a fraction of the float p95 the class measured just before: float
+# misses it ~2x, full int8 (0.28-0.36x float on these agents) meets it ~1.5-2x.
+TIGHT_FACTOR = 0.55
 MAX_DROP = 1.0  # points
 
 
@@ -154,10 +159,10 @@ def float_p95_on(fleet: Fleet, device: str, since: float | None) -> float:
 @pytest.fixture(scope="module")
 def loop(fleet: Fleet, bad_variant: Variant) -> LoopResult:
     """One run of the closed loop over the whole fleet."""
-    # the tight target: half the float p95 the class's devices measure now (after the
+    # the tight target: from the float p95 the class's devices measure now (after the
     # conversions above, which load the machine like nothing in the loop does)
     float_p95 = float_p95_on(fleet, "pi4-a", time.time())
-    target = 0.5 * float_p95
+    target = TIGHT_FACTOR * float_p95
     real = [v.size_mb for v in fleet.variants if v.available]
     size_target = math.sqrt(min(real) * bad_variant.size_mb)  # only the bad one fits
     targets = parse_targets({
@@ -170,10 +175,6 @@ def loop(fleet: Fleet, bad_variant: Variant) -> LoopResult:
     runs = ClosedLoop(reg, fleet.host.dep, targets, settings()).run()
     by_class = {r.class_id.split("/")[0]: r for r in runs}
     return LoopResult(by_class, targets, target, size_target, first)
-
-
-def decisions(reg: Registry, run: ClassRun) -> list[Any]:
-    return reg.decisions(MODEL, run.class_id)
 
 
 # ---- 2. convergence ------------------------------------------------------------------------------
@@ -191,7 +192,7 @@ def test_tight_class_converges_to_a_quantized_variant(fleet: Fleet, loop: LoopRe
     canary_pushes = deployments_since(reg, loop.first_deployment, run.canary)
     assert 1 <= len(canary_pushes) <= 3, canary_pushes
     # the float model missed the target on the canary and the chosen variant met it, by the
-    # loop's own measurements (median of window p95s, >= 3 windows since the loop started)
+    # loop's own measurements (median of window p95s, >= 5 windows since the loop started)
     judged_fp32 = [d for d in run.decisions if d.action == "deploy" and "current" in d.evidence]
     assert judged_fp32 and judged_fp32[0].evidence["current"]["recipe"] == "fp32"
     assert p95_of(judged_fp32[0]) > loop.target_p95
@@ -334,7 +335,7 @@ def test_the_registry_survives_a_host_restart_mid_loop(fleet: Fleet) -> None:
     # start from the float model on the canary (a new release), like a fresh optimization
     pushed = time.time()
     assert host.dep.push(canary, fp32).ok
-    target = 0.5 * float_p95_on(fleet, canary, pushed)
+    target = TIGHT_FACTOR * float_p95_on(fleet, canary, pushed)
     targets = parse_targets({"model": MODEL, "targets": {"max_accuracy_drop": MAX_DROP},
                              "class": {TIGHT: {"p95_ms": target}}}, "test")  # fmt: skip
     first_dep, first_dec = last_deployment_id(host.reg), last_decision_id(host.reg)
@@ -454,32 +455,40 @@ def test_a_restarted_host_follows_the_canary_that_committed_after_it_died(fleet:
     fp32 = fleet.variant("fp32")
     pushed = time.time()
     assert host.dep.push(canary, fp32).ok
-    target = 0.5 * float_p95_on(fleet, canary, pushed)
+    target = TIGHT_FACTOR * float_p95_on(fleet, canary, pushed)
     targets = parse_targets({"model": MODEL, "targets": {"max_accuracy_drop": MAX_DROP},
                              "class": {TIGHT: {"p95_ms": target}}}, "test")  # fmt: skip
     dying = DyingDeployer(
-        host.reg, host.address, host.key, MODEL, gates={**GATES, "min_seconds": 5.0},
+        host.reg, host.address, host.key, MODEL, gates={**GATES, "min_seconds": 8.0},
         observer=fleet.observer,
     )  # fmt: skip
     seen: list[Decision] = []
     loop1 = ClosedLoop(
         host.reg, dying, targets, settings(), on_decision=lambda c, d: seen.append(d)
     )
-    with pytest.raises(HostDiedError):
-        loop1.run(only=[cls])
+    try:
+        runs = loop1.run(only=[cls])
+        raise AssertionError(f"run 1 did not deploy: {runs[0].summary()} {seen}")
+    except HostDiedError:
+        pass
     deployed = seen[-1].variant
     assert seen[-1].action == "deploy" and deployed is not None and deployed != fp32.id
     first_dep = last_deployment_id(host.reg)
 
     host.restart()
     reg = host.reg
-    assert fleet.retained_model(canary)["sha256"] == fp32.sha256  # premise: still in trial
+    device = reg.device(canary)
+    assert device is not None
+    state = device.state
+    # premise: the restarted host sees the canary still in the trial, serving the old variant
+    assert state["install"]["state"] == "trial" and state["model"]["sha256"] == fp32.sha256
     loop2 = ClosedLoop(reg, host.dep, targets, settings(timeout_s=60))
     run = loop2.run(only=[cls])[0]
     assert run.state == "done", (run.summary(), [d.reason for d in run.decisions])
     assert run.final_variant == deployed
     assert run.trials == 0
     assert deployments_since(reg, first_dep, canary) == []  # not pushed again
-    assert any(d.variant == deployed and d.action == "wait" for d in run.decisions)
+    # it judged the variant that committed after the restart, not the one the state named
+    assert run.decisions[-1].action == "promote" and run.decisions[-1].variant == deployed
     final = reg.variant(deployed)
     assert final is not None and fleet.retained_model(canary)["sha256"] == final.sha256
