@@ -229,6 +229,7 @@ def run_demo(
             settings = LoopSettings(
                 rule=EnoughRule(min_windows=opts.min_windows, min_inferences=opts.min_inferences),
                 timeout_s=opts.timeout_s,
+                parallel_classes=False,  # all "boards" share this machine's cores
             )
             targets = opts.targets or TARGETS
             loop = ClosedLoop(

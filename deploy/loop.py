@@ -120,6 +120,10 @@ class LoopSettings:
     rule: EnoughRule = field(default_factory=EnoughRule)
     policy: RolloutPolicy = field(default_factory=lambda: RolloutPolicy(waves=("100%",)))
     since: float | None = None  # judge only telemetry after this time (default: loop start)
+    # False: one class at a time. Right when the devices share CPUs (the demo, tests: every
+    # "board" is a process on the same two cores), where one class's probe and trial would
+    # inflate another class's measured latency; a real fleet runs classes in parallel.
+    parallel_classes: bool = True
 
 
 class ClosedLoop:
@@ -149,6 +153,10 @@ class ClosedLoop:
                 out.setdefault(d.hardware_class, []).append(d.id)
         return {k: sorted(v) for k, v in sorted(out.items())}
 
+    def _serving(self, device: str) -> str | None:
+        d = self.registry.device(device)
+        return ((d.state if d else {}).get("model") or {}).get("sha256")
+
     def variant_on(self, device: str) -> Variant | None:
         d = self.registry.device(device)
         sha = ((d.state if d else {}).get("model") or {}).get("sha256")
@@ -173,7 +181,8 @@ class ClosedLoop:
                         r.note = f"timed out in state {r.state}"
                         r.state = "infeasible"
                 break
-            for r in runs:
+            active = [r for r in runs if r.state not in ("done", "infeasible")]
+            for r in active if self.settings.parallel_classes else active[:1]:
                 self._step(r, since)
             time.sleep(self.settings.poll_s)
         self.pool.shutdown(wait=True)
@@ -268,8 +277,12 @@ class ClosedLoop:
         return True
 
     def _promote(self, run: ClassRun) -> None:
-        rest = [d for d in run.devices if d != run.canary]
         variant = self.registry.variant(run.final_variant or "")
+        rest = [  # the canary and devices already serving it need nothing
+            d
+            for d in run.devices
+            if d != run.canary and (variant is None or self._serving(d) != variant.sha256)
+        ]
         if not rest or variant is None:
             run.state = "done"
             return
