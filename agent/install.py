@@ -403,7 +403,7 @@ class Installer:
             path = store.finish(m.sha256)
             from agent import compat, modelfile
 
-            info = modelfile.inspect(path)
+            info = modelfile.inspect_operators(path)
             compat.ensure_compatible(
                 info,
                 self.host.runtime_name,

@@ -202,3 +202,27 @@ def test_mutated_model_never_raises_anything_but_model_file_error(edits, cut, of
     else:
         assert info.size == len(data)
         json.dumps(info.to_dict())
+
+
+@pytest.mark.parametrize(
+    "name", ["digits_fp32", "digits_int8", "digits_dynamic_int8", "digits_edgetpu"]
+)
+def test_inspect_operators_agrees_with_the_full_inspection(name: str) -> None:
+    from agent.modelfile import inspect_operators
+    from tests.modelzoo import model as zoo
+
+    path = zoo(name)
+    full, fast = inspect(path), inspect_operators(path)
+    assert fast.operators == full.operators
+    assert fast.custom_ops == full.custom_ops
+    assert fast.is_edgetpu == full.is_edgetpu
+    assert fast.size == full.size
+
+
+def test_inspect_operators_refuses_garbage() -> None:
+    from agent.modelfile import inspect_operators
+
+    with pytest.raises(ModelFileError):
+        inspect_operators(b"\x10\x00\x00\x00TFL3" + bytes(range(256)) * 4)
+    with pytest.raises(ModelFileError):
+        inspect_operators(b"")
