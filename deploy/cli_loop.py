@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import signal
 import sys
 from collections.abc import Callable, Iterator
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from agent.errors import ConfigError
+from deploy.convert.cli import stdout_to_stderr
 from deploy.push import PushResult
 from deploy.registry_types import Variant
 from deploy.rollout import Deployer
@@ -102,20 +102,6 @@ def _printer(stream: TextIO) -> Callable[[str], None]:
         print(text, file=stream, flush=True)
 
     return say
-
-
-@contextlib.contextmanager
-def stdout_to_stderr() -> Iterator[None]:
-    """Converters print to fd 1 (TensorFlow's C++ and Python): keep stdout for our output."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    os.dup2(2, 1)
-    try:
-        yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
 
 
 @contextlib.contextmanager

@@ -41,7 +41,7 @@ def add_convert_parser(sub: Any) -> None:
 
 
 @contextlib.contextmanager
-def _stdout_to_stderr() -> Iterator[None]:
+def stdout_to_stderr() -> Iterator[None]:
     """Point fd 1 (and sys.stdout) at stderr for the duration."""
     sys.stdout.flush()
     saved = os.dup(1)
@@ -75,7 +75,7 @@ def _line(r: VariantResult) -> str:
 def convert_main(args: argparse.Namespace) -> int:
     progress = Progress(None if args.json else sys.stderr)
     several = args.recipe == ALL or "," in args.recipe
-    with _stdout_to_stderr():
+    with stdout_to_stderr():
         conv = Converter(
             args.source,
             calibration=args.calibration,
