@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import signal
 import threading
@@ -58,6 +59,8 @@ class Agent:
     def __init__(self, cfg: AgentConfig) -> None:
         self.cfg = cfg
         self.boot_id = uuid.uuid4().hex
+        if cfg.runtime.edgetpu_library:  # where libedgetpu lives when not on the loader path
+            os.environ["EDGELOOP_EDGETPU_LIB"] = cfg.runtime.edgetpu_library
         self.hardware = hardware.detect(cfg.hw_root)
         self.backend = get_backend(cfg.runtime.preference)
         self.runtime_name, self.runtime_version = self.backend.name, self.backend.version
