@@ -251,7 +251,7 @@ def run_demo(
             report = write_report(
                 registry, MODEL, workdir / "report", TARGETS_SOURCE(workdir, targets)
             )
-            print(f"\nreport: {report}", file=out)
+            print(f"\nreport: {report.resolve()}", file=out)
         collector.stop()
         ok = all(r.state == "done" for r in runs)
         say(f"demo {'finished' if ok else 'finished with classes not converged'}")

@@ -136,7 +136,7 @@ COLUMNS = (
     ("device", 12),
     ("online", 6),
     ("class", 22),
-    ("accelerator", 12),
+    ("accelerator", 14),
     ("model", 18),
     ("variant", 12),
     ("delegate", 8),
