@@ -94,7 +94,12 @@ def _timeline_plot(registry: Registry, model: str, cid: str, variants: list[Vari
     series = (
         ("p95 (ms)", [r.p95_ms for r in rows]),
         ("RSS (MB)", [r.rss_mb for r in rows]),
-        ("energy (mJ/inf)", [r.mj_per_inference for r in rows]),
+        (
+            "energy (mJ/inf)"
+            if any(r.energy_measured for r in rows)
+            else "energy (mJ/inf,\nestimated)",
+            [r.mj_per_inference for r in rows],
+        ),
     )
     xs = [r.ts - t0 for r in rows]
     for ax, (label, ys) in zip(axes, series, strict=True):
