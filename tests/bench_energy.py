@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from agent.energy import EnergySampler, open_meter  # noqa: E402
-from tests.sim_meters import PowerProfile, SimLineMeter, SimUM25C  # noqa: E402
+from tests.sim_meters import PowerProfile, SimLineMeter, SimUM25C, burst_workload  # noqa: E402
 
 IDLE_W, LOAD_W = 2.5, 5.0
 
@@ -69,18 +69,9 @@ def synthetic_inference() -> Callable[[], None]:
 def run_workload(
     profile: PowerProfile, infer: Callable[[], None], bursts: int, burst_s: float, gap_s: float
 ) -> tuple[float, float, int]:
-    n = 0
-    t0 = t1 = 0.0
-    for b in range(bursts):
-        start = profile.set(LOAD_W)
-        t0 = start if b == 0 else t0
-        while time.monotonic() < start + burst_s:
-            infer()
-            n += 1
-        t1 = profile.set(IDLE_W)
-        if b < bursts - 1:
-            time.sleep(gap_s)
-    return t0, t1, n
+    return burst_workload(
+        profile, infer, idle_w=IDLE_W, load_w=LOAD_W, bursts=bursts, burst_s=burst_s, gap_s=gap_s
+    )
 
 
 def errors(

@@ -69,6 +69,36 @@ class PowerProfile:
         return total
 
 
+def burst_workload(
+    profile: PowerProfile,
+    infer: Callable[[], object],
+    *,
+    idle_w: float,
+    load_w: float,
+    bursts: int,
+    burst_s: float,
+    gap_s: float,
+) -> tuple[float, float, int]:
+    """Bursts of inferences with the profile at ``load_w``, idle gaps at ``idle_w`` between.
+
+    Returns (t0, t1, n): the monotonic start of the first burst, the end of the last, and the
+    number of inferences run in between."""
+    n = 0
+    t0 = t1 = 0.0
+    for b in range(bursts):
+        start = profile.set(load_w)
+        t0 = start if b == 0 else t0
+        while time.monotonic() < start + burst_s:
+            infer()
+            n += 1
+        t1 = profile.set(idle_w)
+        if b < bursts - 1:
+            gap_end = t1 + gap_s
+            while time.monotonic() < gap_end:  # the device sits idle between bursts
+                time.sleep(0.01)
+    return t0, t1, n
+
+
 def um_record(
     model: str,
     volts: float,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from agent.energy import EnergySampler, EnergyWindow, open_meter
-from tests.sim_meters import PowerProfile, SimLineMeter, SimUM25C
+from tests.sim_meters import PowerProfile, SimLineMeter, SimUM25C, burst_workload
 
 IDLE_W, LOAD_W = 2.5, 5.0
 
@@ -22,20 +22,9 @@ def infer() -> int:
 
 def workload(profile: PowerProfile, bursts: int = 3, burst_s: float = 0.7, gap_s: float = 0.3):
     """Bursts of inferences with the profile at LOAD_W, idle gaps between. Returns (t0, t1, n)."""
-    n = 0
-    t0 = t1 = 0.0
-    for b in range(bursts):
-        start = profile.set(LOAD_W)
-        t0 = start if b == 0 else t0
-        while time.monotonic() < start + burst_s:
-            infer()
-            n += 1
-        t1 = profile.set(IDLE_W)
-        if b < bursts - 1:
-            gap_end = t1 + gap_s
-            while time.monotonic() < gap_end:  # the device sits idle between bursts
-                time.sleep(0.01)
-    return t0, t1, n
+    return burst_workload(
+        profile, infer, idle_w=IDLE_W, load_w=LOAD_W, bursts=bursts, burst_s=burst_s, gap_s=gap_s
+    )
 
 
 def truth(profile: PowerProfile, t0: float, t1: float, n: int) -> tuple[float, float]:
