@@ -18,10 +18,10 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -31,9 +31,10 @@ from deploy.collector import Collector
 from deploy.fleet import FleetWatcher, format_table
 from deploy.keys import init_keys, load_private
 from deploy.loop import DEFAULT_RECIPES, ClosedLoop, LoopSettings, prepare_variants
-from deploy.optimizer import Decision, EnoughRule
+from deploy.optimizer import Decision, EnoughRule, enough_telemetry
 from deploy.push import BrokerAddress
 from deploy.registry import Registry
+from deploy.registry_types import Variant
 from deploy.rollout import Deployer
 from deploy.targets import parse_targets
 
@@ -42,17 +43,19 @@ log = logging.getLogger(__name__)
 DATA = Path(__file__).resolve().parent / "data"
 MODEL = "digits"
 
-# Per-class targets: the Pi 4 (one thread) needs p95 under 0.6 ms, which the float model misses;
-# the Pi 5 has loose targets (it should keep the most accurate variant); the Coral box has a
-# size budget the float model misses. Everywhere at most 1 point of accuracy may be lost.
-TARGETS = {
+# Per-class targets. Every "board" of the demo is a process on this machine, so a p95 target in
+# absolute milliseconds would measure the machine, not the loop: the p95 targets are set as a
+# factor of the float model's p95 that each class measures here, just before the loop starts
+# (the loop's own roll-up: the median of the window p95s). The Pi 4 class (one thread) needs
+# 0.7x the float p95, which the float model misses and full int8 (0.3-0.55x float here) meets;
+# the Pi 5 class has loose targets (it should keep the most accurate variant); the Coral box has
+# a size budget the float model (0.99 MB) misses. Everywhere at most 1 point of accuracy may be
+# lost. A user's own targets file (absolute units) is the real thing: see docs/loop.md.
+P95_VS_FLOAT = {"rpi4b-cpu": 0.7, "rpi5-cpu": 10.0, "x86_64-edgetpu-pci": 10.0}
+FIXED_TARGETS: dict[str, Any] = {
     "model": MODEL,
     "targets": {"max_accuracy_drop": 1.0},
-    "class": {
-        "rpi4b-cpu": {"p95_ms": 0.6},
-        "rpi5-cpu": {"p95_ms": 5.0},
-        "x86_64-edgetpu-pci": {"size_mb": 0.6, "p95_ms": 5.0},
-    },
+    "class": {"x86_64-edgetpu-pci": {"size_mb": 0.6}},
 }
 
 
@@ -81,7 +84,9 @@ class DemoOptions:
     min_inferences: int = 120
     recipes: tuple[str, ...] = DEFAULT_RECIPES
     timeout_s: float = 240.0
-    targets: Mapping[str, Any] | None = None  # as parsed from a targets TOML; None: TARGETS
+    # as parsed from a targets TOML (absolute units); None: FIXED_TARGETS plus P95_VS_FLOAT
+    targets: Mapping[str, Any] | None = None
+    p95_vs_float: Mapping[str, float] = field(default_factory=lambda: dict(P95_VS_FLOAT))
 
 
 @contextmanager
@@ -174,6 +179,41 @@ def wait_online(registry: Registry, ids: set[str], timeout: float) -> None:
     raise EdgeloopError(f"devices did not come online: {sorted(ids - online)}")
 
 
+def calibrated_targets(
+    registry: Registry, fp32: Variant, opts: DemoOptions, since: float,
+    say: Callable[[str], None],
+) -> dict[str, Any]:  # fmt: skip
+    """FIXED_TARGETS plus p95 targets from the float p95 each class measured after ``since``."""
+    rule = EnoughRule(min_windows=opts.min_windows, min_inferences=opts.min_inferences)
+    by_class: dict[str, str] = {}  # registry class id -> hardware class
+    for d in opts.devices:
+        dev = registry.device(d.device_id)
+        if dev is not None and dev.hardware_class:
+            by_class[dev.hardware_class] = dev.hardware_class.partition("/")[0]
+    classes: dict[str, dict[str, float]] = {k: dict(v) for k, v in FIXED_TARGETS["class"].items()}
+    deadline = time.monotonic() + opts.timeout_s
+    for cid, hw in sorted(by_class.items()):
+        factor = opts.p95_vs_float.get(hw)
+        if factor is None:
+            continue
+        while True:
+            stats = registry.class_stats(cid, fp32.id, since)
+            enough, why = enough_telemetry(stats, rule)
+            if enough and stats.p95_ms is not None:
+                break
+            if time.monotonic() > deadline:
+                raise EdgeloopError(
+                    f"no float telemetry from {cid} to set its target on: {why}",
+                    hint="see the agents' logs under devices/*/agent.log",
+                )
+            time.sleep(0.2)
+        target = round(factor * stats.p95_ms, 4)
+        classes.setdefault(hw, {})["p95_ms"] = target
+        say(f"{cid}: float p95 {stats.p95_ms:.3g} ms measured here -> target p95 "
+            f"{target:.3g} ms ({factor:g}x float)")  # fmt: skip
+    return {"model": MODEL, "targets": dict(FIXED_TARGETS["targets"]), "class": classes}
+
+
 def run_demo(
     workdir: Path | None = None, *, out: TextIO = sys.stdout, opts: DemoOptions | None = None
 ) -> int:
@@ -222,6 +262,7 @@ def run_demo(
                 pushed = list(pool.map(lambda d: deployer.push(d.device_id, fp32), opts.devices))
             if not all(r.ok for r in pushed):
                 raise EdgeloopError(f"float deploy failed: {[r.message for r in pushed]}")
+            pushed_at = time.time()  # every device serves fp32 now (trials are over)
 
             def show(cid: str, d: Decision) -> None:
                 say(f"{cid}: {d.action} {d.variant or ''}: {d.reason}")
@@ -230,8 +271,13 @@ def run_demo(
                 rule=EnoughRule(min_windows=opts.min_windows, min_inferences=opts.min_inferences),
                 timeout_s=opts.timeout_s,
                 parallel_classes=False,  # all "boards" share this machine's cores
+                since=pushed_at,  # the float telemetry the targets were set from counts
             )
-            targets = opts.targets or TARGETS
+            if opts.targets is not None:
+                targets = dict(opts.targets)
+            else:
+                say("measuring the float model on every class to set the p95 targets")
+                targets = calibrated_targets(registry, fp32, opts, pushed_at, say)
             loop = ClosedLoop(
                 registry, deployer, parse_targets(targets, "demo"), settings, on_decision=show
             )
@@ -264,7 +310,7 @@ def run_demo(
             tmp.cleanup()
 
 
-def TARGETS_SOURCE(workdir: Path, targets: Mapping[str, Any] = TARGETS) -> Path:  # noqa: N802 - a tiny helper named like the constant
+def TARGETS_SOURCE(workdir: Path, targets: Mapping[str, Any]) -> Path:  # noqa: N802 - a tiny helper named like the constant
     """Write the demo's targets as a TOML file (the report links it)."""
     lines = [f'model = "{MODEL}"', "[targets]"]
     lines += [f"{k} = {v}" for k, v in targets["targets"].items()]

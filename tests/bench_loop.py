@@ -43,8 +43,8 @@ from deploy.broker import EmbeddedBroker  # noqa: E402
 from deploy.collector import Collector  # noqa: E402
 from deploy.demo import (  # noqa: E402
     DATA,
+    FIXED_TARGETS,
     MODEL,
-    TARGETS,
     DemoDevice,
     DemoOptions,
     agents,
@@ -58,6 +58,13 @@ from deploy.push import BrokerAddress  # noqa: E402
 from deploy.registry import Registry  # noqa: E402
 from deploy.registry_types import Variant  # noqa: E402
 from deploy.rollout import Deployer  # noqa: E402
+
+# Absolute targets, as the demo had before it set its p95 targets from the float model's own
+# measurement (the figures in docs/benchmarks.md were taken with these): the Pi 4 class 0.6 ms.
+TARGETS: dict[str, Any] = {
+    **FIXED_TARGETS,
+    "class": {**FIXED_TARGETS["class"], "rpi4b-cpu": {"p95_ms": 0.6}, "rpi5-cpu": {"p95_ms": 5.0}},
+}
 from deploy.targets import parse_targets  # noqa: E402
 
 PI4 = "rpi4b-cpu/ai-edge-litert"
@@ -170,7 +177,7 @@ def part_a(workdir: Path, repeats: int) -> dict[str, Any]:
         )  # fmt: skip
         wait_online(fleet.registry, {d.device_id for d in opts.devices}, 60)
         fp32 = next(v for v in variants if v.recipe == "fp32")
-        target = TARGETS["class"]["rpi4b-cpu"]["p95_ms"]  # type: ignore[index]
+        target = TARGETS["class"]["rpi4b-cpu"]["p95_ms"]
         runs = [reaction(fleet, fp32, float(target)) for _ in range(repeats)]
     finally:
         fleet.close()

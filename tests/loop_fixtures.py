@@ -12,8 +12,6 @@ what the devices really did, not only what the registry says.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -224,16 +222,6 @@ def running_fleet(
                     failures.append(f"{agent.device_id} exited {rc}:\n{agent.log()}")
         broker.stop()
     assert not failures, "\n".join(failures)
-
-
-def bench_p95(model: Path, threads: int = 1) -> float:
-    """p95 latency (ms) of ``model`` measured by ``edge-agent bench`` on this machine now."""
-    out = subprocess.run(
-        [sys.executable, "-m", "agent", "bench", "--json", "--threads", str(threads),
-         "--runs", "300", "--min-seconds", "1", str(model)],
-        capture_output=True, text=True, timeout=120, cwd=REPO, check=True,
-    )  # fmt: skip
-    return float(json.loads(out.stdout)["latency_ms"]["p95"])
 
 
 def held_out_accuracy(model: Path) -> float:

@@ -2,9 +2,9 @@
 per hardware class, digitsnet converted with four recipes, the loop to convergence, the fleet
 table and the HTML report.
 
-The demo's own p95 targets are absolute (0.6 ms on the Pi 4 class); on a shared or slower machine
-they would measure the machine, not the loop. So the test scales them to the float model's p95 as
-``edge-agent bench`` measures it here and now (the same ratio the demo's numbers encode).
+The demo sets its p95 targets from the float p95 each class measures just before the loop (the
+"boards" are processes on this machine, so absolute milliseconds would measure the machine): the
+Pi 4 class needs 0.7x float, which the float model cannot meet by the loop's own measure.
 """
 
 from __future__ import annotations
@@ -15,42 +15,30 @@ from pathlib import Path
 
 import pytest
 
-from tests.loop_fixtures import DIGITSNET, bench_p95
-
 pytestmark = [pytest.mark.broker, pytest.mark.runtime, pytest.mark.host, pytest.mark.slow]
 
 
 def test_the_demo_converges_and_writes_the_report(tmp_path: Path) -> None:
     pytest.importorskip("tensorflow")
     pytest.importorskip("ai_edge_quantizer")
-    from deploy.demo import DEVICES, MODEL, DemoOptions, run_demo
+    from deploy.demo import DEVICES, DemoOptions, run_demo
 
-    float_p95 = bench_p95(DIGITSNET / "digitsnet_fp32.tflite", threads=1)
     devices = tuple(d for d in DEVICES if d.device_id in ("pi4-01", "pi5-01", "nuc-coral-01"))
     assert len({d.hw_tree for d in devices}) == 3
-    targets = {
-        "model": MODEL,
-        "targets": {"max_accuracy_drop": 1.0},
-        "class": {
-            "rpi4b-cpu": {"p95_ms": 0.6 * float_p95},  # the float model misses it
-            "rpi5-cpu": {"p95_ms": 10 * float_p95},  # loose
-            "x86_64-edgetpu-pci": {"size_mb": 0.6, "p95_ms": 10 * float_p95},
-        },
-    }
     opts = DemoOptions(
         devices=devices, telemetry_s=0.5, load_hz=40.0, min_windows=3, min_inferences=60,
-        recipes=("fp32", "dynamic-int8", "int8", "edgetpu"), timeout_s=150.0, targets=targets,
+        recipes=("fp32", "dynamic-int8", "int8", "edgetpu"), timeout_s=150.0,
     )  # fmt: skip
     out = io.StringIO()
     rc = run_demo(tmp_path / "demo", out=out, opts=opts)
     text = out.getvalue()
     assert rc == 0, text
-    # every class converged: the Pi 5 class (loose) kept the float model, the Coral box (size
-    # budget the float model cannot meet) moved to a quantized one. Whether the Pi 4 class had
-    # to move depends on the bench above versus the agents' own measurements, taken at
-    # different moments on a shared machine: tests/test_loop_e2e.py proves that part with
-    # targets from the devices' own telemetry.
-    assert re.search(r"rpi4b-cpu/\S+: done, chosen \S+ after [0-3] trial", text), text
+    # every class converged: the Pi 4 class (0.7x float, judged on the very telemetry the target
+    # came from) moved to a quantized variant, the Pi 5 class (loose) kept the float model, the
+    # Coral box (size budget the float model cannot meet) moved to a quantized one
+    m = re.search(r"rpi4b-cpu/\S+: float p95 (\S+) ms measured here -> target p95 (\S+) ms", text)
+    assert m and float(m.group(2)) < float(m.group(1)), text
+    assert re.search(r"rpi4b-cpu/\S+: done, chosen (?!fp32)\S+ after [1-3] trial", text), text
     assert re.search(r"rpi5-cpu/\S+: done, chosen fp32 after 0 trial", text), text
     assert re.search(r"x86_64-edgetpu-pci/\S+: done, chosen (dynamic-int8|int8) ", text), text
     # the fleet table: a header and one row per device, with its class
