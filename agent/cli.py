@@ -44,7 +44,7 @@ def _existing_file(text: str) -> Path:
 
 def probe_report(hw_root: str) -> dict[str, Any]:
     """Hardware facts plus the installed runtimes and whether libedgetpu can be found."""
-    from agent import hardware
+    from agent import ed25519, hardware
     from agent.runtime import installed_runtimes
     from agent.runtime.delegates import find_edgetpu_library
 
@@ -55,6 +55,11 @@ def probe_report(hw_root: str) -> dict[str, Any]:
         for r in installed_runtimes()
     ]
     report["libedgetpu"] = find_edgetpu_library(hw_root)
+    try:
+        report["signature_verifier"] = ed25519.backend_name()
+    except RuntimeError as exc:
+        report["signature_verifier"] = None
+        report["signature_verifier_error"] = str(exc)
     return report
 
 
@@ -83,6 +88,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
     ]
     print(f"runtimes:     {', '.join(runtimes)}")
     print(f"libedgetpu:   {report['libedgetpu'] or 'not found'}")
+    verifier = report["signature_verifier"] or report.get("signature_verifier_error")
+    print(f"signatures:   Ed25519 via {verifier}")
     return EXIT_OK
 
 

@@ -31,12 +31,9 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-
+from agent.ed25519 import PublicKey, parse_public_key
 from agent.errors import ConfigError, ManifestError, ProtocolError
 from agent.protocol import (
     ID_PATTERN,
@@ -48,6 +45,9 @@ from agent.protocol import (
     valid_id,
     valid_sha256,
 )
+
+if TYPE_CHECKING:  # the host signs with `cryptography`; the device only verifies (agent.ed25519)
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 SCHEMA = "edgeloop.manifest/1"
 DEFAULT_CHUNK_SIZE = 64 * 1024
@@ -150,36 +150,18 @@ class SignedManifest:
 # Keys
 
 
-def key_id_of(public_key: Ed25519PublicKey) -> str:
-    """First 16 hex characters of sha256 over the raw 32-byte public key."""
-    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return hashlib.sha256(raw).hexdigest()[:16]
+def key_id_of(public_key: Any) -> str:
+    """First 16 hex characters of sha256 over the raw 32-byte public key (a PublicKey or a
+    `cryptography` Ed25519 public key)."""
+    return PublicKey.of(public_key).key_id
 
 
-def public_key_pem(public_key: Ed25519PublicKey) -> bytes:
-    return public_key.public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+def public_key_pem(public_key: Any) -> bytes:
+    """SubjectPublicKeyInfo PEM of a PublicKey or a `cryptography` Ed25519 public key."""
+    return PublicKey.of(public_key).pem()
 
 
-def parse_public_key(data: bytes) -> Ed25519PublicKey:
-    """A PEM SubjectPublicKeyInfo Ed25519 key, or base64 of the raw 32 bytes."""
-    text = data.strip()
-    try:
-        if text.startswith(b"-----BEGIN"):
-            key = serialization.load_pem_public_key(text)
-            if not isinstance(key, Ed25519PublicKey):
-                raise ValueError(f"not an Ed25519 key ({type(key).__name__})")
-            return key
-        return Ed25519PublicKey.from_public_bytes(base64.b64decode(text, validate=True))
-    except (ValueError, binascii.Error, UnsupportedAlgorithm) as exc:
-        raise ConfigError(
-            f"not an Ed25519 public key: {exc}",
-            hint="use the .pub file written by `edge-deploy keys init`",
-        ) from exc
-
-
-def load_public_key(path: str | Path) -> Ed25519PublicKey:
+def load_public_key(path: str | Path) -> PublicKey:
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
@@ -190,7 +172,7 @@ def load_public_key(path: str | Path) -> Ed25519PublicKey:
         raise ConfigError(f"{path}: {exc.message}", hint=exc.hint) from exc
 
 
-def load_trust_keys(paths: Iterable[str | Path]) -> dict[str, Ed25519PublicKey]:
+def load_trust_keys(paths: Iterable[str | Path]) -> dict[str, PublicKey]:
     """key_id -> public key, for verify_manifest."""
     keys = (load_public_key(p) for p in paths)
     return {key_id_of(k): k for k in keys}
@@ -244,7 +226,7 @@ def sign_manifest(
 
 def verify_manifest(
     raw: bytes | str | Mapping[str, Any],
-    trust_keys: Mapping[str, Ed25519PublicKey],
+    trust_keys: Mapping[str, PublicKey],
     now: float | None = None,
     *,
     max_bytes: int = MAX_MANIFEST_BYTES,
@@ -276,12 +258,8 @@ def verify_manifest(
         raise ManifestError(
             f"manifest is not canonical JSON: {exc.message}", code="malformed"
         ) from exc
-    try:
-        key.verify(sig, signed)
-    except InvalidSignature as exc:
-        raise ManifestError(
-            "manifest signature does not verify", code=Reason.BAD_SIGNATURE
-        ) from exc
+    if not PublicKey.of(key).verify(sig, signed):
+        raise ManifestError("manifest signature does not verify", code=Reason.BAD_SIGNATURE)
     manifest = _parse_fields(body)
     if manifest.key_id != key_id:
         raise ManifestError("manifest key_id differs from the envelope's key_id")

@@ -30,6 +30,7 @@ from agent.crashpoints import crash_point
 from agent.errors import EdgeloopError, ProtocolError, StoreError
 from agent.install import Gates, Installer, ReplyTo
 from agent.manifest import Manifest, load_trust_keys
+from agent.memtrim import release_free_memory
 from agent.messages import Command, Event, EventKind, ModelRef, NeedRequest, ReplyStatus, State
 from agent.outbox import Outbox, OutboxDrainer
 from agent.protocol import Reason, Topics, canonical_json, compact_ranges
@@ -179,6 +180,7 @@ class Agent:
         self.transport.start()
         self.drainer.start()
         self.notifier.ready(f"device {self.cfg.device_id}")
+        release_free_memory()  # what start-up (imports, hardware probe) freed
         next_ping = 0.0
         while not self._stop.is_set():
             try:

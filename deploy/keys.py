@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from agent.ed25519 import PublicKey
 from agent.errors import ConfigError
 from agent.manifest import key_id_of, load_public_key, public_key_pem
 
@@ -78,7 +79,7 @@ def load_private(directory: str | Path) -> Ed25519PrivateKey:
     return key
 
 
-def load_public(path: str | Path) -> Ed25519PublicKey:
+def load_public(path: str | Path) -> PublicKey:
     """A public key file (PEM or base64 of the raw 32 bytes); a directory means its .pub."""
     p = Path(path)
     return load_public_key(p / PUBLIC_NAME if p.is_dir() else p)

@@ -8,17 +8,18 @@ import os
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from agent.ed25519 import PublicKey
 from agent.manifest import Manifest, SignedManifest, key_id_of, model_fields, sign_manifest
 from agent.protocol import canonical_json
 
 NOW = 1_700_000_000
 
 
-def new_key() -> tuple[Ed25519PrivateKey, dict[str, Ed25519PublicKey]]:
+def new_key() -> tuple[Ed25519PrivateKey, dict[str, PublicKey]]:
     key = Ed25519PrivateKey.generate()
-    return key, {key_id_of(key.public_key()): key.public_key()}
+    return key, {key_id_of(key.public_key()): PublicKey.of(key.public_key())}
 
 
 def model_bytes(size: int, seed: int = 0) -> bytes:

@@ -20,13 +20,13 @@ Errors from the runtimes are turned into the edgeloop family here, in one place:
 from __future__ import annotations
 
 import importlib
-import importlib.metadata
 import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
+from agent.distversion import installed_version
 from agent.errors import (
     DelegateError,
     EdgeloopError,
@@ -85,10 +85,9 @@ class Backend:
     @classmethod
     def installed_version(cls) -> str | None:
         for dist in cls.distributions:
-            try:
-                return importlib.metadata.version(dist)
-            except importlib.metadata.PackageNotFoundError:
-                continue
+            version = installed_version(dist)
+            if version is not None:
+                return version
         return None
 
     # --- the interface -------------------------------------------------------------------
