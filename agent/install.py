@@ -124,6 +124,8 @@ class Install:
     last_rx: float = field(default_factory=time.monotonic)
     reconnected: float | None = None  # set on a reconnect until the requests before it expire
     last_progress: float = 0.0
+    scan_from: int = 0  # chunks below this are received or requested (the next request's start)
+    checked_models: bool = False  # whether models/ was checked for these bytes already
     trial_started: float | None = None
     trial_window: LatencyWindow | None = None
     trial_server: Server | None = None
@@ -252,8 +254,8 @@ class Installer:
         self.active = Install(manifest, reply, gates, delegate)
         self.host.reply(reply, ReplyStatus.ACCEPTED, None, "accepted", **_ref(manifest))
         self.host.event(EventKind.INSTALL_ACCEPTED, cmd_id=cmd.id, **_ref(manifest))
+        self._continue()  # the first requests go out before the state is republished
         self.host.state_changed()
-        self._continue()
 
     def resume_staged(self) -> None:
         """After a restart: continue a transfer left in staging (only missing chunks move)."""
@@ -340,8 +342,14 @@ class Installer:
         store = self.host.store
         try:
             # bytes already verified in models/ (a new release of last_good, a re-push after a
-            # crash between finish and trial): there is no staging and nothing to fetch
-            if store.has_model(a.manifest.sha256) or store.remaining(a.manifest.sha256) == 0:
+            # crash between finish and trial): there is no staging and nothing to fetch. Only
+            # this agent writes models/, so once is enough.
+            if not a.checked_models:
+                a.checked_models = True
+                if store.has_model(a.manifest.sha256):
+                    self._finish_transfer(a)
+                    return
+            if store.remaining(a.manifest.sha256) == 0:
                 self._finish_transfer(a)
                 return
         except StoreError as exc:  # staging vanished or unreadable: end this install cleanly
@@ -358,19 +366,15 @@ class Installer:
     def _request_more(self, a: Install, *, force: bool = False) -> None:
         if force:
             a.inflight.clear()
+            a.scan_from = 0
         if len(a.inflight) > self.window // 2:
             return
-        want: list[int] = []
         room = self.window - len(a.inflight)
-        for r in self.host.store.missing(a.manifest.sha256):
-            for i in r:
-                if i not in a.inflight:
-                    want.append(i)
-                    if len(want) >= room:
-                        break
-            if len(want) >= room:
-                break
+        # from where the last request ended: a chunk lost on the way is asked for again by
+        # the timeout (force, from 0), a corrupt one at once (_bad_chunk), so no rescan here
+        want = self.host.store.next_missing(a.manifest.sha256, a.scan_from, room, a.inflight)
         if want:
+            a.scan_from = want[-1] + 1
             now = time.monotonic()
             a.inflight.update((i, now) for i in want)
             self.host.request_chunks(a.manifest.sha256, want)

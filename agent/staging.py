@@ -5,13 +5,22 @@ chunks written at ``index * chunk_size`` with pwrite), ``<sha256>.bitmap`` (bit 
 byte i // 8, set = chunk i is durable) and ``<sha256>.manifest.json``. The bitmap is rewritten
 atomically only after an fsync of the data, every ``fsync_every_bytes`` and at the last chunk:
 a crash loses at most the chunks since the last persist, which are then fetched again.
+
+The periodic persists run on a short-lived background thread (one at a time, on a snapshot of
+the bitmap taken before the fsync starts, so a persisted bit still always means durable bytes):
+the fsync of a few MiB takes milliseconds, during which chunks keep arriving. The last one is
+synchronous. The whole-file sha256 is computed as the file fills: the longest complete prefix
+is read back from the file and fed to the hash, so the final check has little left to read.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import threading
+from collections.abc import Container
 from pathlib import Path
 
 from agent.atomicfile import atomic_write, fsync_dir
@@ -19,6 +28,8 @@ from agent.crashpoints import crash_point
 from agent.errors import ManifestError, StoreError
 from agent.manifest import Manifest
 from agent.protocol import Reason, compact_ranges, valid_sha256
+
+log = logging.getLogger(__name__)
 
 SUFFIXES = (".part", ".bitmap", ".manifest.json")
 
@@ -30,6 +41,10 @@ class Transfer:
         self.bitmap = bitmap
         self.pending = 0  # bytes written since the last fsync + bitmap persist
         self.remaining = len(self.missing())  # chunks not yet written (kept as they arrive)
+        self.hasher = hashlib.sha256()  # over chunks [0, hashed) as read back from the file
+        self.hashed = 0
+        self.persister: threading.Thread | None = None  # a background persist in progress
+        self.persist_error: OSError | None = None  # what the last background persist hit
 
     def has(self, index: int) -> bool:
         return bool(self.bitmap[index >> 3] & (1 << (index & 7)))
@@ -38,15 +53,28 @@ class Transfer:
         self.bitmap[index >> 3] |= 1 << (index & 7)
         self.remaining -= 1
 
+    def next_missing(self, start: int, limit: int, skip: Container[int] = ()) -> list[int]:
+        out: list[int] = []
+        bitmap, count = self.bitmap, self.manifest.chunk_count
+        i = max(0, start)
+        while i < count and len(out) < limit:
+            if not bitmap[i >> 3] & (1 << (i & 7)) and i not in skip:
+                out.append(i)
+            i += 1
+        return out
+
     def missing(self) -> list[int]:
         bitmap = self.bitmap
         return [i for i in range(self.manifest.chunk_count) if not bitmap[i >> 3] & (1 << (i & 7))]
 
 
 class Staging:
-    def __init__(self, directory: Path, tmp_dir: Path, fsync_every_bytes: int) -> None:
+    def __init__(
+        self, directory: Path, tmp_dir: Path, fsync_every_bytes: int, *, background: bool = True
+    ) -> None:
         self.dir, self.tmp_dir = directory, tmp_dir
         self.fsync_every_bytes = fsync_every_bytes
+        self.background = background  # False: every persist on the caller's thread
         self._open: dict[str, Transfer] = {}
 
     def path(self, sha256: str, suffix: str) -> Path:
@@ -137,19 +165,63 @@ class Staging:
                 view, offset = view[n:], offset + n
             t.set(index)
             t.pending += len(data)
-            if t.pending >= self.fsync_every_bytes or t.remaining == 0:
+            self._advance_hash(t)
+            if t.remaining == 0:
                 self.persist(t)
+            elif t.pending >= self.fsync_every_bytes:
+                (self._persist_in_background if self.background else self.persist)(t)
         except OSError as exc:
             raise StoreError(f"writing chunk {index}: {exc}", code=Reason.IO_ERROR) from exc
         crash_point(f"after_chunk:{index}")
         return True
 
     def persist(self, t: Transfer) -> None:
-        """fsync the data, THEN record the bitmap: a persisted bit always means durable bytes."""
-        os.fsync(t.fd)
-        path = self.path(t.manifest.sha256, ".bitmap")
-        atomic_write(path, bytes(t.bitmap), tmp_dir=self.tmp_dir)
+        """fsync the data, THEN record the bitmap: a persisted bit always means durable bytes.
+        Waits for a background persist first; OSError if it or this one failed."""
+        self._join(t)
+        error, t.persist_error = t.persist_error, None
+        if error is not None:
+            raise error
+        self._persist_snapshot(t, bytes(t.bitmap))
         t.pending = 0
+
+    def _persist_snapshot(self, t: Transfer, bitmap: bytes) -> None:
+        os.fsync(t.fd)
+        atomic_write(self.path(t.manifest.sha256, ".bitmap"), bitmap, tmp_dir=self.tmp_dir)
+
+    def _persist_in_background(self, t: Transfer) -> None:
+        if t.persister is not None and t.persister.is_alive():
+            return  # one at a time: the next chunk tries again
+        if t.persist_error is not None:
+            return  # after a failed fsync, a later success proves nothing: persist() reports
+        snapshot, t.pending = bytes(t.bitmap), 0  # only chunks written before the fsync
+
+        def run() -> None:
+            try:
+                self._persist_snapshot(t, snapshot)
+            except OSError as exc:
+                t.persist_error = exc  # the bitmap on disk is unchanged; reported by persist()
+
+        t.persister = threading.Thread(target=run, name="staging-fsync", daemon=True)
+        t.persister.start()
+
+    @staticmethod
+    def _join(t: Transfer) -> None:
+        if t.persister is not None:
+            t.persister.join()
+            t.persister = None
+
+    @staticmethod
+    def _advance_hash(t: Transfer) -> None:
+        """Feed the hash the chunks that extend the complete prefix, read back from the file."""
+        m = t.manifest
+        while t.hashed < m.chunk_count and t.has(t.hashed):
+            n = m.chunk_length(t.hashed)
+            data = os.pread(t.fd, n, t.hashed * m.chunk_size)
+            if len(data) != n:
+                raise OSError(f"short read of chunk {t.hashed}: {len(data)} of {n} bytes")
+            t.hasher.update(data)
+            t.hashed += 1
 
     def missing(self, sha256: str) -> list[range]:
         return compact_ranges(self.require(sha256).missing())
@@ -159,20 +231,32 @@ class Staging:
         StoreError "incomplete", or "bad_model" (the transfer is discarded)."""
         t = self.require(sha256)
         m = t.manifest
-        if t.missing():
-            raise StoreError(f"{len(t.missing())} chunks of {m.name} missing", code="incomplete")
-        self.persist(t)
-        digest = hashlib.sha256()
-        for offset in range(0, m.size, 1 << 20):
-            digest.update(os.pread(t.fd, min(1 << 20, m.size - offset), offset))
-        if digest.hexdigest() != sha256 or os.fstat(t.fd).st_size != m.size:
+        if t.remaining:
+            raise StoreError(f"{t.remaining} chunks of {m.name} missing", code="incomplete")
+        try:
+            if t.pending or t.persister is not None or t.persist_error is not None:
+                self.persist(t)
+            self._advance_hash(t)  # the whole file, when it was assembled out of order
+        except OSError as exc:
+            raise StoreError(f"verifying {m.name}: {exc}", code=Reason.IO_ERROR) from exc
+        if t.hasher.hexdigest() != sha256 or os.fstat(t.fd).st_size != m.size:
             self.discard(sha256)
             raise StoreError(f"assembled {m.name} does not match its sha256", code=Reason.BAD_MODEL)
         return self.path(sha256, ".part")
 
-    def close(self, sha256: str) -> None:
-        t = self._open.pop(sha256, None)
-        if t is not None:
+    def close(self, sha256: str, *, persist: bool = False) -> None:
+        """Close a transfer's file; with ``persist``, first make what was written durable."""
+        t = self._open.get(sha256)
+        if t is None:
+            return
+        try:
+            if persist and (t.pending or t.persister is not None):
+                self.persist(t)
+        except OSError as exc:  # shutting down: those chunks are fetched again
+            log.warning("could not persist %s on close: %s", sha256[:12], exc)
+        finally:
+            del self._open[sha256]
+            self._join(t)  # never close the fd under a running fsync
             os.close(t.fd)
 
     def discard(self, sha256: str) -> None:
@@ -189,4 +273,4 @@ class Staging:
 
     def close_all(self) -> None:
         for sha in list(self._open):
-            self.close(sha)
+            self.close(sha, persist=True)

@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Container
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,7 @@ class ModelStore:
         limits: StoreLimits | None = None,
         *,
         fsync_every_bytes: int = 1 << 20,
+        background_persist: bool = True,
     ) -> None:
         self.root = Path(state_dir).resolve()
         self.limits = limits or StoreLimits()
@@ -107,7 +109,9 @@ class ModelStore:
         for d in (self.root, self.models, self.staging_dir, self.pointers, self.tmp):
             d.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.counters = ReleaseCounters(self.root / "counters.json", self.tmp)
-        self.staging = Staging(self.staging_dir, self.tmp, fsync_every_bytes)
+        self.staging = Staging(
+            self.staging_dir, self.tmp, fsync_every_bytes, background=background_persist
+        )
 
     # ---- release counters (anti-rollback) ------------------------------------------------------
 
@@ -190,6 +194,13 @@ class ModelStore:
         """Missing chunk indexes as compact ranges. StoreError("not_staged")."""
         return self.staging.missing(sha256)
 
+    def next_missing(
+        self, sha256: str, start: int, limit: int, skip: Container[int] = ()
+    ) -> list[int]:
+        """Up to ``limit`` missing chunk indexes from ``start`` on, leaving out ``skip`` (the
+        ones already requested). StoreError("not_staged")."""
+        return self.staging.require(sha256).next_missing(start, limit, skip)
+
     def remaining(self, sha256: str) -> int:
         """How many chunks are still missing (O(1), kept as chunks arrive). StoreError
         ("not_staged")."""
@@ -198,8 +209,12 @@ class ModelStore:
     def flush(self, sha256: str) -> None:
         """Make every chunk written so far durable (fsync + bitmap)."""
         t = self.staging.get(sha256)
-        if t is not None and t.pending:
-            self.staging.persist(t)
+        if t is not None and (t.pending or t.persister is not None):
+            try:
+                self.staging.persist(t)
+            except OSError as exc:
+                message = f"making {sha256[:12]} durable: {exc}"
+                raise StoreError(message, code=Reason.IO_ERROR) from exc
 
     def staged(self) -> list[Manifest]:
         """Manifests of transfers in staging/ (to resume after a restart)."""

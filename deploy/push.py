@@ -20,7 +20,7 @@ from typing import Any, TextIO
 
 from agent import modelfile
 from agent.errors import EdgeloopError, ProtocolError
-from agent.manifest import SignedManifest, model_fields, sign_manifest
+from agent.manifest import DEFAULT_CHUNK_SIZE, SignedManifest, model_fields, sign_manifest
 from agent.messages import Command, CommandReply, Event, EventKind, NeedRequest, ReplyStatus
 from agent.protocol import Topics, encode_chunk
 from agent.transport import Transport
@@ -95,7 +95,7 @@ def build_manifest(
     recipe: str = "unknown",
     delegate: str = "auto",
     ttl_s: int = 7 * 24 * 3600,
-    chunk_size: int = 64 * 1024,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> SignedManifest:
     """Inspect the model, fill variant and requirements from it, and sign."""
     info = modelfile.inspect(model)
@@ -309,12 +309,13 @@ def push_model(
     gates: Mapping[str, Any] | None = None,
     timeout_s: float = 600.0,
     progress: TextIO | None = sys.stderr,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> PushResult:
     """Sign and push ``model``; the release defaults to the current time in milliseconds."""
     release = int(time.time() * 1000) if release is None else release
     signed = build_manifest(
         model, private_key, name=name, version=version, release=release,
-        recipe=recipe, delegate=delegate,
+        recipe=recipe, delegate=delegate, chunk_size=chunk_size,
     )  # fmt: skip
     with Pusher(broker, device_id, prefix=prefix, progress=progress) as pusher:
         pusher._chunk_size = signed.manifest.chunk_size

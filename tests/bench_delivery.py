@@ -55,9 +55,9 @@ TOPIC = "bench/raw"
 
 
 # ---- (a) raw paho pub -> sub ------------------------------------------------------------------
-def raw_throughput(broker: Broker, data: bytes) -> float:
-    """MB/s of ``data`` in 64 KiB QoS 1 messages, first publish -> last message received."""
-    pieces = [data[i : i + CHUNK] for i in range(0, len(data), CHUNK)]
+def raw_throughput(broker: Broker, data: bytes, chunk: int = CHUNK) -> float:
+    """MB/s of ``data`` in ``chunk``-byte QoS 1 messages, first publish -> last received."""
+    pieces = [data[i : i + chunk] for i in range(0, len(data), chunk)]
     done = threading.Event()
     got = [0]
     subscribed = threading.Event()
@@ -104,12 +104,15 @@ def big_model(workdir: Path) -> tuple[Path, str]:
         return path, "synthetic 14 MB blob (not loadable: transfer only)"
 
 
-def push(broker: Broker, keys: Path, path: Path, release: int) -> tuple[PushResult, float]:
+def push(
+    broker: Broker, keys: Path, path: Path, release: int, chunk: int = CHUNK
+) -> tuple[PushResult, float]:
     t0 = time.time()
     result = push_model(
         path, "pi-01", BrokerAddress(broker.host, broker.port), load_private(keys),
         name=path.stem.replace("_", "-")[:60], version="1", release=release,
         gates={"min_inferences": 20, "min_seconds": 0.5}, progress=None, timeout_s=300,
+        chunk_size=chunk,
     )  # fmt: skip
     return result, t0
 

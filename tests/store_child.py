@@ -2,7 +2,7 @@
 (begin, every chunk, finish, set_trial, commit_trial) so a test can kill it at a crash point
 (EDGELOOP_CRASH_AT) and inspect the state directory afterwards.
 
-Usage: python -m tests.store_child STATE_DIR MODEL_FILE MANIFEST_JSON
+Usage: python -m tests.store_child STATE_DIR MODEL_FILE MANIFEST_JSON [sync|background]
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ from agent.store import ModelStore
 
 
 def main(argv: list[str]) -> int:
-    state_dir, model_file, manifest_file = argv
+    state_dir, model_file, manifest_file, *mode = argv
     data = Path(model_file).read_bytes()
     manifest = Manifest.from_dict(json.loads(Path(manifest_file).read_bytes()))
-    store = ModelStore(state_dir, fsync_every_bytes=1)
+    background = mode != ["sync"]
+    store = ModelStore(state_dir, fsync_every_bytes=1, background_persist=background)
     store.recover()
     store.check_release(manifest)
     for r in store.begin(manifest):
