@@ -12,6 +12,7 @@ null, lists and objects only), which makes this a subset of RFC 8785 (JCS) for t
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import struct
@@ -194,6 +195,13 @@ _SIMPLE_KINDS = frozenset({"state", "telemetry", "events", "need", "infer"})
 
 def parse_topic(topic: str, prefix: str = DEFAULT_PREFIX) -> ParsedTopic:
     """Split ``{prefix}/dev/{id}/{kind}[/{arg}]``; raises ProtocolError("bad_topic")."""
+    if isinstance(topic, str) and isinstance(prefix, str):
+        return _parse_topic(topic, prefix)  # the same few topics, thousands of times a second
+    return _parse_topic.__wrapped__(topic, prefix)
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_topic(topic: str, prefix: str) -> ParsedTopic:
     base = check_prefix(prefix) + "/dev/"
     if not isinstance(topic, str) or not topic.startswith(base):
         raise ProtocolError(f"topic {topic!r} is not under {base}", code=Reason.BAD_TOPIC)
@@ -302,13 +310,13 @@ CHUNK_HEADER_SIZE = _CHUNK_HEADER.size
 class ChunkFrame:
     sha256: str
     index: int
-    data: bytes
+    data: bytes | memoryview  # decode_chunk: a view into the message payload (no copy)
 
     def encode(self) -> bytes:
         return encode_chunk(self.sha256, self.index, self.data)
 
 
-def encode_chunk(sha256: str, index: int, data: bytes) -> bytes:
+def encode_chunk(sha256: str, index: int, data: bytes | memoryview) -> bytes:
     """Frame one chunk (header + data)."""
     if not valid_sha256(sha256):
         raise ProtocolError(f"{sha256!r} is not a sha256 hex digest")
@@ -330,7 +338,7 @@ def decode_chunk(payload: bytes | bytearray | memoryview, sha256: str) -> ChunkF
         raise ProtocolError(f"chunk magic {magic!r} is not {CHUNK_MAGIC!r}")
     if not valid_sha256(sha256) or prefix != bytes.fromhex(sha256[:16]):
         raise ProtocolError("chunk header names another model than its topic")
-    return ChunkFrame(sha256, int(index), bytes(payload[CHUNK_HEADER_SIZE:]))
+    return ChunkFrame(sha256, int(index), memoryview(payload)[CHUNK_HEADER_SIZE:])
 
 
 def compact_ranges(indexes: Iterable[int]) -> list[range]:

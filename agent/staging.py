@@ -142,7 +142,7 @@ class Staging:
         )
         t.manifest = manifest
 
-    def write_chunk(self, sha256: str, index: int, data: bytes) -> bool:
+    def write_chunk(self, sha256: str, index: int, data: bytes | memoryview) -> bool:
         t = self.require(sha256)
         m = t.manifest
         if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < m.chunk_count:

@@ -183,7 +183,7 @@ class ModelStore:
                 hint="free disk space or raise the store limits",
             )
 
-    def write_chunk(self, sha256: str, index: int, data: bytes) -> bool:
+    def write_chunk(self, sha256: str, index: int, data: bytes | memoryview) -> bool:
         """Verify chunk ``index`` against the manifest and write it at its offset. Returns False
         for a duplicate (no-op).
 
