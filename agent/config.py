@@ -81,6 +81,7 @@ class LimitsConfig:
     disk_mb: float = 512.0
     max_model_mb: float = 256.0
     max_payload_kb: int = 1024
+    transfer_window_kb: int = 2048  # model bytes requested and not yet received
 
 
 @dataclass(frozen=True)
@@ -228,6 +229,8 @@ def _validate(cfg: AgentConfig, problems: list[str]) -> None:
         problems.append("telemetry.interval_s: must be > 0")
     if cfg.limits.disk_mb <= 0 or cfg.limits.max_model_mb <= 0:
         problems.append("limits.disk_mb and limits.max_model_mb: must be > 0")
+    if cfg.limits.transfer_window_kb < 64:
+        problems.append("limits.transfer_window_kb: must be >= 64")
     if cfg.loadgen.rate_hz < 0:
         problems.append("loadgen.rate_hz: must be >= 0")
     for key in cfg.trust_keys:

@@ -33,6 +33,11 @@ if TYPE_CHECKING:  # the install-only modules load on the first deploy (idle RSS
 
 log = logging.getLogger(__name__)
 
+# Bytes requested and not yet received: enough to cover the host's answer time on a LAN. On
+# loopback (one run, devices pushed in turn: tests/bench_delivery.py and docs/benchmarks.md)
+# 1 MiB moved 168 MB/s, 2 MiB 196 MB/s, 8 MiB 176 MB/s; a link with a long round trip wants
+# more (bandwidth x round trip; [limits] transfer_window_kb).
+DEFAULT_WINDOW_BYTES = 2 << 20
 MAX_BAD_CHUNK = 5  # the same chunk failing its hash this often ends the install (endless data)
 
 
@@ -162,7 +167,7 @@ class Installer:
         *,
         default_gates: Gates,
         default_delegate: str,
-        window: int = 32,
+        window_bytes: int = DEFAULT_WINDOW_BYTES,
         chunk_timeout_s: float = 3.0,
         probe_timeout_s: float = 60.0,
         probe_memory_mb: int = 2048,
@@ -171,7 +176,7 @@ class Installer:
         self.host = host
         self.default_gates = default_gates
         self.default_delegate = default_delegate
-        self.window = window
+        self.window_bytes = window_bytes
         self.chunk_timeout_s = chunk_timeout_s
         self.probe_timeout_s = probe_timeout_s
         self.probe_memory_mb = probe_memory_mb
@@ -367,9 +372,10 @@ class Installer:
         if force:
             a.inflight.clear()
             a.scan_from = 0
-        if len(a.inflight) > self.window // 2:
-            return
-        room = self.window - len(a.inflight)
+        window = self.window_chunks(a.manifest)
+        if len(a.inflight) > window // 2:
+            return  # refilled when half the window has arrived: a few large requests
+        room = window - len(a.inflight)
         # from where the last request ended: a chunk lost on the way is asked for again by
         # the timeout (force, from 0), a corrupt one at once (_bad_chunk), so no rescan here
         want = self.host.store.next_missing(a.manifest.sha256, a.scan_from, room, a.inflight)
@@ -378,6 +384,10 @@ class Installer:
             now = time.monotonic()
             a.inflight.update((i, now) for i in want)
             self.host.request_chunks(a.manifest.sha256, want)
+
+    def window_chunks(self, m: Manifest) -> int:
+        """Chunks requested and not yet received, at most: ``window_bytes`` worth, >= 4."""
+        return max(4, self.window_bytes // max(1, m.chunk_size))
 
     def tick(self) -> None:
         a = self.active

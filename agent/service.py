@@ -112,6 +112,7 @@ class Agent:
             default_delegate=cfg.runtime.delegate,
             probe_timeout_s=h.probe_timeout_s,
             probe_memory_mb=h.probe_memory_mb,
+            window_bytes=cfg.limits.transfer_window_kb * 1024,
         )
         self.loadgen = LoadGenerator(self._serving, cfg.loadgen.rate_hz)
         self.transport = Transport(self._transport_config(), self._on_message, self._on_connected)

@@ -1,6 +1,7 @@
 """Delivery and serving benchmark for issue 3 (not collected by pytest).
 
     /work/venv/bin/python tests/bench_delivery.py [--rounds 3] [--idle-seconds 20] [--json OUT]
+    /work/venv/bin/python tests/bench_delivery.py --windows 1024,2048,8192 [--rounds 8]
 
 Everything runs in one process tree against one Mosquitto on 127.0.0.1, in the same run:
 
@@ -13,6 +14,10 @@ Everything runs in one process tree against one Mosquitto on 127.0.0.1, in the s
     int8): round-trip median minus bare-invoke median (goal <= 1.5 ms);
 (d) agent idle RSS with the runtime loaded and no model (goal <= 50 MB), and idle CPU % over
     ``--idle-seconds`` (goal <= 0.5 %), with the default 10 s telemetry interval.
+
+``--windows KB,KB,...`` instead compares transfer windows (agent ``[limits]
+transfer_window_kb``) in one run: one agent per window on the same broker, each round a raw
+transfer then one push to every agent (the order alternating), medians per window.
 
 Prints a table, the command and the machine; docs/benchmarks.md records the figures.
 """
@@ -105,11 +110,12 @@ def big_model(workdir: Path) -> tuple[Path, str]:
 
 
 def push(
-    broker: Broker, keys: Path, path: Path, release: int, chunk: int = CHUNK
-) -> tuple[PushResult, float]:
+    broker: Broker, keys: Path, path: Path, release: int, chunk: int = CHUNK,
+    device: str = "pi-01",
+) -> tuple[PushResult, float]:  # fmt: skip
     t0 = time.time()
     result = push_model(
-        path, "pi-01", BrokerAddress(broker.host, broker.port), load_private(keys),
+        path, device, BrokerAddress(broker.host, broker.port), load_private(keys),
         name=path.stem.replace("_", "-")[:60], version="1", release=release,
         gates={"min_inferences": 20, "min_seconds": 0.5}, progress=None, timeout_s=300,
         chunk_size=chunk,
@@ -234,13 +240,63 @@ def median(xs: list[float]) -> float:
     return float(statistics.median(xs))
 
 
+def compare_windows(windows: list[int], rounds: int) -> int:
+    work = Path(tempfile.mkdtemp(prefix="bench-windows-"))
+    broker = Broker(work / "broker", persistence=False).start()
+    keys = work / "keys"
+    init_keys(keys)
+    release = iter(range(1, 10**6))
+    agents: list[AgentProcess] = []
+    try:
+        for kb in windows:
+            cfg = work / f"window-{kb}.toml"
+            cfg.write_text(f"[limits]\ntransfer_window_kb = {kb}\n")
+            agents.append(AgentProcess(
+                broker, work / f"state-{kb}", keys / "edgeloop.pub", device_id=f"win-{kb}",
+                telemetry_interval=10.0, extra_args=["--config", str(cfg)],
+            ).start())  # fmt: skip
+        big, big_name = big_model(work)
+        data = big.read_bytes()
+        raws: list[float] = []
+        installs: dict[int, list[float]] = {kb: [] for kb in windows}
+        for r in range(rounds):
+            raws.append(raw_throughput(broker, data))
+            for kb in windows if r % 2 == 0 else windows[::-1]:
+                data = data + os.urandom(8)  # a new model each push (trailing bytes ignored)
+                big = work / f"big-{r}-{kb}.tflite"
+                big.write_bytes(data)
+                result, _t0 = push(broker, keys, big, next(release), device=f"win-{kb}")
+                accepted = event_ts(result, "install_accepted")
+                verified = event_ts(result, "install_verified")
+                if accepted is None or verified is None:
+                    raise RuntimeError(f"no accepted/verified events: {result.to_dict()}")
+                installs[kb].append(len(data) / (verified - accepted) / 1e6)
+        raw = median(raws)
+        print(f"{big_name}, {rounds} rounds; raw paho pub->sub 64 KiB QoS 1: median {raw:.0f} "
+              f"MB/s ({' / '.join(f'{v:.0f}' for v in raws)})")  # fmt: skip
+        for kb in windows:
+            m = median(installs[kb])
+            print(f"window {kb:6d} KiB: install median {m:.0f} MB/s, / raw {m / raw:.2f} "
+                  f"({' / '.join(f'{v:.0f}' for v in installs[kb])})")  # fmt: skip
+    finally:
+        for a in agents:
+            a.stop()
+        broker.stop(check=False)
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"\ncommand: {' '.join([Path(sys.executable).as_posix(), *sys.argv])}")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=3, help="raw and install rounds, alternating")
     ap.add_argument("--requests", type=int, default=300)
     ap.add_argument("--idle-seconds", type=float, default=20.0)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--windows", default=None, help="compare transfer windows (KiB, comma list)")
     args = ap.parse_args()
+    if args.windows:
+        return compare_windows([int(k) for k in args.windows.split(",")], args.rounds)
     out: dict[str, Any] = {
         "runtime": {"name": get_backend().name, "version": get_backend().version}
     }
