@@ -109,6 +109,46 @@ def test_window_without_inferences_refreshes_the_idle_baseline():
         sampler.stop()
 
 
+def test_inferences_during_the_start_up_span_discard_that_baseline():
+    """A device that serves at once (a reboot with a model): its first seconds are not idle."""
+    b = time.monotonic()
+    meter = ScriptedMeter([[Sample(b + k * 0.5, 5.0 if k < 8 else 2.0)] for k in range(20)])
+    sampler = run(meter, baseline_s=1.0, auto_idle_min_s=2.0)
+    try:
+        assert sampler.idle_w == pytest.approx(5.0)  # taken before any window was reported
+        busy = sampler.window(b + 0.5, b + 3.0, inferences=50)  # overlaps the start-up span
+        assert busy.idle_w is None and busy.mj_per_inference_net is None
+        assert busy.mj_per_inference == pytest.approx(5.0 * 2.5 / 50 * 1000)
+        assert sampler.idle_w is None
+        idle = sampler.window(b + 4.0, b + 9.0, inferences=0)  # then the board goes idle
+        assert idle.avg_w == pytest.approx(2.0) and sampler.idle_w == pytest.approx(2.0)
+        later = sampler.window(b + 0.2, b + 9.0, inferences=10)  # only the start-up one goes
+        assert later.idle_w == pytest.approx(2.0)
+    finally:
+        sampler.stop()
+
+
+def test_no_start_up_baseline_when_inferences_ran_before_it_was_complete():
+    b = time.monotonic()
+    gate = threading.Event()
+
+    def later() -> list[Sample]:
+        assert gate.wait(5)
+        return [Sample(b + 3.0, 5.0)]
+
+    meter = ScriptedMeter([[Sample(b, 5.0)], [Sample(b + 0.5, 5.0)], later])
+    sampler = EnergySampler(meter, baseline_s=1.0).start()
+    try:
+        assert sampler.wait_for(lambda s: len(s.samples()) == 2, 5)
+        sampler.window(b + 0.2, b + 0.6, inferences=3)  # reported before the span completed
+        gate.set()
+        assert meter.done.wait(5)
+        assert sampler.wait_baseline(0.5) is None  # given up, not waited for
+        assert sampler.idle_w is None
+    finally:
+        sampler.stop()
+
+
 def test_failing_meter_gives_windows_a_missing_reason_and_is_reconnected():
     b = time.monotonic()
     gone = meter_error(GONE, "serial port /dev/rfcomm0 does not exist")

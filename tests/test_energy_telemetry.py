@@ -45,6 +45,14 @@ def test_telemetry_windows_carry_measured_energy_and_survive_an_unplugged_meter(
                     "--loadgen-rate", "100"],
     )  # fmt: skip
     with observing(broker, "pi-01") as obs:
+        # the idle baseline comes from the agent's first idle second: inferences that overlap it
+        # would discard it (agent/energy/sampler.py), so deploy once it exists
+        def has_baseline(m) -> bool:
+            if not m.topic.endswith("/telemetry"):
+                return False
+            return (json.loads(m.payload).get("energy") or {}).get("idle_w") is not None
+
+        assert obs.wait_message(has_baseline, 30, "a telemetry window with an idle baseline")
         result = push_model(
             model("digits_int8"), "pi-01", BrokerAddress(broker.host, broker.port),
             load_private(keys_dir), name="digits", version="1", release=1,

@@ -10,7 +10,10 @@ Arithmetic (all times ``time.monotonic()`` seconds, the clock inference timing u
   cost on top of the board sitting idle.
 - ``idle_w`` is measured over the first ``baseline_s`` of samples after start, and replaced by
   :meth:`EnergySampler.mark_idle_baseline` (a hint that the device was idle) or by any window of
-  at least ``auto_idle_min_s`` with zero inferences.
+  at least ``auto_idle_min_s`` with zero inferences. A window with inferences that overlaps
+  the start-up span (a device that serves at once, e.g. after a reboot with a model) discards
+  that baseline, or prevents it: ``idle_w`` then stays unknown (net energy missing) until an
+  idle window or a hint provides one, rather than calling load "idle".
 
 The thread never lets an exception escape: meter failures become ``missing_reason`` on the
 windows they touch, and the meter is reconnected with exponential backoff and jitter.
@@ -120,6 +123,9 @@ class EnergySampler:
         self._errors: deque[tuple[float, str]] = deque(maxlen=1000)
         self._idle_w: float | None = None
         self._idle_source = ""
+        self._busy_from: float | None = None  # earliest start of a window with inferences
+        self._start_span: tuple[float, float] | None = None  # of the start-up baseline
+        self._start_baseline_over = False  # the start-up baseline was taken or given up
         self._started_at: float | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -232,16 +238,27 @@ class EnergySampler:
             del self._samples[: max(0, k - 1)]  # keep one to hold into the history window
 
     def _try_start_baseline(self) -> None:
-        """Baseline from the first ``baseline_s`` of samples (the device assumed idle then)."""
-        if not self._samples:
+        """Baseline from the first ``baseline_s`` of samples, unless inferences ran then."""
+        if self._start_baseline_over or not self._samples:
             return
         t0 = self._samples[0].t
-        if self._samples[-1].t < t0 + self.baseline_s:
+        end = t0 + self.baseline_s
+        if self._busy_from is not None and self._busy_from < end:
+            self._start_baseline_over = True
+            log.info(
+                "no start-up idle baseline for %s: inferences ran in its first %.1f s; idle_w "
+                "waits for a window of >= %.1f s without inferences",
+                self.source, self.baseline_s, self.auto_idle_min_s,
+            )  # fmt: skip
             return
-        part = integrate(self._samples, t0, t0 + self.baseline_s, self.max_hold_s)
+        if self._samples[-1].t < end:
+            return
+        part = integrate(self._samples, t0, end, self.max_hold_s)
         if part.covered_s >= self.min_coverage * self.baseline_s:
             self._idle_w = part.energy_j / part.covered_s
             self._idle_source = "start"
+            self._start_span = (t0, end)
+            self._start_baseline_over = True
             log.info(
                 "idle baseline for %s: %.3f W (first %.1f s)",
                 self.source,
@@ -275,8 +292,8 @@ class EnergySampler:
                 self._cond.wait(min(left, 0.2))
 
     def wait_baseline(self, timeout: float) -> float | None:
-        """Block until the start-up idle baseline exists (or timeout); return it."""
-        self.wait_for(lambda s: s._idle_w is not None, timeout)
+        """Block until the start-up idle baseline exists, was given up, or timeout; return it."""
+        self.wait_for(lambda s: s._idle_w is not None or s._start_baseline_over, timeout)
         return self.idle_w
 
     def wait_sample_after(self, t: float, timeout: float) -> bool:
@@ -333,6 +350,8 @@ class EnergySampler:
         """Energy over [t0, t1] in which ``inferences`` inferences ran."""
         duration = t1 - t0
         with self._lock:
+            if inferences > 0:
+                self._note_busy(t0)
             part = integrate(self._samples, t0, t1, self.max_hold_s)
             idle_w = self._idle_w
         coverage = part.covered_s / duration if duration > 0 else 0.0
@@ -364,6 +383,19 @@ class EnergySampler:
             coverage=round(coverage, 4),
             missing_reason=reason,
         )
+
+    def _note_busy(self, t0: float) -> None:
+        """Inferences ran from ``t0`` on: a start-up baseline that overlaps is not idle."""
+        if self._busy_from is None or t0 < self._busy_from:
+            self._busy_from = t0
+        span = self._start_span
+        if self._idle_source == "start" and span is not None and t0 < span[1]:
+            log.info(
+                "idle baseline for %s discarded: inferences ran during it (%.3f W); idle_w "
+                "waits for a window of >= %.1f s without inferences",
+                self.source, self._idle_w or 0.0, self.auto_idle_min_s,
+            )  # fmt: skip
+            self._idle_w, self._idle_source = None, ""
 
     def _missing_reason(self, t0: float, t1: float, duration: float, coverage: float) -> str | None:
         if duration <= 0:
