@@ -9,8 +9,9 @@ a crash loses at most the chunks since the last persist, which are then fetched 
 The periodic persists run on a short-lived background thread (one at a time, on a snapshot of
 the bitmap taken before the fsync starts, so a persisted bit still always means durable bytes):
 the fsync of a few MiB takes milliseconds, during which chunks keep arriving. The last one is
-synchronous. The whole-file sha256 is computed as the file fills: the longest complete prefix
-is read back from the file and fed to the hash, so the final check has little left to read.
+synchronous. The whole-file sha256 is computed as the file fills, on a second background
+thread (:class:`HashFollower`): the longest complete prefix is read back from the file and fed
+to the hash, so the final check has little left to read.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class Transfer:
         self.hasher = hashlib.sha256()  # over chunks [0, hashed) as read back from the file
         self.hashed = 0
         self.persister: threading.Thread | None = None  # a background persist in progress
+        self.follower: HashFollower | None = None  # feeds ``hasher`` on its own thread
         self.persist_error: OSError | None = None  # what the last background persist hit
 
     def has(self, index: int) -> bool:
@@ -66,6 +68,45 @@ class Transfer:
     def missing(self) -> list[int]:
         bitmap = self.bitmap
         return [i for i in range(self.manifest.chunk_count) if not bitmap[i >> 3] & (1 << (i & 7))]
+
+
+class HashFollower:
+    """Feeds a transfer's whole-file sha256 on its own thread as the complete prefix grows.
+
+    hashlib releases the GIL on large buffers, so this second pass over the bytes runs beside
+    the core thread (which hashes each chunk against the manifest) instead of after it.
+    Only this thread touches ``hasher``/``hashed`` until :meth:`stop` returns.
+    """
+
+    def __init__(self, t: Transfer) -> None:
+        self.t = t
+        self.error: OSError | None = None
+        self._wake = threading.Event()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="staging-hash", daemon=True)
+        self._thread.start()
+
+    def poke(self) -> None:
+        self._wake.set()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            if self._stopping:
+                return
+            try:
+                Staging.advance_hash(self.t)
+            except OSError as exc:
+                self.error = exc
+                return
+
+    def stop(self) -> OSError | None:
+        """Stop and wait; returns what the thread hit, if anything."""
+        self._stopping = True
+        self._wake.set()
+        self._thread.join()
+        return self.error
 
 
 class Staging:
@@ -165,7 +206,12 @@ class Staging:
                 view, offset = view[n:], offset + n
             t.set(index)
             t.pending += len(data)
-            self._advance_hash(t)
+            if not self.background:
+                self.advance_hash(t)
+            elif t.hashed < m.chunk_count and index >= t.hashed:
+                if t.follower is None:
+                    t.follower = HashFollower(t)
+                t.follower.poke()
             if t.remaining == 0:
                 self.persist(t)
             elif t.pending >= self.fsync_every_bytes:
@@ -212,7 +258,12 @@ class Staging:
             t.persister = None
 
     @staticmethod
-    def _advance_hash(t: Transfer) -> None:
+    def _stop_follower(t: Transfer) -> OSError | None:
+        follower, t.follower = t.follower, None
+        return follower.stop() if follower is not None else None
+
+    @staticmethod
+    def advance_hash(t: Transfer) -> None:
         """Feed the hash the chunks that extend the complete prefix, read back from the file."""
         m = t.manifest
         while t.hashed < m.chunk_count and t.has(t.hashed):
@@ -236,7 +287,10 @@ class Staging:
         try:
             if t.pending or t.persister is not None or t.persist_error is not None:
                 self.persist(t)
-            self._advance_hash(t)  # the whole file, when it was assembled out of order
+            error = self._stop_follower(t)
+            if error is not None:
+                raise error
+            self.advance_hash(t)  # what the follower had not reached (or all, after a restart)
         except OSError as exc:
             raise StoreError(f"verifying {m.name}: {exc}", code=Reason.IO_ERROR) from exc
         if t.hasher.hexdigest() != sha256 or os.fstat(t.fd).st_size != m.size:
@@ -256,7 +310,8 @@ class Staging:
             log.warning("could not persist %s on close: %s", sha256[:12], exc)
         finally:
             del self._open[sha256]
-            self._join(t)  # never close the fd under a running fsync
+            self._join(t)  # never close the fd under a running fsync or hash
+            self._stop_follower(t)
             os.close(t.fd)
 
     def discard(self, sha256: str) -> None:

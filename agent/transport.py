@@ -193,17 +193,22 @@ class Transport:
             handle = PublishHandle(None, qos)
             handle._resolve(None, "offline")
             return handle
-        props = _properties(PacketTypes.PUBLISH)
-        if response_topic is not None:
-            props.ResponseTopic = response_topic
-        if correlation_data is not None:
-            props.CorrelationData = correlation_data
-        if message_expiry_interval is not None:
-            props.MessageExpiryInterval = message_expiry_interval
-        if user_properties:
-            props.UserProperty = list(user_properties)
-        if content_type is not None:
-            props.ContentType = content_type
+        props = None  # none at all for the common case (chunks, telemetry): paho packs fast
+        if (
+            response_topic is not None or correlation_data is not None or user_properties
+            or message_expiry_interval is not None or content_type is not None
+        ):  # fmt: skip
+            props = _properties(PacketTypes.PUBLISH)
+            if response_topic is not None:
+                props.ResponseTopic = response_topic
+            if correlation_data is not None:
+                props.CorrelationData = correlation_data
+            if message_expiry_interval is not None:
+                props.MessageExpiryInterval = message_expiry_interval
+            if user_properties:
+                props.UserProperty = list(user_properties)
+            if content_type is not None:
+                props.ContentType = content_type
         return self._publish(topic, payload, qos, retain, props)
 
     def stats(self) -> TransportStats:
@@ -456,6 +461,7 @@ class Transport:
         client = self._client
         tick = max(0.05, min(1.0, client.keepalive / 8))
         disconnecting = False
+        next_misc = 0.0  # keepalive and half-open checks: every 20 ms is plenty, not every read
         while True:
             if self._stop.is_set() and not disconnecting:
                 disconnecting = True
@@ -481,7 +487,9 @@ class Transport:
                 _quickack(sock)
             if rc == mqtt.MQTT_ERR_SUCCESS and client.socket() is not None and client.want_write():
                 rc = client.loop_write()
-            if rc == mqtt.MQTT_ERR_SUCCESS and client.socket() is not None:
+            now = time.monotonic()
+            if rc == mqtt.MQTT_ERR_SUCCESS and client.socket() is not None and now >= next_misc:
+                next_misc = now + 0.02
                 rc = client.loop_misc()
                 self._check_half_open(client)
             if rc != mqtt.MQTT_ERR_SUCCESS or client.socket() is None:

@@ -115,12 +115,13 @@ class PublishHandle:
         self.qos = qos
         self.reason_code: int | None = None  # MQTT5 PUBACK reason code once acknowledged
         self.error: str | None = None  # set when it will never be acknowledged
-        self._done = threading.Event()
+        self._is_done = False
         self._callbacks: list[Callable[[PublishHandle], None]] = []
         self._lock = threading.Lock()
+        self._cond: threading.Condition | None = None  # made by the first wait() (most never do)
 
     def done(self) -> bool:
-        return self._done.is_set()
+        return self._is_done
 
     @property
     def ok(self) -> bool:
@@ -129,22 +130,29 @@ class PublishHandle:
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until acknowledged or failed; True when done within ``timeout``."""
-        return self._done.wait(timeout)
+        with self._lock:
+            if self._is_done:
+                return True
+            if self._cond is None:
+                self._cond = threading.Condition(self._lock)
+            return self._cond.wait_for(lambda: self._is_done, timeout)
 
     def add_done_callback(self, fn: Callable[[PublishHandle], None]) -> None:
         """Call ``fn(handle)`` once done (on the network thread: only enqueue there)."""
         with self._lock:
-            if not self._done.is_set():
+            if not self._is_done:
                 self._callbacks.append(fn)
                 return
         fn(self)
 
     def _resolve(self, reason_code: int | None, error: str | None = None) -> None:
         with self._lock:
-            if self._done.is_set():
+            if self._is_done:
                 return
             self.reason_code, self.error = reason_code, error
-            self._done.set()
+            self._is_done = True
+            if self._cond is not None:
+                self._cond.notify_all()
             callbacks, self._callbacks = self._callbacks, []
         for fn in callbacks:
             try:

@@ -38,15 +38,15 @@ from tests.models.bad_models import big_model
 
 pytestmark = [pytest.mark.broker, pytest.mark.runtime]
 
-CHUNK = 32 * 1024  # 64 chunks; the staging bitmap is made durable every 1 MiB (32 chunks)
+CHUNK = 32 * 1024  # 64 chunks; the agent makes staged chunks durable every 4 MiB and at the last
 NEW_SIZE = 2 * 2**20 - 8192  # ~2 MiB with the flatbuffer overhead
 
 # crash point -> what the restarted agent must show: "old" (current is still the old model),
 # "trial" (the trial is rolled back at start with crashed_in_trial), "new" (the commit had
 # switched current: the new model is installed, last_good is the old one).
 CRASH_POINTS = {
-    "after_chunk:3": "old",  # nothing durable yet: the resume fetches everything
-    "after_chunk:40": "old",  # 32 chunks durable: the resume fetches only the other 32
+    "after_chunk:3": "old",  # nothing durable yet: the resume fetches what is not durable
+    "after_chunk:40": "old",  # the same, later in the transfer
     "before_finish_rename": "old",
     "after_finish_rename": "old",
     "before_pointer_rename:trial": "old",
@@ -156,12 +156,13 @@ def test_crash_at_point_leaves_old_or_new_complete(
             )
         assert result.ok, (point, result)
         # Only missing chunks move: no need after the restart names a durable chunk, and the
-        # host served at most the missing ones (chunks the broker had queued for the agent's
-        # persistent session make up the rest).
+        # host served at most the missing ones (QoS 1 chunks the scripted host had sent before
+        # the crash, queued by the broker for the agent's persistent session, make up the rest:
+        # the whole 2 MiB model fits in one request window).
         asked = requested(obs)
         assert not asked & durable, (point, sorted(durable), sorted(asked))
         missing = nchunks - len(durable) if point.startswith("after_chunk") else 0
-        assert result.chunks_sent == missing, (point, len(durable), result.chunks_sent)
+        assert result.chunks_sent <= missing, (point, len(durable), result.chunks_sent)
         assert result.bytes_sent < size or not durable
     assert pointer_sha(state_dir) == new_sha
     assert store_problems(state_dir) == []
