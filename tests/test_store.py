@@ -453,3 +453,31 @@ def test_arbitrary_chunks_raise_only_store_errors_and_stay_in_state_dir(
         f"{m.sha256}{s}" for s in (".part", ".bitmap", ".manifest.json")
     }
     store.close()
+
+
+def test_whole_file_hash_follows_chunks_written_out_of_order(tmp_path: Path) -> None:
+    m = signed(KEY, A).manifest
+    store = ModelStore(tmp_path)  # background persists and hash follower (the agent's setting)
+    store.begin(m)
+    for i in [9, 3, 0, 1, 7, 2, 8, 4, 6, 5]:
+        store.write_chunk(m.sha256, i, chunk(A, i))
+    path = store.finish(m.sha256)
+    assert path.read_bytes() == A
+    # a wrong byte on disk behind the store's back is caught by the whole-file check
+    m2 = signed(KEY, B, release=2).manifest
+    store.begin(m2)
+    part = store.staging_dir / f"{m2.sha256}.part"
+    for i in range(m2.chunk_count - 1):
+        store.write_chunk(m2.sha256, i, chunk(B, i))
+    store.staging.require(m2.sha256).follower.stop()  # type: ignore[union-attr]
+    store.staging.require(m2.sha256).follower = None
+    store.staging.require(m2.sha256).hashed = 0  # as after a restart: hash from the file
+    store.staging.require(m2.sha256).hasher = hashlib.sha256()
+    with part.open("r+b") as f:
+        f.seek(5)
+        f.write(b"X")
+    store.write_chunk(m2.sha256, m2.chunk_count - 1, chunk(B, m2.chunk_count - 1))
+    with pytest.raises(StoreError) as info:
+        store.finish(m2.sha256)
+    assert info.value.code == "bad_model"
+    assert not list(store.staging_dir.glob(f"{m2.sha256}*"))
