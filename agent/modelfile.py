@@ -161,10 +161,7 @@ def inspect_operators(source: str | Path | bytes) -> ModelInfo:
             with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
                 return _inspect_operators(mapped, str(source))
     except OSError as exc:
-        raise ModelFileError(
-            f"cannot read model file {source}: {exc.strerror or exc}",
-            hint="check the path and its permissions",
-        ) from exc
+        raise _unreadable(source, exc) from exc
 
 
 def _inspect_operators(data: bytes | mmap.mmap, where: str) -> ModelInfo:
@@ -206,10 +203,14 @@ def _read(source: str | Path | bytes) -> bytes:
     try:
         return Path(source).read_bytes()
     except OSError as exc:
-        raise ModelFileError(
-            f"cannot read model file {source}: {exc.strerror or exc}",
-            hint="check the path and its permissions",
-        ) from exc
+        raise _unreadable(source, exc) from exc
+
+
+def _unreadable(source: str | Path, exc: OSError) -> ModelFileError:
+    return ModelFileError(
+        f"cannot read model file {source}: {exc.strerror or exc}",
+        hint="check the path and its permissions",
+    )
 
 
 def _check_header(data: bytes | mmap.mmap, where: str) -> None:
