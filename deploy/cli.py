@@ -3,6 +3,7 @@
     edge-deploy keys init --dir DIR          make the signing key pair (prints the .pub path last)
     edge-deploy keys show --dir DIR
     edge-deploy push MODEL --device ID --broker HOST:PORT --keys DIR [--name N --version V]
+                [--chunk-kib 64] [--json]
     edge-deploy convert SOURCE --recipe NAME|all --out FILE|DIR [--calibration DATA]
                 [--validation DATA] [--backend auto|tf|aiq] [--json]
     edge-deploy fleet --broker HOST:PORT [--wait S] [--json]
@@ -58,6 +59,12 @@ def cmd_push(args: argparse.Namespace) -> int:
     model = Path(args.model)
     if not model.is_file():
         raise EdgeloopError(f"{model}: no such file", hint="give the path of a .tflite model")
+    if not 1 <= args.chunk_kib <= 4096:
+        raise EdgeloopError(
+            f"--chunk-kib {args.chunk_kib}: must be 1..4096",
+            hint="64 (the default) stays under AWS IoT's 128 KB message limit; Mosquitto, "
+            "EMQX and HiveMQ take larger messages",
+        )
     gates = {}
     if args.p95_gate is not None:
         gates["p95_ms"] = args.p95_gate
@@ -79,6 +86,7 @@ def cmd_push(args: argparse.Namespace) -> int:
         gates=gates or None,
         timeout_s=args.timeout,
         progress=None if args.json else sys.stderr,
+        chunk_size=args.chunk_kib * 1024,
     )
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
@@ -186,6 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-inferences", type=int, default=None)
     p.add_argument("--min-seconds", type=float, default=None)
     p.add_argument("--timeout", type=float, default=600.0)
+    p.add_argument(
+        "--chunk-kib", type=int, default=64,
+        help="chunk size in KiB (default 64: under AWS IoT's 128 KB message limit)",
+    )  # fmt: skip
     p.add_argument("--json", action="store_true")
     _broker_options(p)
     p.set_defaults(func=cmd_push)

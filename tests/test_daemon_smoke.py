@@ -68,3 +68,29 @@ def test_push_commits_serves_and_reports(
         record = json.loads(tel.payload)
         assert record["model"]["sha256"] == result.sha256
         assert record["latency_ms"]["p95"] >= record["latency_ms"]["p50"] > 0
+
+
+def test_push_cli_chunk_size_reaches_the_wire(
+    broker: Broker, keys_dir: Path, start_agent: Callable[..., AgentProcess]
+) -> None:
+    """`edge-deploy push --chunk-kib`: the manifest is signed with that chunk size and the
+    transfer moves that many chunks; an impossible size is refused before anything moves."""
+    import math
+    import subprocess
+    import sys
+
+    start_agent("pi-01")
+    path = model("digits_int8")
+    cli = [sys.executable, "-c", "import sys; from deploy.cli import main; sys.exit(main())",
+           "push", str(path), "--device", "pi-01", "--broker", broker.url,
+           "--keys", str(keys_dir), "--name", "digits", "--min-inferences", "20",
+           "--min-seconds", "0.5", "--json"]  # fmt: skip
+    done = subprocess.run([*cli, "--chunk-kib", "4"], capture_output=True, text=True,
+                          timeout=120, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["outcome"] == "committed"
+    assert result["chunks_sent"] == math.ceil(path.stat().st_size / 4096) > 1
+    bad = subprocess.run([*cli, "--chunk-kib", "0"], capture_output=True, text=True,
+                         timeout=60, check=False)  # fmt: skip
+    assert bad.returncode == 2 and "--chunk-kib 0: must be 1..4096" in bad.stderr
