@@ -4,7 +4,7 @@ One fleet for the module (tests/loop_fixtures.py): three hardware classes from t
 trees in deploy/data/hwtrees, every agent a real subprocess serving digitsnet under its own load
 generator, the host's registry, collector and deployer on the same broker.
 
-* ``rpi4b-cpu`` (pi4-a canary, pi4-b; one thread): a p95 target of 0.55 x the float model's
+* ``rpi4b-cpu`` (pi4-a canary, pi4-b; one thread): a p95 target of 0.7 x the float model's
   p95 as the class's own devices measure it just before the loop (the median of >= 6 window
   p95s, as the loop's roll-up computes it); the loop must move to a quantized variant.
 * ``rpi5-cpu`` (pi5-a): a loose p95 target (20x); the loop must keep the float model.
@@ -66,15 +66,20 @@ SPECS = (
 RULE = EnoughRule(min_windows=5, min_inferences=100)
 TARGET_RULE = EnoughRule(min_windows=6, min_inferences=120)  # what a derived target rests on
 # The tight p95 target, as a fraction of the float p95 the class measured just before: float
-# misses it ~2x, full int8 (0.28-0.36x float on these agents) meets it ~1.5-2x.
-TIGHT_FACTOR = 0.55
+# misses it 1.4x; full int8 (0.28-0.36x float on these agents on a quiet machine, up to 0.52x
+# measured under CI load, where fixed per-inference costs weigh more) meets it 1.3-2.5x.
+TIGHT_FACTOR = 0.7
 MAX_DROP = 1.0  # points
 
 
-def settings(timeout_s: float = 150.0) -> LoopSettings:
+def settings(timeout_s: float = 150.0, since: float | None = None) -> LoopSettings:
     # one class at a time: every "board" here is a process on the same two cores, and another
-    # class's probe and trial would inflate the latency this class is judged on
-    return LoopSettings(poll_s=0.25, rule=RULE, timeout_s=timeout_s, parallel_classes=False)
+    # class's probe and trial would inflate the latency this class is judged on. ``since``: the
+    # loop also judges the float windows a derived target came from (as the demo does), so
+    # the float model cannot pass a target set at 0.7x its own measured p95
+    return LoopSettings(
+        poll_s=0.25, rule=RULE, timeout_s=timeout_s, parallel_classes=False, since=since
+    )
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +168,8 @@ def loop(fleet: Fleet, bad_variant: Variant) -> LoopResult:
     """One run of the closed loop over the whole fleet."""
     # the tight target: from the float p95 the class's devices measure now (after the
     # conversions above, which load the machine like nothing in the loop does)
-    float_p95 = float_p95_on(fleet, "pi4-a", time.time())
+    measured_from = time.time()
+    float_p95 = float_p95_on(fleet, "pi4-a", measured_from)
     target = TIGHT_FACTOR * float_p95
     real = [v.size_mb for v in fleet.variants if v.available]
     size_target = math.sqrt(min(real) * bad_variant.size_mb)  # only the bad one fits
@@ -174,7 +180,7 @@ def loop(fleet: Fleet, bad_variant: Variant) -> LoopResult:
     }, "test")  # fmt: skip
     reg = fleet.host.reg
     first = last_deployment_id(reg)
-    runs = ClosedLoop(reg, fleet.host.dep, targets, settings()).run()
+    runs = ClosedLoop(reg, fleet.host.dep, targets, settings(since=measured_from)).run()
     by_class = {r.class_id.split("/")[0]: r for r in runs}
     return LoopResult(by_class, targets, target, size_target, first)
 
@@ -194,7 +200,7 @@ def test_tight_class_converges_to_a_quantized_variant(fleet: Fleet, loop: LoopRe
     canary_pushes = deployments_since(reg, loop.first_deployment, run.canary)
     assert 1 <= len(canary_pushes) <= 3, canary_pushes
     # the float model missed the target on the canary and the chosen variant met it, by the
-    # loop's own measurements (median of window p95s, >= 5 windows since the loop started)
+    # loop's own measurements (median of window p95s, >= 5 windows since the target was set)
     judged_fp32 = [d for d in run.decisions if d.action == "deploy" and "current" in d.evidence]
     assert judged_fp32 and judged_fp32[0].evidence["current"]["recipe"] == "fp32"
     assert p95_of(judged_fp32[0]) > loop.target_p95
@@ -356,7 +362,9 @@ def test_the_registry_survives_a_host_restart_mid_loop(fleet: Fleet) -> None:
         if len(seen) >= 2 and seen[-2].action == "deploy":
             raise HostCrashError
 
-    loop1 = ClosedLoop(host.reg, host.dep, targets, settings(), on_decision=crash_after_deploy)
+    loop1 = ClosedLoop(
+        host.reg, host.dep, targets, settings(since=pushed), on_decision=crash_after_deploy
+    )
     with pytest.raises(HostCrashError):
         loop1.run(only=[cls])
     loop1.pool.shutdown(wait=True)
@@ -474,7 +482,7 @@ def test_a_restarted_host_follows_the_canary_that_committed_after_it_died(fleet:
     )  # fmt: skip
     seen: list[Decision] = []
     loop1 = ClosedLoop(
-        host.reg, dying, targets, settings(), on_decision=lambda c, d: seen.append(d)
+        host.reg, dying, targets, settings(since=pushed), on_decision=lambda c, d: seen.append(d)
     )
     try:
         runs = loop1.run(only=[cls])
