@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.errors import ManifestError, StoreError
+from agent.manifest import Manifest
 from agent.store import ModelStore, StoreLimits
 from tests.delivery_helpers import install, model_bytes, new_key, signed, snapshot, write_all
 
@@ -279,24 +281,37 @@ def test_full_disk_reported_by_the_filesystem_is_no_space(tmp_path: Path, monkey
     assert list(store.staging_dir.iterdir()) == []
 
 
+def begin_with_fsync_hook(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, every: int, hook: Callable[[int], None]
+) -> tuple[Manifest, ModelStore]:
+    """A transfer of A, persisted every ``every`` bytes; each fsync first calls ``hook(fd)``,
+    which may wait or raise (then the real fsync does not run)."""
+    m = signed(KEY, A).manifest
+    store = ModelStore(tmp_path, fsync_every_bytes=every)
+    store.begin(m)
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        hook(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return m, store
+
+
 def test_background_persists_record_only_durable_chunks(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Each background persist records the bitmap as it was when its fsync started."""
     import threading
 
-    m = signed(KEY, A).manifest
-    store = ModelStore(tmp_path, fsync_every_bytes=2048)
-    store.begin(m)
     gate, fsynced = threading.Event(), []
-    real_fsync = os.fsync
 
-    def slow_fsync(fd: int) -> None:
+    def slow(fd: int) -> None:
         assert gate.wait(10)
         fsynced.append(fd)
-        real_fsync(fd)
 
-    monkeypatch.setattr(os, "fsync", slow_fsync)
+    m, store = begin_with_fsync_hook(tmp_path, monkeypatch, 2048, slow)
     for i in (0, 1, 2, 3):  # the persist after chunk 1 starts and waits; 2 and 3 are written
         store.write_chunk(m.sha256, i, chunk(A, i))
     t = store.staging.require(m.sha256)
@@ -313,19 +328,14 @@ def test_background_persists_record_only_durable_chunks(
 def test_a_failed_background_persist_fails_the_install_cleanly(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-
-    m = signed(KEY, A).manifest
-    store = ModelStore(tmp_path, fsync_every_bytes=4096)
-    store.begin(m)
-    real_fsync, calls = os.fsync, []
+    calls: list[int] = []
 
     def failing_once(fd: int) -> None:
         calls.append(fd)
         if len(calls) == 1:
             raise OSError(errno.EIO, "Input/output error")
-        real_fsync(fd)
 
-    monkeypatch.setattr(os, "fsync", failing_once)
+    m, store = begin_with_fsync_hook(tmp_path, monkeypatch, 4096, failing_once)
     for i in range(9):
         store.write_chunk(m.sha256, i, chunk(A, i))
     with pytest.raises(StoreError) as info:
