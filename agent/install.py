@@ -126,6 +126,7 @@ class Install:
     corrupt_chunks: int = 0
     bad_by_index: dict[int, int] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
+    first_chunk: float | None = None  # when the first chunk of this run of the transfer landed
     last_rx: float = field(default_factory=time.monotonic)
     reconnected: float | None = None  # set on a reconnect until the requests before it expire
     last_progress: float = 0.0
@@ -303,6 +304,8 @@ class Installer:
         frame = decode_chunk(payload, sha256)  # ProtocolError -> the caller reports it
         a.inflight.pop(frame.index, None)
         a.last_rx = time.monotonic()
+        if a.first_chunk is None:
+            a.first_chunk = a.last_rx
         try:
             fresh = self.host.store.write_chunk(sha256, frame.index, frame.data)
         except StoreError as exc:
@@ -412,6 +415,11 @@ class Installer:
     # ---- verify, probe ---------------------------------------------------------------------
     def _finish_transfer(self, a: Install) -> None:
         store, m = self.host.store, a.manifest
+        # where the time went: waiting for the first chunk, moving the bytes, then the checks
+        now = time.monotonic()
+        timing: dict[str, Any] = {"transfer_s": round(now - a.started, 4)}
+        if a.first_chunk is not None:
+            timing["first_chunk_s"] = round(a.first_chunk - a.started, 4)
         try:
             store.flush(m.sha256)
             path = store.finish(m.sha256)
@@ -432,6 +440,7 @@ class Installer:
             EventKind.INSTALL_VERIFIED,
             **_ref(m),
             seconds=_since(a.started),
+            **timing,
             corrupt_chunks=a.corrupt_chunks,
         )
         self.host.state_changed()

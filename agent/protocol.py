@@ -316,13 +316,21 @@ class ChunkFrame:
         return encode_chunk(self.sha256, self.index, self.data)
 
 
+@functools.lru_cache(maxsize=16)
+def _sha_prefix(sha256: str) -> bytes | None:
+    """The 8 header bytes for a model (None if ``sha256`` is not one): once per model, not
+    once per chunk."""
+    return bytes.fromhex(sha256[:16]) if valid_sha256(sha256) else None
+
+
 def encode_chunk(sha256: str, index: int, data: bytes | memoryview) -> bytes:
-    """Frame one chunk (header + data)."""
-    if not valid_sha256(sha256):
+    """Frame one chunk (header + data), copying ``data`` once."""
+    prefix = _sha_prefix(sha256) if isinstance(sha256, str) else None
+    if prefix is None:
         raise ProtocolError(f"{sha256!r} is not a sha256 hex digest")
     if not 0 <= index < 1 << 32 or len(data) > MAX_CHUNK_DATA:
         raise ProtocolError(f"chunk index {index} or size {len(data)} out of range")
-    return _CHUNK_HEADER.pack(CHUNK_MAGIC, bytes.fromhex(sha256[:16]), index) + bytes(data)
+    return b"".join((_CHUNK_HEADER.pack(CHUNK_MAGIC, prefix, index), data))
 
 
 def decode_chunk(payload: bytes | bytearray | memoryview, sha256: str) -> ChunkFrame:
@@ -336,7 +344,8 @@ def decode_chunk(payload: bytes | bytearray | memoryview, sha256: str) -> ChunkF
     magic, prefix, index = _CHUNK_HEADER.unpack_from(payload)
     if magic != CHUNK_MAGIC:
         raise ProtocolError(f"chunk magic {magic!r} is not {CHUNK_MAGIC!r}")
-    if not valid_sha256(sha256) or prefix != bytes.fromhex(sha256[:16]):
+    expected = _sha_prefix(sha256) if isinstance(sha256, str) else None
+    if expected is None or prefix != expected:
         raise ProtocolError("chunk header names another model than its topic")
     return ChunkFrame(sha256, int(index), memoryview(payload)[CHUNK_HEADER_SIZE:])
 

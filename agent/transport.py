@@ -142,6 +142,9 @@ class Transport:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
+        # one wake byte in flight at a time: a burst of publishes (a window of chunks) costs
+        # one send() instead of two per message; the pump clears this after it drains
+        self._wake_pending = False
         self._last_rx = 0.0
         self._n = {"connects": 0, "attempts": 0, "disconnects": 0, "half_open": 0, "subacks": 0}
         self._last_connack: int | None = None
@@ -428,8 +431,21 @@ class Transport:
                 log.exception("connection listener failed")
 
     def _wake(self) -> None:
-        with contextlib.suppress(OSError):
+        if self._wake_pending:
+            return  # a byte is already on its way: the pump checks want_write after draining
+        self._wake_pending = True
+        try:
             self._wake_w.send(b"\0")
+        except OSError:
+            self._wake_pending = False  # closed (stopping) or full: nothing is on its way
+
+    def _drain_wake(self) -> None:
+        """Consume the wake byte(s), then allow the next wake. Called before the pump looks at
+        want_write(): a publish that found the flag still set had queued its packet before
+        looking, so that look sees it; any publish after this sends a new byte."""
+        with contextlib.suppress(OSError):
+            self._wake_r.recv(4096)
+        self._wake_pending = False
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -478,8 +494,7 @@ class Transport:
             except (OSError, ValueError):
                 readable = []
             if self._wake_r in readable:
-                with contextlib.suppress(OSError):
-                    self._wake_r.recv(4096)
+                self._drain_wake()  # before want_write() below
             rc = mqtt.MQTT_ERR_SUCCESS
             if sock in readable or pending:
                 self._last_rx = time.monotonic()

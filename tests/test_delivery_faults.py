@@ -108,6 +108,9 @@ def test_chunk_corrupted_on_the_wire_is_fetched_again(
         received = proxy.bytes_down - start
     assert proxy.corrupted == 1
     assert verified.data["corrupt_chunks"] == 1
+    # the timing split: first chunk <= all chunks in <= verified
+    d = verified.data
+    assert 0 <= d["first_chunk_s"] <= d["transfer_s"] <= d["seconds"] + 0.001, d
     assert host.chunks_sent == signed.manifest.chunk_count + 1  # only that chunk again
     assert received <= size + 2 * chunk, received
     assert pointer_sha(agent.state_dir) == sha

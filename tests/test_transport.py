@@ -7,6 +7,7 @@ import json
 import random
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -269,6 +270,64 @@ def test_publish_offline_fails_fast_instead_of_queueing(tmp_path: Path) -> None:
     with dev as transport:
         h = transport.publish(f"{DEV}/events", b"{}")
         assert h.done() and h.error == "offline" and h.reason_code is None
+
+
+def test_a_burst_of_wakes_sends_one_byte_until_the_pump_drains_it(tmp_path: Path) -> None:
+    """Publishes from other threads wake the network thread through a socketpair: one byte
+    per burst, and a new one as soon as the pump has drained the last."""
+    broker = Broker(tmp_path / "b")  # never started: only the wake pipe is used
+    transport = Device(broker).transport
+    try:
+        for _ in range(50):
+            transport._wake()
+        assert transport._wake_r.recv(4096) == b"\0"  # one byte for the whole burst
+        transport._wake()  # the pump has not drained yet (only read): still no new byte
+        with pytest.raises(BlockingIOError):
+            transport._wake_r.recv(4096)
+        transport._drain_wake()
+        transport._wake()
+        assert transport._wake_r.recv(4096) == b"\0"
+    finally:
+        transport._wake_r.close()
+        transport._wake_w.close()
+
+
+@pytest.mark.broker
+def test_publishes_from_many_threads_are_all_sent_at_once(broker: Broker) -> None:
+    """No wake is lost: with keepalive 60 the pump sleeps up to 1 s between polls, so a lost
+    wake would hold each of the 200 sequential round trips back by up to that long."""
+    topic = f"{DEV}/burst"
+    sub = Collector(broker.host, broker.port, [topic], qos=0).start()
+    try:
+        with Device(broker, keepalive=60) as transport:
+            assert transport.wait_connected(10)
+            threads = [
+                threading.Thread(
+                    target=lambda t=t: [
+                        transport.publish(topic, f"{t}-{i}".encode(), qos=0) for i in range(50)
+                    ]
+                )
+                for t in range(8)
+            ]
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join()
+            wait_until(lambda: len(sub.messages) >= 400, 10, "the 400 burst messages")
+            deadline = time.monotonic() + 20.0  # 100x the time it takes; lost wakes: ~100 s
+            for i in range(200):  # one at a time: each must leave without waiting for a poll
+                want = f"seq-{i}".encode()
+                transport.publish(topic, want, qos=0)
+
+                def arrived(w: bytes = want) -> bool:
+                    return sub.messages[-1].payload == w
+
+                wait_until(arrived, 10, want.decode(), interval=0.001)
+                assert time.monotonic() < deadline, f"only {i} round trips in 20 s"
+        payloads = {m.payload for m in sub.messages}
+        assert {f"{t}-{i}".encode() for t in range(8) for i in range(50)} <= payloads
+    finally:
+        sub.stop()
 
 
 # ----- TLS (P14) ---------------------------------------------------------------------------
