@@ -279,7 +279,7 @@ class Pusher:
             result.bytes_sent += len(piece)
         self._show("transfer", {"sent": result.bytes_sent, "size": size})
 
-    _chunk_size = 64 * 1024
+    _chunk_size = DEFAULT_CHUNK_SIZE  # push() sets it from the signed manifest
 
     def _show(self, phase: str, data: Mapping[str, Any]) -> None:
         if self.progress is None:
