@@ -21,6 +21,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from agent.lazyimport import defer
+
+# paho imports urllib.request and uses it only with PySocks; it pulls in http.client and email
+# (2.4 MiB resident). Deferred before paho's import; the imports below are E402 (pyproject).
+defer("urllib.request")
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
