@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from agent.config import LimitsConfig
 from agent.crashpoints import crash_point
 from agent.errors import EdgeloopError, IncompatibleModelError, ManifestError, StoreError
 from agent.manifest import Manifest, verify_manifest
@@ -36,8 +37,8 @@ log = logging.getLogger(__name__)
 # Bytes requested and not yet received: enough to cover the host's answer time on a LAN. On
 # loopback (one run, devices pushed in turn: tests/bench_delivery.py and docs/benchmarks.md)
 # 1 MiB moved 168 MB/s, 2 MiB 196 MB/s, 8 MiB 176 MB/s; a link with a long round trip wants
-# more (bandwidth x round trip; [limits] transfer_window_kb).
-DEFAULT_WINDOW_BYTES = 2 << 20
+# more (bandwidth x round trip). One default, the config's: [limits] transfer_window_kb.
+DEFAULT_WINDOW_BYTES = LimitsConfig.transfer_window_kb * 1024
 MAX_BAD_CHUNK = 5  # the same chunk failing its hash this often ends the install (endless data)
 
 

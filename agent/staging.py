@@ -66,8 +66,7 @@ class Transfer:
         return out
 
     def missing(self) -> list[int]:
-        bitmap = self.bitmap
-        return [i for i in range(self.manifest.chunk_count) if not bitmap[i >> 3] & (1 << (i & 7))]
+        return self.next_missing(0, self.manifest.chunk_count)
 
 
 class HashFollower:
