@@ -44,9 +44,10 @@ def _existing_file(text: str) -> Path:
 
 def probe_report(hw_root: str) -> dict[str, Any]:
     """Hardware facts plus the installed runtimes and whether libedgetpu can be found."""
-    from agent import ed25519, hardware
+    from agent.board import hardware
     from agent.runtime import installed_runtimes
     from agent.runtime.delegates import find_edgetpu_library
+    from agent.wire import ed25519
 
     report = hardware.detect(hw_root).to_dict()
     report["runtimes"] = [
@@ -94,8 +95,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from agent import compat, modelfile
-    from agent.runtime import installed_runtimes
+    from agent.runtime import compat, installed_runtimes, modelfile
 
     info = modelfile.inspect(_existing_file(args.model))
     out = info.to_dict()
@@ -122,7 +122,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from agent.sandbox import probe_model
+    from agent.runtime.sandbox import probe_model
 
     result = probe_model(
         _existing_file(args.model), args.delegate, threads=args.threads, timeout_s=args.timeout
@@ -135,8 +135,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from agent.bench import benchmark
-    from agent.sandbox import probe_model
+    from agent.runtime.sandbox import probe_model
+    from agent.serving.bench import benchmark
 
     model = _existing_file(args.model)
     # The first load of a model runs in a sandbox: a malformed file cannot take us down.

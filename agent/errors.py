@@ -74,7 +74,7 @@ class MeterError(EdgeloopError):
 
 
 class ManifestError(EdgeloopError):
-    """A model manifest was refused; ``code`` is one of the reason codes in agent.protocol.Reason
+    """A model manifest was refused; ``code`` is one of the reason codes in agent.wire.Reason
     ("too_large", "malformed", "unknown_key", "bad_signature", "invalid", "expired", "replayed",
     "rollback", "incompatible", "no_space")."""
 

@@ -1,9 +1,11 @@
 """The device daemon's core: one thread owns all state and consumes an event queue.
 
-paho callbacks only enqueue (agent.transport); the inference worker (agent.serving), the load
+paho callbacks only enqueue (agent.mqtt.transport); the inference worker (agent.serving.server),
+the load
 generator, the energy sampler, the outbox drainer and background jobs (the sandboxed probe, an
 on-demand benchmark) run on their own threads and report back through the same queue. The
-install state machine (agent.install) runs here. systemd's watchdog is pinged only while the
+install state machine (agent.delivery.install) runs here. systemd's watchdog is pinged only while
+the
 core loop, the inference worker and the MQTT thread all make progress.
 """
 
@@ -24,20 +26,18 @@ from typing import Any
 
 import psutil
 
-from agent import __version__, hardware
+from agent import __version__
+from agent.board import hardware
 from agent.config import AgentConfig
-from agent.crashpoints import crash_point
+from agent.delivery.install import Gates, Installer, ReplyTo
+from agent.delivery.store import ModelStore, Pointer, StoreLimits
 from agent.errors import EdgeloopError, ProtocolError, StoreError
-from agent.install import Gates, Installer, ReplyTo
-from agent.manifest import Manifest, load_trust_keys
-from agent.memtrim import release_free_memory
-from agent.messages import Command, Event, EventKind, ModelRef, NeedRequest, ReplyStatus, State
-from agent.outbox import Outbox, OutboxDrainer
-from agent.protocol import Reason, Topics, canonical_json, compact_ranges
+from agent.mqtt.outbox import Outbox, OutboxDrainer
+from agent.mqtt.transport import Transport
+from agent.mqtt.types import IncomingMessage, TlsConfig, TransportConfig, WillConfig
 from agent.runtime import get_backend
 from agent.runtime.delegates import LoadedModel, load_model
-from agent.sdnotify import Notifier
-from agent.serving import (
+from agent.serving.server import (
     JSON_CONTENT_TYPE,
     InferenceJob,
     LatencyWindow,
@@ -45,10 +45,16 @@ from agent.serving import (
     Server,
     decode_request,
 )
-from agent.store import ModelStore, Pointer, StoreLimits
-from agent.telemetry import TelemetryBuilder
-from agent.transport import Transport
-from agent.transport_types import IncomingMessage, TlsConfig, TransportConfig, WillConfig
+from agent.serving.telemetry import TelemetryBuilder
+from agent.system.crashpoints import crash_point
+from agent.system.memtrim import release_free_memory
+from agent.system.sdnotify import Notifier
+from agent.wire.chunks import compact_ranges
+from agent.wire.codec import canonical_json
+from agent.wire.manifest import Manifest, load_trust_keys
+from agent.wire.messages import Command, Event, EventKind, ModelRef, NeedRequest, ReplyStatus, State
+from agent.wire.reasons import Reason
+from agent.wire.topics import Topics
 
 log = logging.getLogger(__name__)
 
@@ -469,7 +475,7 @@ class Agent:
         if cur is None:
             self.reply(to, ReplyStatus.REJECTED, "no_model", "no model installed")
             return
-        from agent.bench import benchmark
+        from agent.serving.bench import benchmark
 
         args = cmd.args
         path = self.store.model_path(cur.sha256)

@@ -27,16 +27,16 @@ from typing import Any, TextIO
 
 from agent.errors import EdgeloopError
 from deploy.broker import EmbeddedBroker
-from deploy.collector import Collector
-from deploy.fleet import FleetWatcher, format_table
+from deploy.fleet.collector import Collector
+from deploy.fleet.registry import Registry
+from deploy.fleet.registry_types import Variant
+from deploy.fleet.rollout import Deployer
+from deploy.fleet.view import FleetWatcher, format_table
 from deploy.keys import init_keys, load_private
-from deploy.loop import DEFAULT_RECIPES, ClosedLoop, LoopSettings, prepare_variants
-from deploy.optimizer import Decision, EnoughRule, enough_telemetry
+from deploy.loop.driver import DEFAULT_RECIPES, ClosedLoop, LoopSettings, prepare_variants
+from deploy.loop.optimizer import Decision, EnoughRule, enough_telemetry
+from deploy.loop.targets import parse_targets
 from deploy.push import BrokerAddress
-from deploy.registry import Registry
-from deploy.registry_types import Variant
-from deploy.rollout import Deployer
-from deploy.targets import parse_targets
 
 log = logging.getLogger(__name__)
 

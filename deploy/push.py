@@ -18,13 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from agent import modelfile
 from agent.errors import EdgeloopError, ProtocolError
-from agent.manifest import DEFAULT_CHUNK_SIZE, SignedManifest, model_fields, sign_manifest
-from agent.messages import Command, CommandReply, Event, EventKind, NeedRequest, ReplyStatus
-from agent.protocol import Topics, encode_chunk
-from agent.transport import Transport
-from agent.transport_types import IncomingMessage, TransportConfig
+from agent.mqtt.transport import Transport
+from agent.mqtt.types import IncomingMessage, TransportConfig
+from agent.runtime import modelfile
+from agent.wire.chunks import encode_chunk
+from agent.wire.manifest import DEFAULT_CHUNK_SIZE, SignedManifest, model_fields, sign_manifest
+from agent.wire.messages import Command, CommandReply, Event, EventKind, NeedRequest, ReplyStatus
+from agent.wire.topics import Topics
 
 log = logging.getLogger(__name__)
 

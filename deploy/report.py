@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from deploy.registry import Registry
-from deploy.registry_types import Variant
-from deploy.targets import Targets, load_targets
+from deploy.fleet.registry import Registry
+from deploy.fleet.registry_types import Variant
+from deploy.loop.targets import Targets, load_targets
 
 
 def _png(fig: Any) -> str:
@@ -125,7 +125,7 @@ def _timeline_plot(registry: Registry, model: str, cid: str, variants: list[Vari
 
 def _devices_table(registry: Registry, model: str, cid: str, targets: Targets | None) -> str:
     """The class's devices: what each serves and how that stands against the targets."""
-    from deploy.fleet import registry_rows
+    from deploy.fleet.view import registry_rows
 
     e = html.escape
     rows = [r for r in registry_rows(registry, targets) if r["class"] == cid]

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.transport import Transport
-from agent.transport_types import IncomingMessage, TransportConfig
+from agent.mqtt.transport import Transport
+from agent.mqtt.types import IncomingMessage, TransportConfig
 from tests.broker import Broker
 
 REPO = Path(__file__).resolve().parent.parent

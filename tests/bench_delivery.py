@@ -52,13 +52,13 @@ from paho.mqtt.enums import CallbackAPIVersion
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agent.inputs import random_inputs  # noqa: E402
-from agent.runtime import get_backend  # noqa: E402
-from deploy.keys import init_keys, load_private  # noqa: E402
-from deploy.push import BrokerAddress, PushResult, push_model  # noqa: E402
-from tests.agent_proc import AgentProcess, Observer  # noqa: E402
-from tests.broker import Broker  # noqa: E402
-from tests.modelzoo import model  # noqa: E402
+from agent.runtime import get_backend
+from agent.runtime.inputs import random_inputs
+from deploy.keys import init_keys, load_private
+from deploy.push import BrokerAddress, PushResult, push_model
+from tests.agent_proc import AgentProcess, Observer
+from tests.broker import Broker
+from tests.modelzoo import model
 
 CHUNK = 64 * 1024
 TOPIC = "bench/raw"
@@ -240,7 +240,7 @@ def _request_payload(npy: bool) -> tuple[bytes, str]:
 def mqtt_round_trips(
     broker: Broker, n: int, *, npy: bool, qos: int
 ) -> tuple[list[float], list[float]]:
-    """n sequential requests through edgeloop's own client (agent.transport, as the host uses):
+    """n sequential requests through edgeloop's own client (agent.mqtt.transport, as the host uses):
     (round-trip ms, device-reported invoke ms)."""
     payload, ctype = _request_payload(npy)
     reply_topic = f"bench/replies/{uuid.uuid4().hex[:6]}"

@@ -27,8 +27,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agent.energy import EnergySampler, open_meter  # noqa: E402
-from tests.sim_meters import PowerProfile, SimLineMeter, SimUM25C, burst_workload  # noqa: E402
+from agent.energy import EnergySampler, open_meter
+from tests.sim_meters import PowerProfile, SimLineMeter, SimUM25C, burst_workload
 
 IDLE_W, LOAD_W = 2.5, 5.0
 
@@ -38,8 +38,8 @@ def real_inference() -> tuple[Callable[[], None], str]:
     try:
         import numpy as np
 
-        from agent.inputs import random_inputs
         from agent.runtime import get_backend
+        from agent.runtime.inputs import random_inputs
         from tests.modelzoo import model
 
         backend = get_backend()

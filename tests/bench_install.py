@@ -26,11 +26,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agent.protocol import canonical_json, encode_chunk  # noqa: E402
-from agent.transport_types import IncomingMessage  # noqa: E402
-from deploy.push import build_manifest  # noqa: E402
-from tests.modelzoo import mobilenet_v2  # noqa: E402
-from tests.test_handlers_fuzz import BASE, harness  # noqa: E402
+from agent.mqtt.types import IncomingMessage
+from agent.wire.chunks import encode_chunk
+from agent.wire.codec import canonical_json
+from deploy.push import build_manifest
+from tests.modelzoo import mobilenet_v2
+from tests.test_handlers_fuzz import BASE, harness
 
 
 def one_install(blob: bytes) -> tuple[float, float, str]:

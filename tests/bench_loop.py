@@ -14,7 +14,7 @@
     deploy.convert (ai-edge-quantizer backend from the float .tflite: fp32, fp16, dynamic-int8,
     int8), one agent (captured Pi 4 tree, 1 thread) with a p95 target of 0.6 x the fp32 p95
     measured just before; then fp32 and the loop's chosen variant are measured with
-    agent.bench.benchmark (1 thread) with the agents stopped: latency and size ratios.
+    agent.serving.bench.benchmark (1 thread) with the agents stopped: latency and size ratios.
 
 Prints the figures, the command and the machine; docs/benchmarks.md records them.
 """
@@ -39,9 +39,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from deploy.broker import EmbeddedBroker  # noqa: E402
-from deploy.collector import Collector  # noqa: E402
-from deploy.demo import (  # noqa: E402
+from deploy.broker import EmbeddedBroker
+from deploy.demo import (
     DATA,
     FIXED_TARGETS,
     MODEL,
@@ -51,13 +50,14 @@ from deploy.demo import (  # noqa: E402
     quiet_converters,
     wait_online,
 )
-from deploy.keys import init_keys, load_private  # noqa: E402
-from deploy.loop import ClosedLoop, LoopSettings, prepare_variants  # noqa: E402
-from deploy.optimizer import EnoughRule  # noqa: E402
-from deploy.push import BrokerAddress  # noqa: E402
-from deploy.registry import Registry  # noqa: E402
-from deploy.registry_types import Variant  # noqa: E402
-from deploy.rollout import Deployer  # noqa: E402
+from deploy.fleet.collector import Collector
+from deploy.fleet.registry import Registry
+from deploy.fleet.registry_types import Variant
+from deploy.fleet.rollout import Deployer
+from deploy.keys import init_keys, load_private
+from deploy.loop.driver import ClosedLoop, LoopSettings, prepare_variants
+from deploy.loop.optimizer import EnoughRule
+from deploy.push import BrokerAddress
 
 # Absolute targets, as the demo had before it set its p95 targets from the float model's own
 # measurement (the figures in docs/benchmarks.md were taken with these): the Pi 4 class 0.6 ms.
@@ -65,7 +65,7 @@ TARGETS: dict[str, Any] = {
     **FIXED_TARGETS,
     "class": {**FIXED_TARGETS["class"], "rpi4b-cpu": {"p95_ms": 0.6}, "rpi5-cpu": {"p95_ms": 5.0}},
 }
-from deploy.targets import parse_targets  # noqa: E402
+from deploy.loop.targets import parse_targets
 
 PI4 = "rpi4b-cpu/ai-edge-litert"
 DIGITS_RECIPES = ("fp32", "fp16", "dynamic-int8", "int8", "int16x8", "selective")
@@ -196,7 +196,7 @@ def part_a(workdir: Path, repeats: int) -> dict[str, Any]:
 
 # ---- (b) MobileNet v2 through the loop ---------------------------------------------------------
 def bench(path: str | Path) -> dict[str, float]:
-    from agent.bench import benchmark
+    from agent.serving.bench import benchmark
 
     r = benchmark(path, "cpu", threads=1, runs=50, min_seconds=3.0).to_dict()
     return {"p50": r["latency_ms"]["p50"], "p95": r["latency_ms"]["p95"]}

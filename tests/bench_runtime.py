@@ -3,7 +3,8 @@
     /work/venv/bin/python tests/bench_runtime.py [--threads 1] [--rounds 5] [--json OUT]
 
 (a) ``edge-agent bench`` p50 against a bare ``invoke()`` loop on the same model (MobileNet v2
-    fp32) and thread count. Measured in-process through ``agent.bench.benchmark()`` and, when
+    fp32) and thread count. Measured in-process through ``agent.serving.bench.benchmark()`` and,
+    when
     the console script exists, through ``edge-agent bench --json`` in a subprocess. The three
     measurements alternate round by round (the order rotates) so machine drift hits them
     alike; the ratio reported is the median of the per-round ratios (goal <= 1.02).
@@ -33,11 +34,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agent.bench import benchmark  # noqa: E402
-from agent.inputs import random_inputs  # noqa: E402
-from agent.runtime import get_backend  # noqa: E402
-from agent.stats import percentile  # noqa: E402
-from tests.modelzoo import mobilenet_v2  # noqa: E402
+from agent.runtime import get_backend
+from agent.runtime.inputs import random_inputs
+from agent.serving.bench import benchmark
+from agent.serving.stats import percentile
+from tests.modelzoo import mobilenet_v2
 
 RUNS, MIN_S, WARMUP_RUNS, WARMUP_S = 50, 1.0, 1, 0.5
 
@@ -195,7 +196,10 @@ def main() -> int:
     print("| measurement | p50 ms | ratio to bare loop |")
     print("|---|---|---|")
     print(f"| bare invoke() loop | {fmt(a['bare_p50_ms'])} | 1 |")
-    print(f"| agent.bench.benchmark() | {fmt(a['inproc_p50_ms'])} | {fmt(a['inproc_ratio'])} |")
+    print(
+        f"| agent.serving.bench.benchmark() | {fmt(a['inproc_p50_ms'])}"
+        f" | {fmt(a['inproc_ratio'])} |"
+    )
     if a.get("cli_command"):
         print(
             f"| edge-agent bench --json | {fmt(a.get('cli_p50_ms'))} | {fmt(a.get('cli_ratio'))} |"

@@ -11,7 +11,7 @@ import sys
 import tempfile
 import time
 
-from agent.store import ModelStore
+from agent.delivery.store import ModelStore
 from tests.delivery_helpers import new_key, signed
 
 

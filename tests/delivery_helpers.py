@@ -10,9 +10,9 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.ed25519 import PublicKey
-from agent.manifest import Manifest, SignedManifest, key_id_of, model_fields, sign_manifest
-from agent.protocol import canonical_json
+from agent.wire.codec import canonical_json
+from agent.wire.ed25519 import PublicKey
+from agent.wire.manifest import Manifest, SignedManifest, key_id_of, model_fields, sign_manifest
 
 NOW = 1_700_000_000
 

@@ -24,13 +24,14 @@ from typing import Any
 
 import numpy as np
 
-from agent import modelfile
 from agent.errors import ProtocolError
-from agent.manifest import SignedManifest, model_fields, sign_manifest
-from agent.messages import Command, CommandReply, Event, NeedRequest
-from agent.protocol import Topics, encode_chunk
-from agent.transport import Transport
-from agent.transport_types import IncomingMessage, TransportConfig
+from agent.mqtt.transport import Transport
+from agent.mqtt.types import IncomingMessage, TransportConfig
+from agent.runtime import modelfile
+from agent.wire.chunks import encode_chunk
+from agent.wire.manifest import SignedManifest, model_fields, sign_manifest
+from agent.wire.messages import Command, CommandReply, Event, NeedRequest
+from agent.wire.topics import Topics
 from tests.agent_proc import AgentProcess, Observer, wait_for
 from tests.broker import Broker
 from tests.modelzoo import digits_data

@@ -2,8 +2,9 @@
 
 One Mosquitto, real agents as subprocesses presenting the hardware classes captured under
 deploy/data/hwtrees (each with its own TOML config: threads, load generator, health gates),
-and the host side: a :class:`deploy.registry.Registry` file, a :class:`deploy.collector.Collector`
-and a :class:`deploy.rollout.Deployer`, which :meth:`Host.restart` closes and reopens as a
+and the host side: a :class:`deploy.fleet.registry.Registry` file, a
+:class:`deploy.fleet.collector.Collector`
+and a :class:`deploy.fleet.rollout.Deployer`, which :meth:`Host.restart` closes and reopens as a
 restarted host process would. An :class:`tests.agent_proc.Observer` records every state,
 telemetry, event and deploy command of the fleet for the whole module, so a test can check
 what the devices really did, not only what the registry says.
@@ -23,12 +24,12 @@ from typing import Any
 
 import numpy as np
 
-from deploy.collector import Collector
+from deploy.fleet.collector import Collector
+from deploy.fleet.registry import Registry
+from deploy.fleet.registry_types import Variant
+from deploy.fleet.rollout import Deployer
 from deploy.keys import init_keys, load_private
 from deploy.push import BrokerAddress
-from deploy.registry import Registry
-from deploy.registry_types import Variant
-from deploy.rollout import Deployer
 from tests.agent_proc import REPO, AgentProcess, Observer, wait_for
 from tests.broker import Broker
 
@@ -169,7 +170,7 @@ class Fleet:
 
 def convert_digitsnet(registry: Registry, out_dir: Path, recipes: Sequence[str]) -> list[Variant]:
     """Every recipe of the embedded digitsnet into the registry (cached by content)."""
-    from deploy.loop import prepare_variants
+    from deploy.loop.driver import prepare_variants
 
     return prepare_variants(
         registry, MODEL, DIGITSNET / "digitsnet.keras", out_dir, recipes=recipes,

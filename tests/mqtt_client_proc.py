@@ -1,6 +1,6 @@
 """A small device-like client run as a real subprocess by the transport tests.
 
-It connects with agent.transport (will + retained birth), optionally appends ``--count``
+It connects with agent.mqtt.transport (will + retained birth), optionally appends ``--count``
 numbered records to a disk outbox drained to ``{prefix}/telemetry``, prints progress lines on
 stdout (``CONNECTED``, ``APPENDED <seq>``, ``STOPPED``) and stops cleanly on SIGTERM.
 
@@ -19,8 +19,8 @@ import time
 from collections.abc import Callable
 from types import FrameType
 
-from agent.outbox import Outbox, OutboxDrainer
-from agent.transport import Transport, TransportConfig, WillConfig
+from agent.mqtt.outbox import Outbox, OutboxDrainer
+from agent.mqtt.transport import Transport, TransportConfig, WillConfig
 
 
 def say(line: str) -> None:

@@ -11,8 +11,8 @@ import json
 import sys
 from pathlib import Path
 
-from agent.manifest import Manifest
-from agent.store import ModelStore
+from agent.delivery.store import ModelStore
+from agent.wire.manifest import Manifest
 
 
 def main(argv: list[str]) -> int:

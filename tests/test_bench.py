@@ -1,4 +1,5 @@
-"""agent.bench: the benchmark_model protocol, real interpreter (short runs; no timing asserts)."""
+"""agent.serving.bench: the benchmark_model protocol, real interpreter (short runs; no timing
+asserts)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from agent.bench import _loop, benchmark
 from agent.errors import ConfigError, ModelFileError
+from agent.serving.bench import _loop, benchmark
 from tests.modelzoo import model
 
 
@@ -137,7 +138,7 @@ def _spike_mb() -> float:
 def test_peak_tracker_catches_a_freed_spike() -> None:
     import psutil
 
-    from agent.bench import MB, _PeakTracker
+    from agent.serving.bench import MB, _PeakTracker
 
     proc = psutil.Process()
     tracker = _PeakTracker(proc)
@@ -155,7 +156,7 @@ def test_peak_tracker_sampling_fallback(monkeypatch: pytest.MonkeyPatch) -> None
     import numpy as np
     import psutil
 
-    import agent.bench as bench
+    import agent.serving.bench as bench
 
     monkeypatch.setattr(bench, "_vm_hwm", lambda: None)  # as if /proc had no VmHWM
     proc = psutil.Process()

@@ -18,12 +18,12 @@ from typing import Any
 
 import pytest
 
+from deploy.fleet.registry import Registry
+from deploy.fleet.registry_types import ModelRow, Variant
+from deploy.fleet.rollout import Deployer
+from deploy.loop.service import ClassWatch, LoopService
+from deploy.loop.targets import parse_targets
 from deploy.push import BrokerAddress
-from deploy.registry import Registry
-from deploy.registry_types import ModelRow, Variant
-from deploy.rollout import Deployer
-from deploy.service import ClassWatch, LoopService
-from deploy.targets import parse_targets
 from tests.agent_proc import AgentProcess, wait_for
 
 REPO = Path(__file__).resolve().parent.parent

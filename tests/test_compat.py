@@ -1,4 +1,5 @@
-"""agent.compat: verdicts from the measured operator tables agree with what runtimes really load."""
+"""agent.runtime.compat: verdicts from the measured operator tables agree with what runtimes really
+load."""
 
 from __future__ import annotations
 
@@ -11,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from agent import compat
 from agent.errors import IncompatibleModelError
-from agent.modelfile import BUILTIN_NAMES, inspect
-from agent.optable import RUNTIMES, Check, build_probe_model, run_check, runtime_version
+from agent.runtime import compat
+from agent.runtime.modelfile import BUILTIN_NAMES, inspect
+from agent.runtime.optable import RUNTIMES, Check, build_probe_model, run_check, runtime_version
 
 MODELS = Path(__file__).parent / "models"
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +57,7 @@ def test_committed_tables_carry_provenance():
     } <= (found)
     for path in sorted(compat.DATA_DIR.glob("ops_*.json")):
         raw = json.loads(path.read_text())
-        assert raw["generator"].startswith("python -m agent.optable --runtime ")
+        assert raw["generator"].startswith("python -m agent.runtime.optable --runtime ")
         assert raw["generated"] and raw["method"] and raw["schema_package"].startswith("tflite ")
         assert raw["crashes"] == []
         # The control custom op must have come out unresolved, or the method is broken.
@@ -225,7 +226,7 @@ def test_generator_reproduces_the_committed_table(tmp_path):
         [
             sys.executable,
             "-m",
-            "agent.optable",
+            "agent.runtime.optable",
             "--runtime",
             runtime,
             "--out",

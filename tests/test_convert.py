@@ -17,7 +17,7 @@ import pytest
 pytest.importorskip("ai_edge_quantizer")
 pytest.importorskip("ai_edge_litert")
 
-from agent.modelfile import inspect
+from agent.runtime.modelfile import inspect
 from deploy.convert import BACKEND_CALLS, Converter, VariantCache, convert
 from deploy.convert import edgetpu as edgetpu_mod
 from deploy.convert.flatbuffer import has_signature, strip_signatures

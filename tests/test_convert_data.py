@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from agent.errors import ConfigError
-from agent.modelfile import inspect
+from agent.runtime.modelfile import inspect
 from deploy.convert.data import InputSpec, input_specs, load_data
 from tests.models.make_models import DATA_FILE, MODELS_DIR
 

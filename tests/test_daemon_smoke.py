@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.transport_types import IncomingMessage
+from agent.mqtt.types import IncomingMessage
 from deploy.keys import load_private
 from deploy.push import BrokerAddress, push_model
 from tests.agent_proc import AgentProcess, Observer, observing
@@ -81,7 +81,7 @@ def test_push_cli_chunk_size_reaches_the_wire(
 
     start_agent("pi-01")
     path = model("digits_int8")
-    cli = [sys.executable, "-c", "import sys; from deploy.cli import main; sys.exit(main())",
+    cli = [sys.executable, "-c", "import sys; from deploy.cli.main import main; sys.exit(main())",
            "push", str(path), "--device", "pi-01", "--broker", broker.url,
            "--keys", str(keys_dir), "--name", "digits", "--min-inferences", "20",
            "--min-seconds", "0.5", "--json"]  # fmt: skip

@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from agent.board.hardware import HardwareInfo, detect
 from agent.errors import ConfigError, DelegateError, EdgeloopError, IncompatibleModelError
-from agent.hardware import HardwareInfo, detect
-from agent.modelfile import inspect
 from agent.runtime import DelegateRequest, find_edgetpu_library, get_backend, load_model
 from agent.runtime.edgetpu import EDGETPU_CUSTOM_OP
+from agent.runtime.modelfile import inspect
 from tests.delegate_stub.build import stub_or_skip
 from tests.modelzoo import model
 

@@ -1,4 +1,4 @@
-"""agent.distversion: the agent's version lookup agrees with importlib.metadata."""
+"""agent.system.distversion: the agent's version lookup agrees with importlib.metadata."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.distversion import installed_version
+from agent.system.distversion import installed_version
 
 
 @pytest.mark.parametrize(

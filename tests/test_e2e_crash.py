@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.manifest import SignedManifest
-from agent.messages import NeedRequest
+from agent.wire.manifest import SignedManifest
+from agent.wire.messages import NeedRequest
 from deploy.keys import load_private
 from deploy.push import BrokerAddress, Pusher, PushResult
 from tests.agent_proc import AgentProcess, Observer

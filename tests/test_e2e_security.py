@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.manifest import key_id_of
+from agent.wire.manifest import key_id_of
 from deploy.keys import load_private
 from deploy.push import BrokerAddress, push_model
 from tests.agent_proc import AgentProcess

@@ -26,8 +26,8 @@ from typing import Any
 
 import pytest
 
-from agent.transport import Transport
-from agent.transport_types import IncomingMessage, TransportConfig
+from agent.mqtt.transport import Transport
+from agent.mqtt.types import IncomingMessage, TransportConfig
 from deploy.keys import load_private
 from deploy.push import BrokerAddress, push_model
 from tests.agent_proc import AgentProcess, observing, wait_for

@@ -1,4 +1,4 @@
-"""agent.ed25519: the device's signature verifier (system libcrypto through ctypes, with
+"""agent.wire.ed25519: the device's signature verifier (system libcrypto through ctypes, with
 `cryptography` as the fallback), checked against `cryptography`'s signer."""
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent import ed25519
-from agent.ed25519 import BACKENDS, PublicKey, parse_public_key, self_test
 from agent.errors import ConfigError
+from agent.wire import ed25519
+from agent.wire.ed25519 import BACKENDS, PublicKey, parse_public_key, self_test
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -133,8 +133,8 @@ def test_other_keys_are_refused_with_a_clear_error() -> None:
 def test_the_agent_verifies_without_loading_cryptography() -> None:
     """The daemon's modules and a real verification leave `cryptography` unloaded (~7.5 MB)."""
     code = (
-        "import sys, agent.service, agent.manifest\n"
-        "from agent.ed25519 import backend_name\n"
+        "import sys, agent.service, agent.wire.manifest\n"
+        "from agent.wire.ed25519 import backend_name\n"
         "print(backend_name(), 'cryptography' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

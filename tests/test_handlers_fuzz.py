@@ -39,13 +39,15 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from agent.config import load_config
-from agent.manifest import key_id_of, model_fields, sign_manifest
-from agent.messages import EventKind
-from agent.protocol import VERBS, canonical_json, encode_chunk
+from agent.mqtt.types import IncomingMessage, PublishHandle
 from agent.runtime.delegates import load_model
 from agent.service import Agent
-from agent.serving import NPY_CONTENT_TYPE, Server
-from agent.transport_types import IncomingMessage, PublishHandle
+from agent.serving.server import NPY_CONTENT_TYPE, Server
+from agent.wire.chunks import encode_chunk
+from agent.wire.codec import canonical_json
+from agent.wire.manifest import key_id_of, model_fields, sign_manifest
+from agent.wire.messages import EventKind
+from agent.wire.topics import VERBS
 from deploy.keys import init_keys, load_private
 from deploy.push import BrokerAddress, push_model
 from tests.agent_proc import AgentProcess, Observer, observing, wait_for

@@ -1,4 +1,4 @@
-"""agent.hardware against captured board trees (tests/hwtrees/) and hand-made edge cases."""
+"""agent.board.hardware against captured board trees (tests/hwtrees/) and hand-made edge cases."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from agent import hardware
+from agent.board import hardware
 from agent.errors import ConfigError
 from tests.hwtrees.capture import capture
 

@@ -1,4 +1,5 @@
-"""agent.inputs: random inputs follow each input's dtype, quantization and (dynamic) shape."""
+"""agent.runtime.inputs: random inputs follow each input's dtype, quantization and (dynamic)
+shape."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 from agent.errors import IncompatibleModelError
-from agent.inputs import input_shape, random_inputs
+from agent.runtime.inputs import input_shape, random_inputs
 
 
 def detail(

@@ -1,4 +1,4 @@
-"""agent.lazyimport: a deferred module stays unimported through ``import`` and loads on first
+"""agent.system.lazyimport: a deferred module stays unimported through ``import`` and loads on first
 use. Each case runs in a fresh interpreter (what is imported is process state)."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ def run(code: str) -> None:
 def test_the_transport_leaves_http_and_email_unimported() -> None:
     run("""
         import sys
-        import agent.transport
+        import agent.mqtt.transport
         heavy = [m for m in sys.modules if m.split(".")[0] in ("http", "email")]
         assert heavy == [], heavy
         assert type(sys.modules["urllib.request"]).__name__ == "_Deferred"
@@ -29,7 +29,7 @@ def test_the_transport_leaves_http_and_email_unimported() -> None:
 def test_a_deferred_module_loads_on_first_use_and_then_is_the_real_one() -> None:
     run("""
         import sys
-        from agent.lazyimport import defer
+        from agent.system.lazyimport import defer
         assert defer("urllib.request")
         import urllib.request  # the import statement alone loads nothing
         assert "http.client" not in sys.modules
@@ -49,7 +49,7 @@ def test_a_deferred_module_loads_on_first_use_and_then_is_the_real_one() -> None
 def test_from_import_of_a_deferred_module_loads_it() -> None:
     run("""
         import sys
-        from agent.lazyimport import defer
+        from agent.system.lazyimport import defer
         assert defer("urllib.request")
         from urllib.request import urlopen
         assert callable(urlopen) and "http.client" in sys.modules
@@ -60,7 +60,7 @@ def test_from_import_of_a_deferred_module_loads_it() -> None:
 def test_packages_missing_and_imported_modules_are_left_alone(name: str) -> None:
     run(f"""
         import sys, json
-        from agent.lazyimport import defer
+        from agent.system.lazyimport import defer
         before = sys.modules.get({name!r})
         assert not defer({name!r})
         assert sys.modules.get({name!r}) is before
@@ -70,7 +70,7 @@ def test_packages_missing_and_imported_modules_are_left_alone(name: str) -> None
 def test_concurrent_first_uses_all_get_the_real_module() -> None:
     run("""
         import sys, threading
-        from agent.lazyimport import defer
+        from agent.system.lazyimport import defer
         assert defer("urllib.request")
         import urllib.request
         stub, got, go = urllib.request, [], threading.Barrier(8)

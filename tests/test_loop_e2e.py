@@ -29,14 +29,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from deploy.loop import ClassRun, ClosedLoop, LoopSettings
-from deploy.optimizer import Decision, EnoughRule, enough_telemetry
+from deploy.fleet.registry import Registry
+from deploy.fleet.registry_types import Deployment, Variant
+from deploy.fleet.rollout import Deployer, RolloutRunner
+from deploy.fleet.rollout_plan import RolloutPolicy
+from deploy.loop.driver import ClassRun, ClosedLoop, LoopSettings
+from deploy.loop.optimizer import Decision, EnoughRule, enough_telemetry
+from deploy.loop.targets import Targets, parse_targets
 from deploy.push import PushResult
-from deploy.registry import Registry
-from deploy.registry_types import Deployment, Variant
-from deploy.rollout import Deployer, RolloutRunner
-from deploy.rollout_plan import RolloutPolicy
-from deploy.targets import Targets, parse_targets
 from tests.agent_proc import REPO, Observer, wait_for
 from tests.loop_fixtures import (
     DIGITS_DATA,

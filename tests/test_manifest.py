@@ -13,8 +13,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from agent.delivery.store import ModelStore
 from agent.errors import ConfigError, ManifestError
-from agent.manifest import (
+from agent.wire.codec import MAX_MANIFEST_BYTES, canonical_json
+from agent.wire.manifest import (
     DEFAULT_CHUNK_SIZE,
     SCHEMA,
     key_id_of,
@@ -22,8 +24,6 @@ from agent.manifest import (
     public_key_pem,
     verify_manifest,
 )
-from agent.protocol import MAX_MANIFEST_BYTES, canonical_json
-from agent.store import ModelStore
 from deploy import keys
 from tests.delivery_helpers import NOW, model_bytes, new_key, sign_raw_body, signed, snapshot
 
@@ -54,7 +54,7 @@ def test_signed_manifest_round_trips_with_every_field():
 
 def test_default_chunk_size_is_64_kib():
     key, _ = new_key()
-    from agent.manifest import model_fields, sign_manifest
+    from agent.wire.manifest import model_fields, sign_manifest
 
     fields = {"name": "m", "version": "1", "release": 1, **model_fields(DATA)}
     del fields["chunk_size"]

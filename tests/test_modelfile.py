@@ -1,4 +1,5 @@
-"""agent.modelfile: real models are described correctly; garbage never escapes as a stray error."""
+"""agent.runtime.modelfile: real models are described correctly; garbage never escapes as a stray
+error."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.errors import ModelFileError
-from agent.modelfile import inspect
-from agent.optable import build_probe_model
+from agent.runtime.modelfile import inspect
+from agent.runtime.optable import build_probe_model
 
 MODELS = Path(__file__).parent / "models"
 
@@ -208,7 +209,7 @@ def test_mutated_model_never_raises_anything_but_model_file_error(edits, cut, of
     "name", ["digits_fp32", "digits_int8", "digits_dynamic_int8", "digits_edgetpu"]
 )
 def test_inspect_operators_agrees_with_the_full_inspection(name: str) -> None:
-    from agent.modelfile import inspect_operators
+    from agent.runtime.modelfile import inspect_operators
     from tests.modelzoo import model as zoo
 
     path = zoo(name)
@@ -220,7 +221,7 @@ def test_inspect_operators_agrees_with_the_full_inspection(name: str) -> None:
 
 
 def test_inspect_operators_refuses_garbage() -> None:
-    from agent.modelfile import inspect_operators
+    from agent.runtime.modelfile import inspect_operators
 
     with pytest.raises(ModelFileError):
         inspect_operators(b"\x10\x00\x00\x00TFL3" + bytes(range(256)) * 4)

@@ -14,8 +14,10 @@ from typing import Any
 
 import pytest
 
-from deploy.learning import Observation, Priors, similarity
-from deploy.optimizer import (
+from deploy.fleet.registry import Registry
+from deploy.fleet.registry_types import HardwareClass, ModelRow, Stats, Variant
+from deploy.loop.learning import Observation, Priors, similarity
+from deploy.loop.optimizer import (
     Decision,
     EnoughRule,
     build_context,
@@ -24,9 +26,7 @@ from deploy.optimizer import (
     pareto_front,
     record,
 )
-from deploy.registry import Registry
-from deploy.registry_types import HardwareClass, ModelRow, Stats, Variant
-from deploy.targets import parse_targets
+from deploy.loop.targets import parse_targets
 
 PI4 = "rpi4b-cpu/ai-edge-litert"
 PI5 = "rpi5-cpu/ai-edge-litert"

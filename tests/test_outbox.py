@@ -1,4 +1,4 @@
-"""agent.outbox: durable, bounded, acknowledged-only deletion; end to end through a real
+"""agent.mqtt.outbox: durable, bounded, acknowledged-only deletion; end to end through a real
 Mosquitto that is stopped and restarted (P10), including a publisher killed during the outage."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.outbox import Outbox, OutboxDrainer
-from agent.transport_types import PublishHandle
+from agent.mqtt.outbox import Outbox, OutboxDrainer
+from agent.mqtt.types import PublishHandle
 from tests.broker import Broker
 from tests.mqtt_util import Collector, read_until, start_proc, wait_until
 
@@ -99,7 +99,7 @@ def test_records_survive_sigkill_right_after_append(tmp_path: Path) -> None:
     path = tmp_path / "o.db"
     code = (
         "import os, sys\n"
-        "from agent.outbox import Outbox\n"
+        "from agent.mqtt.outbox import Outbox\n"
         f"box = Outbox({str(path)!r})\n"
         "for i in range(200):\n"
         "    seq = box.append('t', str(i).encode())\n"

@@ -13,22 +13,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.errors import ProtocolError
-from agent.messages import Command, CommandReply, Event, ModelRef, NeedRequest, State, Telemetry
-from agent.protocol import (
-    CHUNK_HEADER_SIZE,
-    MAX_COMMAND_BYTES,
-    VERBS,
-    ParsedTopic,
-    Reason,
-    Topics,
-    canonical_json,
-    compact_ranges,
-    decode_chunk,
-    encode_chunk,
-    host_subscriptions,
-    parse_json_object,
-    parse_topic,
+from agent.wire.chunks import CHUNK_HEADER_SIZE, compact_ranges, decode_chunk, encode_chunk
+from agent.wire.codec import MAX_COMMAND_BYTES, canonical_json, parse_json_object
+from agent.wire.messages import (
+    Command,
+    CommandReply,
+    Event,
+    ModelRef,
+    NeedRequest,
+    State,
+    Telemetry,
 )
+from agent.wire.reasons import Reason
+from agent.wire.topics import VERBS, ParsedTopic, Topics, host_subscriptions, parse_topic
 
 SHA = hashlib.sha256(b"model").hexdigest()
 

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
+from agent.board.hardware import detect
 from agent.errors import ConfigError, ProtocolError
-from agent.hardware import detect
-from deploy.migrations import MIGRATIONS, SCHEMA_VERSION
-from deploy.registry import Registry
-from deploy.registry_types import HardwareClass, ModelRow, Variant, class_id
+from deploy.fleet.migrations import MIGRATIONS, SCHEMA_VERSION
+from deploy.fleet.registry import Registry
+from deploy.fleet.registry_types import HardwareClass, ModelRow, Variant, class_id
 
 HWTREES = Path(__file__).parent / "hwtrees"
 CLS = "rpi4b-cpu/ai-edge-litert"

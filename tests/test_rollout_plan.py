@@ -7,7 +7,7 @@ import json
 import pytest
 
 from agent.errors import ConfigError
-from deploy.rollout_plan import RolloutPlan, RolloutPolicy, wave_size
+from deploy.fleet.rollout_plan import RolloutPlan, RolloutPolicy, wave_size
 
 DEVICES = [f"pi-{i:02d}" for i in range(10)]
 

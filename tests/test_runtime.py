@@ -15,14 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from agent.board.hardware import detect
 from agent.errors import (
     EdgeloopError,
     IncompatibleModelError,
     ModelFileError,
     RuntimeUnavailableError,
 )
-from agent.hardware import detect
-from agent.modelfile import inspect
 from agent.runtime import (
     DEFAULT_PREFERENCE,
     Backend,
@@ -30,6 +29,7 @@ from agent.runtime import (
     installed_runtimes,
     load_model,
 )
+from agent.runtime.modelfile import inspect
 from agent.runtime.registry import preference_from_env
 from tests.modelzoo import model
 

@@ -1,4 +1,5 @@
-"""agent.sandbox: a malformed or hostile model cannot take the parent down; every ending is named.
+"""agent.runtime.sandbox: a malformed or hostile model cannot take the parent down; every ending is
+named.
 
 Each malformed file is probed twice: as the agent does it (``precheck``: inspection and
 compatibility in the parent first) and with the raw bytes handed straight to the interpreter in
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.sandbox import ProbeResult, probe_model
+from agent.runtime.sandbox import ProbeResult, probe_model
 from tests.modelzoo import model
 
 pytestmark = pytest.mark.runtime

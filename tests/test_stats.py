@@ -1,4 +1,5 @@
-"""agent.stats: the one percentile definition (linear interpolation) and the latency summary."""
+"""agent.serving.stats: the one percentile definition (linear interpolation) and the latency
+summary."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.stats import ns_to_ms, percentile, summarize
+from agent.serving.stats import ns_to_ms, percentile, summarize
 
 
 def test_percentile_interpolates_linearly_between_ranks() -> None:

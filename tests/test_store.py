@@ -16,9 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from agent.delivery.store import ModelStore, StoreLimits
 from agent.errors import ManifestError, StoreError
-from agent.manifest import Manifest
-from agent.store import ModelStore, StoreLimits
+from agent.wire.manifest import Manifest
 from tests.delivery_helpers import install, model_bytes, new_key, signed, snapshot, write_all
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -264,7 +264,7 @@ def test_full_disk_reported_by_the_filesystem_is_no_space(tmp_path: Path, monkey
     store = ModelStore(tmp_path / "state")
     before = snapshot(tmp_path)
     free = shutil.disk_usage(tmp_path)._replace(free=5_000)
-    monkeypatch.setattr("agent.store.shutil.disk_usage", lambda _p: free)
+    monkeypatch.setattr("agent.delivery.store.shutil.disk_usage", lambda _p: free)
     with pytest.raises(ManifestError) as info:
         store.begin(signed(KEY, A).manifest)
     assert info.value.code == "no_space"
@@ -274,7 +274,7 @@ def test_full_disk_reported_by_the_filesystem_is_no_space(tmp_path: Path, monkey
     def enospc(fd: int, offset: int, length: int) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("agent.staging.os.posix_fallocate", enospc)
+    monkeypatch.setattr("agent.delivery.staging.os.posix_fallocate", enospc)
     with pytest.raises(ManifestError) as info:
         store.begin(signed(KEY, A).manifest)
     assert info.value.code == "no_space"
@@ -422,7 +422,7 @@ def test_crash_at_each_point_leaves_old_or_complete_new_model(
 
 
 def test_crash_hook_is_inert_without_the_variable(tmp_path: Path):
-    from agent.crashpoints import armed
+    from agent.system.crashpoints import armed
 
     assert not armed("after_chunk:1")
     os.environ["EDGELOOP_CRASH_AT"] = "after_chunk, before_commit"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from agent.errors import ConfigError
-from deploy.targets import Violation, load_targets, parse_targets
+from deploy.loop.targets import Violation, load_targets, parse_targets
 
 GOOD = """
 model = "digits"

@@ -1,4 +1,4 @@
-"""agent.thermal: snapshots of captured trees, get_throttled decoding, the vcgencmd seam."""
+"""agent.board.thermal: snapshots of captured trees, get_throttled decoding, the vcgencmd seam."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent import thermal
+from agent.board import thermal
 from agent.errors import ConfigError
 
 TREES = Path(__file__).parent / "hwtrees"

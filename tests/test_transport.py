@@ -1,4 +1,4 @@
-"""agent.transport against a real Mosquitto: birth, will, reconnect, half-open, reason codes,
+"""agent.mqtt.transport against a real Mosquitto: birth, will, reconnect, half-open, reason codes,
 TLS with client certificates, ACL. Every wait polls a condition with a deadline."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.transport import (
+from agent.mqtt.transport import (
     NOT_AUTHORIZED,
     PACKET_TOO_LARGE,
     IncomingMessage,

@@ -26,7 +26,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from agent.distversion import installed_version
 from agent.errors import (
     DelegateError,
     EdgeloopError,
@@ -34,6 +33,7 @@ from agent.errors import (
     ModelFileError,
     RuntimeUnavailableError,
 )
+from agent.system.distversion import installed_version
 
 # Runtime messages meaning "valid file, but this runtime cannot run it".
 _INCOMPATIBLE = re.compile(
@@ -158,7 +158,10 @@ def classify_model_error(
     """A runtime's ValueError/RuntimeError on load -> ModelFileError/IncompatibleModelError."""
     text = " ".join(str(exc).split()) or type(exc).__name__
     if _INCOMPATIBLE.search(text):
-        hint = "check the model with 'edge-agent probe' / agent.compat; convert it for this runtime"
+        hint = (
+            "check the model with 'edge-agent probe' / agent.runtime.compat;"
+            " convert it for this runtime"
+        )
         if "edgetpu-custom-op" in text:
             hint = (
                 "the model is Edge TPU-compiled: run it with the edgetpu delegate on a board "

@@ -34,8 +34,8 @@ from agent.runtime.native_stderr import capture_stderr
 from agent.runtime.registry import get_backend
 
 if TYPE_CHECKING:
-    from agent.hardware import HardwareInfo
-    from agent.modelfile import ModelInfo
+    from agent.board.hardware import HardwareInfo
+    from agent.runtime.modelfile import ModelInfo
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ def _load_auto(
     info: ModelInfo | None,
 ) -> LoadedModel:
     if info is None:
-        from agent.modelfile import inspect  # lazy: written alongside, imports the schema
+        from agent.runtime.modelfile import inspect
 
         info = inspect(path)
     tpus = [a for a in (hardware.accelerators if hardware else []) if a.kind == "edgetpu"]
@@ -275,7 +275,7 @@ def _load_with_delegate(backend: Backend, path: Path, threads: int, plan: _Plan)
 def _detect_hardware() -> HardwareInfo | None:
     root = os.environ.get(ENV_HW_ROOT, "/")
     try:
-        from agent.hardware import detect
+        from agent.board.hardware import detect
 
         return detect(root)
     except (EdgeloopError, OSError, ImportError) as exc:

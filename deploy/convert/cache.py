@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from agent.atomicfile import atomic_write
+from agent.system.atomicfile import atomic_write
 
 log = logging.getLogger(__name__)
 

@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from agent.modelfile import inspect
 from agent.runtime import load_model
+from agent.runtime.modelfile import inspect
 from deploy.convert.data import Dataset, input_specs
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import ConfigError, EdgeloopError
-from agent.modelfile import inspect
+from agent.runtime.modelfile import inspect
 from deploy.convert import aiq_backend, edgetpu, tf_backend
 from deploy.convert.cache import VariantCache, file_digest, key_of
 from deploy.convert.data import Dataset, input_specs, load_data

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.compat import min_runtime
-from agent.modelfile import inspect
+from agent.runtime.compat import min_runtime
+from agent.runtime.modelfile import inspect
 from deploy.convert.evaluate import Evaluation
 
 OK, FAILED, UNAVAILABLE = "ok", "failed", "unavailable"
@@ -22,7 +22,7 @@ class VariantResult:
     path: str | None = None
     size: int | None = None
     sha256: str | None = None
-    quantization: str | None = None  # agent.modelfile classification of the output
+    quantization: str | None = None  # agent.runtime.modelfile classification of the output
     inputs: list[dict[str, Any]] = field(default_factory=list)  # name, shape, dtype, scale, zp
     outputs: list[dict[str, Any]] = field(default_factory=list)
     operators: list[dict[str, Any]] = field(default_factory=list)  # name, version, custom, count

@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout
 
-from agent import hardware, thermal
+from agent.board import hardware, thermal
 
 EMPTY_MARKERS = ("dev/", "usr/bin/vcgencmd")
 

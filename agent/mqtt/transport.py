@@ -1,0 +1,531 @@
+"""MQTT v5 transport of the agent: the only module that imports paho.
+
+One network thread (ours, not ``loop_start``) runs paho's external-loop API (``loop_read``,
+``loop_write``, ``loop_misc``) so that reconnection, backoff with full jitter and half-open
+detection are explicit here. On every CONNACK the retained birth is queued first, then the
+subscriptions are (re)sent, then the caller is told. Paho callbacks only convert and hand over:
+``on_message`` receives our own frozen :class:`IncomingMessage`, never a paho object.
+See docs/transport.md for the session settings and why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import select
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from agent.system.lazyimport import defer
+
+# paho imports urllib.request and uses it only with PySocks; it pulls in http.client and email
+# (~1.2 MiB of agent RSS). Deferred before paho's import; the imports below are E402 (pyproject).
+defer("urllib.request")
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from agent.mqtt.types import (
+    NO_MATCHING_SUBSCRIBERS,
+    NOT_AUTHORIZED,
+    PACKET_TOO_LARGE,
+    STOPPED_PAYLOAD,
+    IncomingMessage,
+    PublishHandle,
+    TlsConfig,
+    TransportConfig,
+    TransportStats,
+    WillConfig,
+    backoff_delay,
+)
+
+__all__ = [
+    "NOT_AUTHORIZED",
+    "NO_MATCHING_SUBSCRIBERS",
+    "PACKET_TOO_LARGE",
+    "STOPPED_PAYLOAD",
+    "IncomingMessage",
+    "PublishHandle",
+    "TlsConfig",
+    "Transport",
+    "TransportConfig",
+    "TransportStats",
+    "WillConfig",
+    "backoff_delay",
+]
+
+log = logging.getLogger(__name__)
+
+
+def _properties(packet_type: int) -> Properties:
+    return Properties(packet_type)  # type: ignore[no-untyped-call]
+
+
+def _incoming(msg: mqtt.MQTTMessage) -> IncomingMessage:
+    props = getattr(msg, "properties", None)
+
+    def prop(name: str) -> Any:
+        return getattr(props, name, None) if props is not None else None
+
+    corr = prop("CorrelationData")
+    users = prop("UserProperty") or []
+    return IncomingMessage(
+        topic=msg.topic,
+        payload=bytes(msg.payload),
+        qos=int(msg.qos),
+        retain=bool(msg.retain),
+        response_topic=prop("ResponseTopic"),
+        correlation_data=bytes(corr) if corr is not None else None,
+        message_expiry_interval=prop("MessageExpiryInterval"),
+        user_properties=tuple((str(k), str(v)) for k, v in users),
+        content_type=prop("ContentType"),
+    )
+
+
+def _set_nodelay(_c: Any, _u: Any, sock: Any) -> None:
+    """No Nagle: a small reply must not wait for the ACK of our last PUBACK (delayed ACK
+    holds that ~40 ms on Linux; two such waits made an inference round trip ~88 ms)."""
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+_TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux only
+
+
+def _quickack(sock: Any) -> None:
+    """ACK what we just read at once. Mosquitto leaves Nagle on by default (set_tcp_nodelay
+    false): its next small packet to us (a need request after our chunks' PUBACKs, the next
+    request after our reply's PUBACK) waits for our ACK, which Linux delays ~40 ms. The flag
+    is not sticky, hence after every read."""
+    if _TCP_QUICKACK is not None:
+        with contextlib.suppress(OSError, AttributeError):
+            sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
+
+
+class _ErrorCapture(logging.Filter):
+    """Keeps paho's last ERROR line (e.g. "tlsv1 alert unknown ca") as the transport's error."""
+
+    def __init__(self, transport: Transport) -> None:
+        super().__init__()
+        self.transport = transport
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR:
+            self.transport._last_error = record.getMessage()
+        return True
+
+
+class Transport:
+    """A supervised MQTT v5 connection. ``start()`` returns at once; it (re)connects forever."""
+
+    def __init__(
+        self,
+        config: TransportConfig,
+        on_message: Callable[[IncomingMessage], None],
+        on_connected: Callable[[bool], None] | None = None,
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self._on_message = on_message
+        self._listeners: list[Callable[[bool], None]] = [on_connected] if on_connected else []
+        self._rng = rng or random.Random()
+        self._stop = threading.Event()
+        self._connected = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()  # guards the handle tables, never held while in paho
+        self._pending: dict[int, PublishHandle] = {}
+        self._early: dict[int, int] = {}
+        self._sub_mids: dict[int, list[str]] = {}
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        # one wake byte in flight at a time: a burst of publishes (a window of chunks) costs
+        # one send() instead of two per message; the pump clears this after it drains
+        self._wake_pending = False
+        self._last_rx = 0.0
+        self._n = {"connects": 0, "attempts": 0, "disconnects": 0, "half_open": 0, "subacks": 0}
+        self._last_connack: int | None = None
+        self._last_disconnect: int | None = None
+        self._last_error: str | None = None
+        self._delays: list[float] = []
+        self._attempt = 0
+        self._max_packet: int | None = config.max_packet_bytes
+        self._suback: dict[str, int] = {}
+        self._error_capture = _ErrorCapture(self)
+        self._client = self._make_client()
+
+    # ----- public API -------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name="mqtt-transport", daemon=True)
+        self._thread.start()
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def wait_connected(self, timeout: float | None = None) -> bool:
+        return self._connected.wait(timeout)
+
+    def add_connection_listener(self, fn: Callable[[bool], None]) -> None:
+        """Also call ``fn(up)`` on every connect/disconnect (network thread: only enqueue)."""
+        self._listeners.append(fn)
+
+    def publish(
+        self,
+        topic: str,
+        payload: bytes | str,
+        qos: int = 1,
+        retain: bool = False,
+        *,
+        response_topic: str | None = None,
+        correlation_data: bytes | None = None,
+        message_expiry_interval: int | None = None,
+        user_properties: Sequence[tuple[str, str]] = (),
+        content_type: str | None = None,
+    ) -> PublishHandle:
+        """Publish while connected; offline, the handle fails at once (``error="offline"``).
+
+        Durable delivery is the outbox's job; this never queues unboundedly in memory.
+        """
+        if not self._connected.is_set():
+            handle = PublishHandle(None, qos)
+            handle._resolve(None, "offline")
+            return handle
+        props = None  # none at all for the common case (chunks, telemetry): paho packs fast
+        if (
+            response_topic is not None or correlation_data is not None or user_properties
+            or message_expiry_interval is not None or content_type is not None
+        ):  # fmt: skip
+            props = _properties(PacketTypes.PUBLISH)
+            if response_topic is not None:
+                props.ResponseTopic = response_topic
+            if correlation_data is not None:
+                props.CorrelationData = correlation_data
+            if message_expiry_interval is not None:
+                props.MessageExpiryInterval = message_expiry_interval
+            if user_properties:
+                props.UserProperty = list(user_properties)
+            if content_type is not None:
+                props.ContentType = content_type
+        return self._publish(topic, payload, qos, retain, props)
+
+    def stats(self) -> TransportStats:
+        return TransportStats(
+            connected=self.connected,
+            connects=self._n["connects"],
+            attempts=self._n["attempts"],
+            disconnects=self._n["disconnects"],
+            half_open_detected=self._n["half_open"],
+            last_connack_reason=self._last_connack,
+            last_disconnect_reason=self._last_disconnect,
+            last_error=self._last_error,
+            backoff_delays_s=tuple(self._delays[-50:]),
+            subacks=self._n["subacks"],
+            suback_reasons=dict(self._suback),
+        )
+
+    def stop(self, timeout: float = 5.0, final: tuple[str, bytes] | None = None) -> None:
+        """Clean stop: retained "stopped" state (PUBACK awaited), then a normal DISCONNECT.
+
+        ``final`` defaults to the will topic with ``{"online": false, "reason": "stopped"}``.
+        A normal DISCONNECT (reason 0) tells the broker not to publish the will.
+        """
+        if final is None and self.config.will is not None:
+            final = (self.config.will.topic, STOPPED_PAYLOAD)
+        deadline = time.monotonic() + timeout
+        if final is not None and self._connected.is_set():
+            handle = self._publish(final[0], final[1], 1, True, None)
+            if not handle.wait(max(0.0, deadline - time.monotonic())):
+                log.warning("the stopped state was not acknowledged within %.1fs", timeout)
+        self._stop.set()  # the network thread sends DISCONNECT (reason 0) and exits
+        self._wake()
+        if self._thread is not None:
+            self._thread.join(max(0.1, deadline - time.monotonic()))
+            if self._thread.is_alive():
+                log.warning("MQTT network thread did not exit within %.1fs", timeout)
+            self._thread = None
+        self._set_connected(False)
+        with self._lock:
+            pending, self._pending = list(self._pending.values()), {}
+        for handle in pending:
+            handle._resolve(None, "stopped")
+        self._wake_r.close()
+        self._wake_w.close()
+        logging.getLogger(f"{__name__}.paho.{self.config.client_id}").removeFilter(
+            self._error_capture
+        )
+
+    # ----- paho setup and callbacks (network thread) ------------------------------------
+    def _make_client(self) -> mqtt.Client:
+        cfg = self.config
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=cfg.client_id, protocol=mqtt.MQTTv5
+        )
+        paho_log = logging.getLogger(f"{__name__}.paho.{cfg.client_id}")
+        paho_log.addFilter(self._error_capture)  # paho reports TLS/socket errors only by log
+        client.enable_logger(paho_log)
+        client.connect_timeout = cfg.connect_timeout_s
+        if cfg.username is not None:
+            client.username_pw_set(cfg.username, cfg.password)
+        if cfg.tls is not None:
+            client.tls_set(
+                ca_certs=cfg.tls.ca_file,
+                certfile=cfg.tls.cert_file,
+                keyfile=cfg.tls.key_file,
+                cert_reqs=ssl.CERT_REQUIRED,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
+            client.tls_insecure_set(cfg.tls.insecure)
+        if cfg.will is not None:
+            w = cfg.will
+            client.will_set(w.topic, w.payload, qos=w.qos, retain=w.retain)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_paho_message
+        client.on_publish = self._on_publish
+        client.on_subscribe = self._on_subscribe
+        client.on_socket_open = _set_nodelay
+        # With a write callback registered, paho never writes from the publishing thread:
+        # it only wakes our select(), so the network thread is the one that touches the socket.
+        client.on_socket_register_write = lambda _c, _u, _s: self._wake()
+        props = _properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = cfg.session_expiry_s
+        client.connect_async(
+            cfg.host, cfg.port, cfg.keepalive, clean_start=cfg.clean_start, properties=props
+        )
+        return client
+
+    def _on_connect(
+        self, client: mqtt.Client, _u: Any, flags: Any, rc: ReasonCode, props: Any
+    ) -> None:
+        self._last_connack = rc.value
+        if rc.is_failure:
+            self._last_error = f"CONNACK refused: {rc} ({rc.value:#04x})"
+            log.warning(
+                "broker %s:%s refused the connection: %s", self.config.host, self.config.port, rc
+            )
+            return
+        self._n["connects"] += 1
+        self._last_error = None
+        limits = [
+            x
+            for x in (self.config.max_packet_bytes, getattr(props, "MaximumPacketSize", None))
+            if x
+        ]
+        self._max_packet = min(limits) if limits else None
+        self._attempt = 0
+        # SUBSCRIBE before the birth: the broker handles one connection's packets in order, so
+        # whoever sees the birth and sends a command can count on the subscription being there.
+        subs = list(self.config.subscriptions)
+        if subs:
+            _rc, mid = client.subscribe(subs)
+            if mid is not None:
+                with self._lock:
+                    self._sub_mids[mid] = [t for t, _q in subs]
+        if self.config.birth is not None:
+            try:
+                topic, payload = self.config.birth()
+                self._publish(topic, payload, 1, True, None)
+            except Exception:
+                log.exception("building the birth message failed; connected without birth")
+        log.info(
+            "connected to %s:%s (session present: %s)",
+            self.config.host,
+            self.config.port,
+            flags.session_present,
+        )
+        self._set_connected(True)
+
+    def _on_disconnect(self, _c: Any, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
+        self._last_disconnect = rc.value
+        with self._lock:  # QoS 0 packets not yet written are gone; QoS 1 ones paho re-sends
+            lost = [h for h in self._pending.values() if h.qos == 0]
+            for h in lost:
+                self._pending.pop(h.mid or 0, None)
+        for h in lost:
+            h._resolve(None, "connection lost")
+        if self._connected.is_set():
+            self._n["disconnects"] += 1
+            log.log(
+                logging.INFO if self._stop.is_set() else logging.WARNING,
+                "disconnected from %s:%s: %s",
+                self.config.host,
+                self.config.port,
+                rc,
+            )
+        self._set_connected(False)
+
+    def _on_paho_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            self._on_message(_incoming(msg))
+        except Exception:
+            log.exception("on_message handler failed for %s", msg.topic)
+
+    def _on_publish(self, _c: Any, _u: Any, mid: int, rc: ReasonCode, _p: Any) -> None:
+        with self._lock:
+            handle = self._pending.pop(mid, None)
+            if handle is None:
+                self._early[mid] = rc.value
+        if handle is not None:
+            self._finish(handle, rc.value)
+
+    def _on_subscribe(self, _c: Any, _u: Any, mid: int, rcs: list[ReasonCode], _p: Any) -> None:
+        with self._lock:
+            topics = self._sub_mids.pop(mid, [])
+        self._n["subacks"] += 1
+        for topic, rc in zip(topics, rcs, strict=False):
+            self._suback[topic] = rc.value
+            if rc.is_failure:
+                log.warning("subscription to %s refused: %s (%#04x)", topic, rc, rc.value)
+
+    # ----- internals --------------------------------------------------------------------
+    def _publish(
+        self, topic: str, payload: bytes | str, qos: int, retain: bool, props: Properties | None
+    ) -> PublishHandle:
+        limit = self._max_packet
+        if limit is not None:
+            data = payload.encode() if isinstance(payload, str) else payload
+            props_len = len(props.pack()) if props else 1  # type: ignore[no-untyped-call]
+            size = 9 + len(topic.encode()) + len(data) + props_len
+            if size > limit:
+                # Refused here: Mosquitto 2.0 answers an oversize PUBLISH with a DISCONNECT or a
+                # PUBACK 0x95 paho cannot decode, and paho would re-send it on every reconnect.
+                handle = PublishHandle(None, qos)
+                handle._resolve(PACKET_TOO_LARGE, f"packet of {size} bytes > limit {limit}")
+                log.warning("not publishing %s: %s", topic, handle.error)
+                return handle
+        info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
+        handle = PublishHandle(info.mid, qos)
+        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN) or (
+            qos == 0 and info.rc == mqtt.MQTT_ERR_NO_CONN
+        ):
+            handle._resolve(None, mqtt.error_string(info.rc))
+            return handle
+        with self._lock:
+            early = self._early.pop(info.mid, None)
+            if early is None:
+                self._pending[info.mid] = handle
+        if early is not None:
+            self._finish(handle, early)
+        self._wake()
+        return handle
+
+    def _finish(self, handle: PublishHandle, reason: int) -> None:
+        if reason >= 0x80:
+            log.warning("broker refused publish mid %s: reason %#04x", handle.mid, reason)
+        handle._resolve(reason)
+
+    def _set_connected(self, up: bool) -> None:
+        if up == self._connected.is_set():
+            return
+        (self._connected.set if up else self._connected.clear)()
+        for fn in list(self._listeners):
+            try:
+                fn(up)
+            except Exception:
+                log.exception("connection listener failed")
+
+    def _wake(self) -> None:
+        if self._wake_pending:
+            return  # a byte is already on its way: the pump checks want_write after draining
+        self._wake_pending = True
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:
+            self._wake_pending = False  # closed (stopping) or full: nothing is on its way
+
+    def _drain_wake(self) -> None:
+        """Consume the wake byte(s), then allow the next wake. Called before the pump looks at
+        want_write(): a publish that found the flag still set had queued its packet before
+        looking, so that look sees it; any publish after this sends a new byte."""
+        with contextlib.suppress(OSError):
+            self._wake_r.recv(4096)
+        self._wake_pending = False
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if self._connect_once():
+                self._pump()
+            if self._stop.is_set():
+                break
+            delay = backoff_delay(
+                self._attempt, self.config.reconnect_min_s, self.config.reconnect_max_s, self._rng
+            )
+            self._attempt += 1
+            self._delays.append(delay)
+            del self._delays[:-50]
+            self._stop.wait(delay)
+
+    def _connect_once(self) -> bool:
+        self._n["attempts"] += 1
+        try:
+            self._client.reconnect()
+        except (OSError, ValueError) as exc:
+            self._last_error = f"connect to {self.config.host}:{self.config.port} failed: {exc}"
+            log.debug("%s", self._last_error)
+            return False
+        self._last_rx = time.monotonic()
+        return True
+
+    def _pump(self) -> None:
+        """Serve the socket until the connection is gone (or a clean stop completed)."""
+        client = self._client
+        tick = max(0.05, min(1.0, client.keepalive / 8))
+        disconnecting = False
+        next_misc = 0.0  # keepalive and half-open checks: every 20 ms is plenty, not every read
+        while True:
+            if self._stop.is_set() and not disconnecting:
+                disconnecting = True
+                client.disconnect()
+            sock = client.socket()
+            if sock is None:
+                return
+            pending = sock.pending() if isinstance(sock, ssl.SSLSocket) else 0
+            wlist = [sock] if client.want_write() else []
+            try:
+                readable, _w, _x = select.select(
+                    [sock, self._wake_r], wlist, [], 0.0 if pending else tick
+                )
+            except (OSError, ValueError):
+                readable = []
+            if self._wake_r in readable:
+                self._drain_wake()  # before want_write() below
+            rc = mqtt.MQTT_ERR_SUCCESS
+            if sock in readable or pending:
+                self._last_rx = time.monotonic()
+                rc = client.loop_read()
+                _quickack(sock)
+            if rc == mqtt.MQTT_ERR_SUCCESS and client.socket() is not None and client.want_write():
+                rc = client.loop_write()
+            now = time.monotonic()
+            if rc == mqtt.MQTT_ERR_SUCCESS and client.socket() is not None and now >= next_misc:
+                next_misc = now + 0.02
+                rc = client.loop_misc()
+                self._check_half_open(client)
+            if rc != mqtt.MQTT_ERR_SUCCESS or client.socket() is None:
+                return
+
+    def _check_half_open(self, client: mqtt.Client) -> None:
+        """Paho alone notices a frozen broker only after up to 2 x keepalive; we bound it."""
+        limit = client.keepalive * self.config.dead_after_keepalives
+        if client.keepalive <= 0 or time.monotonic() - self._last_rx <= limit:
+            return
+        sock = client.socket()
+        if sock is None:
+            return
+        self._n["half_open"] += 1
+        self._last_error = f"no byte from the broker for {limit:.1f}s (half-open connection)"
+        log.warning("%s; reconnecting", self._last_error)
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)  # type: ignore[attr-defined]
+        client.loop_read()  # reads EOF: paho closes the socket and reports the disconnect

@@ -1,0 +1,108 @@
+"""Telemetry records: one per window, from the real inferences of that window plus system state.
+
+Latency percentiles come from :mod:`agent.serving.stats` (the same definition as ``edge-agent
+bench``);
+system state from psutil and :mod:`agent.board.thermal`; energy from the configured meter's sampler
+(:mod:`agent.energy`) when there is one. The record layout is documented in docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+import psutil
+
+from agent.board import thermal
+from agent.serving.server import WindowSnapshot
+from agent.serving.stats import summarize
+
+log = logging.getLogger(__name__)
+
+
+class EnergySource(Protocol):
+    def window(self, t0: float, t1: float, inferences: int) -> Any: ...
+
+
+def _round(value: float | None, digits: int = 3) -> float | None:
+    return None if value is None else round(float(value), digits)
+
+
+class TelemetryBuilder:
+    """Turns a drained :class:`WindowSnapshot` into the wire record."""
+
+    def __init__(self, hw_root: str | Path = "/", energy: EnergySource | None = None) -> None:
+        self.hw_root = hw_root
+        self.energy = energy
+        self._proc = psutil.Process()
+        self._proc.cpu_percent(None)  # first call primes the counter
+
+    def latency_fields(self, snap: WindowSnapshot) -> dict[str, Any]:
+        if not snap.latencies_ms:
+            return {"latency_ms": None, "throughput": 0.0}
+        s = summarize(snap.latencies_ms)
+        span = max(snap.ended - snap.started, 1e-9)
+        return {
+            "latency_ms": {
+                "p50": _round(s.p50),
+                "p90": _round(s.p90),
+                "p95": _round(s.p95),
+                "p99": _round(s.p99),
+                "max": _round(s.max),
+                "mean": _round(s.mean),
+            },
+            "throughput": _round(snap.inferences / span),
+        }
+
+    def build(
+        self,
+        *,
+        seq: int,
+        snap: WindowSnapshot,
+        model: dict[str, Any] | None,
+        outbox_dropped: int,
+        model_mem_mb: float | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        try:
+            rss_mb = self._proc.memory_info().rss / 2**20
+            cpu_pct = self._proc.cpu_percent(None)
+        except psutil.Error:  # pragma: no cover - our own process
+            rss_mb, cpu_pct = None, None
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+        therm = thermal.snapshot(self.hw_root)
+        record: dict[str, Any] = {
+            "seq": seq,
+            "ts": round(time.time(), 3),
+            "window_s": _round(snap.ended - snap.started),
+            "model": model,
+            "inferences": snap.inferences,
+            "errors": snap.errors,
+            "non_finite": snap.non_finite,
+            **self.latency_fields(snap),
+            "rss_mb": _round(rss_mb, 1),
+            "peak_rss_mb": _round(peak_mb, 1),
+            "model_mem_mb": _round(model_mem_mb, 1),
+            "cpu_pct": _round(cpu_pct, 1),
+            "temp_c": therm.temp_c,
+            "freq_mhz": therm.freq_mhz,
+            "governor": therm.governor,
+            "throttled": therm.throttled,
+            "thermal": therm.to_dict(),
+            "energy": None,
+            "outbox_dropped": outbox_dropped,
+        }
+        if self.energy is not None:
+            try:
+                record["energy"] = self.energy.window(
+                    snap.started, snap.ended, snap.inferences
+                ).to_dict()
+            except Exception as exc:  # a meter fault never stops telemetry
+                log.warning("energy window failed: %s", exc)
+                record["energy"] = {"missing_reason": f"meter error: {exc}", "measured": False}
+        if extra:
+            record.update(extra)
+        return record

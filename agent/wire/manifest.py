@@ -1,0 +1,402 @@
+"""Signed model manifests: what a model is, signed by the host with Ed25519.
+
+Envelope (the ``manifest`` argument of ``cmd/deploy``)::
+
+    {"manifest": {...fields...}, "sig": "<base64 Ed25519 signature>", "key_id": "<16 hex>"}
+
+The signature covers the canonical JSON bytes (agent.wire.codec.canonical_json, no floats) of the
+``manifest`` object exactly as received. ``verify_manifest`` runs its checks in a fixed order and
+stops at the first failure, raising ManifestError with the reason code of that check:
+
+1. size cap on the raw payload           -> "too_large"
+2. UTF-8 JSON parse                      -> "malformed"
+3. envelope shape (3 keys, types, base64) -> "malformed"
+4. key id among the trusted keys         -> "unknown_key"
+5. Ed25519 signature over the canonical bytes of the manifest object -> "bad_signature"
+6. schema of the (now authenticated) manifest fields -> "invalid"
+7. expiry (``now >= expires``)            -> "expired"
+
+Release counter ("replayed"/"rollback"), compatibility ("incompatible") and disk space
+("no_space") are checked after this by the daemon with agent.delivery.store and
+agent.runtime.compat.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import math
+import re
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from agent.errors import ConfigError, ManifestError, ProtocolError
+from agent.wire.codec import MAX_CHUNK_DATA, MAX_MANIFEST_BYTES, canonical_json, parse_json_object
+from agent.wire.ed25519 import PublicKey, parse_public_key
+from agent.wire.reasons import Reason
+from agent.wire.topics import ID_PATTERN, valid_id, valid_sha256
+
+if (
+    TYPE_CHECKING
+):  # the host signs with `cryptography`; the device only verifies (agent.wire.ed25519)
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+SCHEMA = "edgeloop.manifest/1"
+DEFAULT_CHUNK_SIZE = 64 * 1024
+MIN_CHUNK_SIZE = 64
+MAX_MODEL_SIZE = 1 << 34
+MAX_INT = 2**53
+DEFAULT_TTL_S = 7 * 24 * 3600
+
+_VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
+_TOKEN_RE = re.compile(r"[A-Za-z0-9._:+-]{1,64}")
+_KEY_ID_RE = re.compile(r"[0-9a-f]{16}")
+_FIELDS = frozenset(
+    {"schema", "name", "version", "release", "sha256", "size", "chunk_size", "chunks",
+     "variant", "requirements", "created", "expires", "key_id"}
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Variant:
+    recipe: str = "unknown"  # "fp32", "int8", "edgetpu", ...
+    dtype: str = "unknown"  # quantization: "fp32"|"fp16"|"dynamic-int8"|"int8"|"int16x8"|"mixed"
+    delegate: str = "auto"  # "auto"|"cpu"|"edgetpu"
+
+    def to_dict(self) -> dict[str, str]:
+        return {"recipe": self.recipe, "dtype": self.dtype, "delegate": self.delegate}
+
+
+@dataclass(frozen=True)
+class Requirements:
+    accelerator: str | None = None  # "edgetpu" when the model needs one
+    runtimes: tuple[tuple[str, str], ...] = ()  # (runtime, min version) pairs that can load it
+    operators: tuple[tuple[str, int], ...] = ()  # (builtin or custom op name, version)
+    memory_mb: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "accelerator": self.accelerator,
+            "runtimes": [{"runtime": r, "min_version": v} for r, v in self.runtimes],
+            "operators": [{"name": n, "version": v} for n, v in self.operators],
+            "memory_mb": self.memory_mb,
+        }
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str
+    version: str
+    release: int
+    sha256: str
+    size: int
+    chunks: tuple[str, ...]
+    created: int
+    expires: int
+    key_id: str
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    variant: Variant = field(default_factory=Variant)
+    requirements: Requirements = field(default_factory=Requirements)
+    schema: str = SCHEMA
+
+    @property
+    def chunk_count(self) -> int:
+        return len(self.chunks)
+
+    def chunk_length(self, index: int) -> int:
+        """Expected byte length of chunk ``index`` (the last one may be short)."""
+        return min(self.chunk_size, self.size - index * self.chunk_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": self.schema, "name": self.name, "version": self.version,
+            "release": self.release, "sha256": self.sha256, "size": self.size,
+            "chunk_size": self.chunk_size, "chunks": list(self.chunks),
+            "variant": self.variant.to_dict(), "requirements": self.requirements.to_dict(),
+            "created": self.created, "expires": self.expires, "key_id": self.key_id,
+        }  # fmt: skip
+
+    def canonical_bytes(self) -> bytes:
+        return canonical_json(self.to_dict(), allow_floats=False)
+
+    @classmethod
+    def from_dict(cls, obj: Any) -> Manifest:
+        """Schema validation only (no signature): raises ManifestError("invalid")."""
+        return _parse_fields(obj)
+
+
+@dataclass(frozen=True)
+class SignedManifest:
+    manifest: Manifest
+    sig: str
+    key_id: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"manifest": self.manifest.to_dict(), "sig": self.sig, "key_id": self.key_id}
+
+    def to_json(self) -> bytes:
+        return canonical_json(self.to_dict())
+
+
+# ---------------------------------------------------------------------------------------------
+# Keys
+
+
+def key_id_of(public_key: Any) -> str:
+    """First 16 hex characters of sha256 over the raw 32-byte public key (a PublicKey or a
+    `cryptography` Ed25519 public key)."""
+    return PublicKey.of(public_key).key_id
+
+
+def public_key_pem(public_key: Any) -> bytes:
+    """SubjectPublicKeyInfo PEM of a PublicKey or a `cryptography` Ed25519 public key."""
+    return PublicKey.of(public_key).pem()
+
+
+def load_public_key(path: str | Path) -> PublicKey:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read trust key {path}: {exc}") from exc
+    try:
+        return parse_public_key(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc.message}", hint=exc.hint) from exc
+
+
+def load_trust_keys(paths: Iterable[str | Path]) -> dict[str, PublicKey]:
+    """key_id -> public key, for verify_manifest."""
+    keys = (load_public_key(p) for p in paths)
+    return {key_id_of(k): k for k in keys}
+
+
+# ---------------------------------------------------------------------------------------------
+# Signing (host) and verification (device)
+
+
+def model_fields(
+    source: bytes | str | Path, chunk_size: int = DEFAULT_CHUNK_SIZE
+) -> dict[str, Any]:
+    """sha256, size, chunk_size and per-chunk sha256 of a model (bytes or a file path)."""
+    data = source if isinstance(source, bytes) else Path(source).read_bytes()
+    chunks = [
+        hashlib.sha256(data[i : i + chunk_size]).hexdigest()
+        for i in range(0, len(data), chunk_size)
+    ]
+    return {
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "size": len(data),
+        "chunk_size": chunk_size,
+        "chunks": chunks,
+    }
+
+
+def sign_manifest(
+    fields: Mapping[str, Any], private_key: Ed25519PrivateKey, *, now: float | None = None
+) -> SignedManifest:
+    """Complete ``fields`` (defaults: chunk_size, created=now, expires=created+7 days, key_id,
+    variant, requirements), validate them and sign. Raises ManifestError("invalid")."""
+    key_id = key_id_of(private_key.public_key())
+    obj: dict[str, Any] = dict(fields)
+    if obj.get("key_id", key_id) != key_id:
+        raise ManifestError(f"key_id {obj['key_id']!r} is not this key's id {key_id}")
+    created = obj.setdefault("created", int(time.time() if now is None else now))
+    if isinstance(created, int) and not isinstance(created, bool):
+        obj.setdefault("expires", created + DEFAULT_TTL_S)
+    obj.setdefault("chunk_size", DEFAULT_CHUNK_SIZE)
+    obj.setdefault("variant", Variant().to_dict())
+    obj.setdefault("requirements", Requirements().to_dict())
+    obj.update(schema=SCHEMA, key_id=key_id)
+    try:
+        canonical_json(obj, allow_floats=False)
+    except ProtocolError as exc:
+        raise ManifestError(f"manifest fields: {exc.message}", code=Reason.INVALID) from exc
+    manifest = _parse_fields(obj)
+    sig = private_key.sign(manifest.canonical_bytes())
+    return SignedManifest(manifest, base64.b64encode(sig).decode("ascii"), key_id)
+
+
+def verify_manifest(
+    raw: bytes | str | Mapping[str, Any],
+    trust_keys: Mapping[str, PublicKey],
+    now: float | None = None,
+    *,
+    max_bytes: int = MAX_MANIFEST_BYTES,
+) -> Manifest:
+    """Authenticate and validate a signed manifest envelope (checks in the module docstring's
+    order). ``raw`` is the envelope as bytes/str, or the already-parsed envelope object (it is
+    re-encoded so the size cap still applies). Returns the Manifest or raises ManifestError."""
+    data = _as_bytes(raw)
+    if len(data) > max_bytes:
+        raise ManifestError(
+            f"manifest of {len(data)} bytes exceeds the {max_bytes}-byte limit",
+            code=Reason.TOO_LARGE,
+        )
+    try:
+        envelope = parse_json_object(data, max_bytes=max_bytes, what="manifest")
+    except ProtocolError as exc:
+        raise ManifestError(exc.message, code=exc.code) from exc
+    body, sig, key_id = _envelope(envelope)
+    key = trust_keys.get(key_id)
+    if key is None:
+        raise ManifestError(
+            f"manifest signed by unknown key {key_id}",
+            code=Reason.UNKNOWN_KEY,
+            hint="add the host's public key to the agent's trust keys",
+        )
+    try:
+        signed = canonical_json(body, allow_floats=False)
+    except ProtocolError as exc:
+        raise ManifestError(
+            f"manifest is not canonical JSON: {exc.message}", code="malformed"
+        ) from exc
+    if not PublicKey.of(key).verify(sig, signed):
+        raise ManifestError("manifest signature does not verify", code=Reason.BAD_SIGNATURE)
+    manifest = _parse_fields(body)
+    if manifest.key_id != key_id:
+        raise ManifestError("manifest key_id differs from the envelope's key_id")
+    when = time.time() if now is None else now
+    if when >= manifest.expires:
+        raise ManifestError(
+            f"manifest for {manifest.name} r{manifest.release} expired at {manifest.expires}"
+            f" (now {int(when)})",
+            code=Reason.EXPIRED,
+            hint="sign a fresh manifest (and check the device clock)",
+        )
+    return manifest
+
+
+def _as_bytes(raw: bytes | str | Mapping[str, Any]) -> bytes:
+    if isinstance(raw, bytes | bytearray | memoryview):
+        return bytes(raw)
+    if isinstance(raw, str):
+        return raw.encode("utf-8", errors="surrogatepass")
+    try:
+        return canonical_json(dict(raw))
+    except (ProtocolError, TypeError, ValueError) as exc:
+        raise ManifestError(
+            f"manifest envelope cannot be encoded: {exc}", code="malformed"
+        ) from exc
+
+
+def _envelope(obj: Any) -> tuple[dict[str, Any], bytes, str]:
+    if not isinstance(obj, dict) or set(obj) != {"manifest", "sig", "key_id"}:
+        raise ManifestError(
+            'manifest envelope must be {"manifest": {...}, "sig": ..., "key_id": ...}',
+            code=Reason.MALFORMED,
+        )
+    body, sig, key_id = obj["manifest"], obj["sig"], obj["key_id"]
+    if (
+        not isinstance(body, dict)
+        or not isinstance(key_id, str)
+        or not _KEY_ID_RE.fullmatch(key_id)
+    ):
+        raise ManifestError("manifest envelope fields have the wrong types", code="malformed")
+    if not isinstance(sig, str) or len(sig) > 128:
+        raise ManifestError("manifest signature must be a base64 string", code="malformed")
+    try:
+        sig_bytes = base64.b64decode(sig, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ManifestError("manifest signature is not base64", code="malformed") from exc
+    return body, sig_bytes, key_id
+
+
+# ---------------------------------------------------------------------------------------------
+# Schema
+
+
+def _invalid(message: str) -> ManifestError:
+    return ManifestError(f"invalid manifest: {message}", code=Reason.INVALID)
+
+
+def _int(obj: Mapping[str, Any], key: str, lo: int, hi: int) -> int:
+    value = obj.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise _invalid(f"{key} must be an integer in [{lo}, {hi}], got {value!r:.40}")
+    return value
+
+
+def _token(value: Any, what: str, pattern: re.Pattern[str] = _TOKEN_RE) -> str:
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        raise _invalid(f"{what} {value!r:.80} does not match {pattern.pattern}")
+    return value
+
+
+def _opt_int(value: Any, what: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_INT:
+        raise _invalid(f"{what} must be a non-negative integer or null")
+    return value
+
+
+def _variant(obj: Any) -> Variant:
+    if not isinstance(obj, dict) or not set(obj) <= {"recipe", "dtype", "delegate"}:
+        raise _invalid("variant must be an object with recipe, dtype, delegate")
+    v = Variant(**{k: _token(val, f"variant.{k}") for k, val in obj.items()})
+    return v
+
+
+def _requirements(obj: Any) -> Requirements:
+    keys = {"accelerator", "runtimes", "operators", "memory_mb"}
+    if not isinstance(obj, dict) or not set(obj) <= keys:
+        raise _invalid(f"requirements must be an object with keys among {sorted(keys)}")
+    acc = obj.get("accelerator")
+    runtimes, operators = obj.get("runtimes", []), obj.get("operators", [])
+    if not isinstance(runtimes, list) or not isinstance(operators, list):
+        raise _invalid("requirements.runtimes and .operators must be lists")
+    rts: list[tuple[str, str]] = []
+    for item in runtimes:
+        if not isinstance(item, dict) or set(item) != {"runtime", "min_version"}:
+            raise _invalid("each requirements.runtimes item is {runtime, min_version}")
+        rts.append((_token(item["runtime"], "runtime"), _token(item["min_version"], "min_version")))
+    ops: list[tuple[str, int]] = []
+    for item in operators:
+        if not isinstance(item, dict) or set(item) != {"name", "version"}:
+            raise _invalid("each requirements.operators item is {name, version}")
+        ops.append((_token(item["name"], "operator"), _int(item, "version", 1, 1000)))
+    return Requirements(
+        None if acc is None else _token(acc, "requirements.accelerator"),
+        tuple(rts),
+        tuple(ops),
+        _opt_int(obj.get("memory_mb"), "requirements.memory_mb"),
+    )
+
+
+def _parse_fields(obj: Any) -> Manifest:
+    if not isinstance(obj, dict):
+        raise _invalid("the manifest must be a JSON object")
+    if set(obj) != _FIELDS:
+        missing, extra = sorted(_FIELDS - set(obj)), sorted(set(obj) - _FIELDS)
+        raise _invalid(f"fields missing {missing}, unexpected {extra}")
+    if obj["schema"] != SCHEMA:
+        raise _invalid(f"schema {obj['schema']!r:.40} is not {SCHEMA!r}")
+    if not valid_id(obj["name"]):
+        raise _invalid(f"name {obj['name']!r:.80} does not match {ID_PATTERN}")
+    version = _token(obj["version"], "version", _VERSION_RE)
+    if not valid_sha256(obj["sha256"]):
+        raise _invalid("sha256 must be 64 lower-case hex characters")
+    size = _int(obj, "size", 1, MAX_MODEL_SIZE)
+    chunk_size = _int(obj, "chunk_size", MIN_CHUNK_SIZE, MAX_CHUNK_DATA)
+    chunks = obj["chunks"]
+    if not isinstance(chunks, list) or not all(valid_sha256(c) for c in chunks):
+        raise _invalid("chunks must be a list of sha256 hex digests")
+    if len(chunks) != math.ceil(size / chunk_size):
+        raise _invalid(f"{len(chunks)} chunk hashes for {size} bytes in {chunk_size}-byte chunks")
+    created = _int(obj, "created", 0, MAX_INT)
+    expires = _int(obj, "expires", 0, MAX_INT)
+    if expires <= created:
+        raise _invalid("expires must be later than created")
+    key_id = obj["key_id"]
+    if not isinstance(key_id, str) or not _KEY_ID_RE.fullmatch(key_id):
+        raise _invalid("key_id must be 16 lower-case hex characters")
+    return Manifest(
+        name=obj["name"], version=version, release=_int(obj, "release", 0, MAX_INT),
+        sha256=obj["sha256"], size=size, chunks=tuple(chunks), created=created, expires=expires,
+        key_id=key_id, chunk_size=chunk_size, variant=_variant(obj["variant"]),
+        requirements=_requirements(obj["requirements"]),
+    )  # fmt: skip

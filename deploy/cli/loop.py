@@ -1,0 +1,391 @@
+"""`edge-deploy optimize | rollout | report`: the closed loop's host commands.
+
+    edge-deploy optimize MODEL --source SRC --targets FILE --broker HOST:PORT --keys DIR
+                --registry FILE [--calibration DATA] [--validation DATA] [--recipes a,b]
+                [--class CLASS ...] [--timeout S] [--service [--poll S]] [--json]
+    edge-deploy rollout MODEL --variant RECIPE_OR_ID --class CLASS --broker ... --keys DIR
+                --registry FILE [--canary N] [--waves 25%,100%] [--max-failure-ratio R]
+                [--wave-timeout S] [--json]
+    edge-deploy report MODEL --registry FILE [--targets FILE] [--out DIR]
+
+Exit status: 0 done (every class converged / rollout done / report written), 1 not (a class
+infeasible or timed out / rollout aborted), 2 bad input (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from agent.errors import ConfigError
+from deploy.convert.cli import stdout_to_stderr
+from deploy.fleet.registry_types import Variant
+from deploy.fleet.rollout import Deployer
+from deploy.push import PushResult
+
+EXIT_OK, EXIT_FAILED = 0, 1
+
+
+# ---- shared helpers ----------------------------------------------------------------------------
+def existing_file(path: str | None, what: str, hint: str) -> Path | None:
+    if path is None:
+        return None
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"{what} {path}: no such file or directory", hint=hint)
+    return p
+
+
+def open_registry(path: str, *, create: bool = False) -> Any:
+    from deploy.fleet.registry import Registry
+
+    p = Path(path)
+    if not create and not p.is_file():
+        raise ConfigError(f"registry {path}: no such file",
+                          hint="give the registry an `edge-deploy optimize` run wrote")  # fmt: skip
+    if create and not p.parent.is_dir():
+        raise ConfigError(f"registry {path}: directory {p.parent} does not exist")
+    return Registry(p)
+
+
+def read_targets(path: str | None, model: str | None = None) -> Any:
+    from deploy.loop.targets import load_targets
+
+    p = existing_file(path, "targets", "give the model's targets TOML (see docs/loop.md)")
+    if p is None:
+        return None
+    targets = load_targets(p)
+    if model is not None and targets.model is not None and targets.model != model:
+        raise ConfigError(f"targets {path} are for model {targets.model!r}, not {model!r}",
+                          hint="pass the targets file of this model")  # fmt: skip
+    return targets
+
+
+def gates(args: argparse.Namespace) -> dict[str, Any] | None:
+    out: dict[str, Any] = {}
+    if getattr(args, "p95_gate", None) is not None:
+        out["p95_ms"] = args.p95_gate
+    if args.min_inferences is not None:
+        out["min_inferences"] = args.min_inferences
+    if args.min_seconds is not None:
+        out["min_seconds"] = args.min_seconds
+    return out or None
+
+
+@dataclass
+class ReportingDeployer(Deployer):
+    """A :class:`Deployer` that says what each push does (for the command line)."""
+
+    say: Callable[[str], None] = print
+
+    def push(self, device: str, variant: Variant, *, reason: str = "") -> PushResult:
+        self.say(f"{device}: installing {variant.recipe} ({variant.id})"
+                 + (f" [{reason}]" if reason else ""))  # fmt: skip
+        try:
+            result = super().push(device, variant, reason=reason)
+        except Exception as exc:
+            self.say(f"{device}: push of {variant.recipe} failed: {exc}")
+            raise
+        self.say(f"{device}: {variant.recipe} {result.outcome}: {result.message}")
+        return result
+
+
+def _printer(stream: TextIO) -> Callable[[str], None]:
+    def say(text: str) -> None:
+        print(text, file=stream, flush=True)
+
+    return say
+
+
+@contextlib.contextmanager
+def fleet_session(args: argparse.Namespace, registry: Any) -> Iterator[tuple[Any, Any]]:
+    """A running Collector on the broker, and the deployer (pushes reported on stderr)."""
+    from deploy.cli.main import _broker
+    from deploy.fleet.collector import Collector
+    from deploy.keys import load_private
+
+    key = load_private(args.keys)
+    address = _broker(args)
+    collector = Collector(registry, address, prefix=args.prefix).start()
+    try:
+        deployer = ReportingDeployer(
+            registry, address, key, args.model, prefix=args.prefix, gates=gates(args),
+            timeout_s=args.push_timeout, say=_printer(sys.stderr),
+        )  # fmt: skip
+        yield collector, deployer
+    finally:
+        collector.stop()
+
+
+# ---- optimize -----------------------------------------------------------------------------------
+def _variant_line(v: Variant) -> str:
+    acc = f"{v.accuracy:.4f}" if v.accuracy is not None else "-"
+    state = "ok" if v.available else f"unavailable: {v.unavailable_reason}"
+    return f"  {v.recipe:<13} {v.size / 1024:8.1f} KiB  accuracy {acc}  {state}"
+
+
+def _summary(registry: Any, run: Any) -> dict[str, Any]:
+    out: dict[str, Any] = run.summary()
+    v = registry.variant(out["variant"]) if out.get("variant") else None
+    out["recipe"] = v.recipe if v else None
+    out["decisions"] = [
+        {"action": d.action, "variant": d.variant, "reason": d.reason} for d in run.decisions
+    ]
+    return out
+
+
+def _print_runs(registry: Any, runs: list[Any], say: Callable[[str], None]) -> None:
+    for r in runs:
+        s = _summary(registry, r)
+        rollout = s.get("rollout") or {}
+        extra = f", rollout {rollout.get('state')}" if rollout else ""
+        say(f"{r.class_id}: {r.state}, chosen {s['recipe'] or '-'} after {r.trials} trial(s)"
+            f"{extra}{'; ' + r.note if r.note else ''}")  # fmt: skip
+
+
+def cmd_optimize(args: argparse.Namespace) -> int:
+    from deploy.convert.progress import Progress
+    from deploy.loop.driver import LoopSettings, prepare_variants
+    from deploy.loop.optimizer import Decision, EnoughRule
+    from deploy.loop.service import LoopService, Trigger, wait_for_devices
+
+    source = Path(args.source)
+    existing_file(args.source, "source", "give a Keras file, SavedModel or .tflite")
+    calib = existing_file(args.calibration, "calibration data", "see docs/convert.md (Data)")
+    valid = existing_file(args.validation, "validation data", "see docs/convert.md (Data)")
+    existing_file(args.keys, "key directory", "make one with `edge-deploy keys init --dir DIR`")
+    targets = read_targets(args.targets, args.model)
+    recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
+    registry = open_registry(args.registry, create=True)
+    out = sys.stdout
+    say = _printer(sys.stderr if args.json else out)
+    all_runs: dict[str, Any] = {}
+    ok = False
+    try:
+        with fleet_session(args, registry) as (collector, deployer):
+            with stdout_to_stderr():
+                variants = prepare_variants(
+                    registry, args.model, source, Path(args.out or Path(args.registry).parent
+                                                       / "variants" / args.model),
+                    recipes=recipes, calibration=calib, validation=valid,
+                    progress=Progress(None if args.json else sys.stderr),
+                )  # fmt: skip
+            for v in variants:
+                say(_variant_line(v))
+            found = wait_for_devices(registry, collector, args.classes, args.wait_devices)
+            if not found and not args.service:
+                say(f"no online device{' of ' + ', '.join(args.classes) if args.classes else ''}"
+                    f" after {args.wait_devices:g}s")  # fmt: skip
+                return EXIT_FAILED
+            say("online: " + "; ".join(f"{c}: {', '.join(d)}" for c, d in found.items()))
+
+            def show(cid: str, d: Decision) -> None:
+                v = registry.variant(d.variant) if d.variant else None
+                say(f"{cid}: {d.action} {v.recipe if v else '-'}: {d.reason}")
+
+            def trigger(t: Trigger) -> None:
+                say(f"{t.class_id}: running the loop: {t.reason}")
+
+            settings = LoopSettings(
+                timeout_s=args.timeout,
+                rule=EnoughRule(min_windows=args.judge_windows,
+                                min_inferences=args.judge_inferences),
+            )  # fmt: skip
+            service = LoopService(
+                registry, deployer, targets, settings, classes=tuple(found),
+                poll_s=args.poll, on_decision=show, on_trigger=trigger,
+            )  # fmt: skip
+            if args.service:
+                return _serve(service, registry, say, args)
+            runs = service.run_cycle(service.evaluate())
+            _print_runs(registry, runs, say)
+            all_runs = {r.class_id: _summary(registry, r) for r in runs}
+            ok = bool(runs) and all(r.state == "done" for r in runs)
+    finally:
+        registry.close()
+    if args.json:
+        print(json.dumps({"model": args.model, "ok": ok, "classes": list(all_runs.values())},
+                         indent=2, default=str), file=out)  # fmt: skip
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+def _serve(
+    service: Any, registry: Any, say: Callable[[str], None], args: argparse.Namespace
+) -> int:
+    """``optimize --service``: cycles until SIGTERM/SIGINT."""
+    if args.classes:
+        service.classes = tuple(args.classes)
+    else:
+        service.classes = ()  # new classes are welcome
+
+    def stop(_signum: int, _frame: Any) -> None:
+        service.stop.set()
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    say(f"service: polling every {args.poll:g}s; SIGTERM stops it")
+    try:
+        service.serve(lambda runs: _print_runs(registry, runs, say))
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+    say(f"service stopped after {service.cycles} cycle(s)")
+    return EXIT_OK
+
+
+# ---- rollout ------------------------------------------------------------------------------------
+def resolve_variant(registry: Any, model: str, name: str) -> Variant:
+    v: Variant | None = registry.variant(name)
+    if v is None or v.model != model:
+        matches = [x for x in registry.variants_for(model) if x.recipe == name]
+        v = next((x for x in matches if x.available), matches[0] if matches else None)
+    if v is None:
+        known = ", ".join(sorted({x.recipe for x in registry.variants_for(model)})) or "none"
+        raise ConfigError(
+            f"model {model!r} has no variant {name!r} in the registry (recipes: {known})",
+            hint="run `edge-deploy optimize` first",
+        )
+    if not v.available:
+        raise ConfigError(f"variant {v.id} ({v.recipe}) is unavailable: {v.unavailable_reason}")
+    if not Path(v.path).is_file():
+        raise ConfigError(f"variant {v.id}: file {v.path} is missing",
+                          hint="convert again with `edge-deploy optimize`")  # fmt: skip
+    return v
+
+
+def parse_waves(text: str) -> tuple[int | str, ...]:
+    out: list[int | str] = []
+    for part in text.split(","):
+        p = part.strip()
+        if not p:
+            continue
+        out.append(int(p) if p.isdigit() else p)
+    if not out:
+        raise ConfigError(f"--waves {text!r}: expected counts or percentages, e.g. 25%,100%")
+    return tuple(out)
+
+
+def cmd_rollout(args: argparse.Namespace) -> int:
+    from deploy.fleet.rollout import RolloutRunner
+    from deploy.fleet.rollout_plan import RolloutPolicy
+    from deploy.loop.service import class_matches, current_variant, wait_for_devices
+
+    existing_file(args.keys, "key directory", "make one with `edge-deploy keys init --dir DIR`")
+    registry = open_registry(args.registry)
+    try:
+        variant = resolve_variant(registry, args.model, args.variant)
+        known = {c.id for c in registry.hardware_classes()}
+        if not any(class_matches(c, [args.class_]) for c in known):
+            raise ConfigError(f"class {args.class_!r} is not in the registry "
+                              f"(known: {', '.join(sorted(known)) or 'none'})")  # fmt: skip
+        waves = parse_waves(args.waves)
+        say = _printer(sys.stderr if args.json else sys.stdout)
+        with fleet_session(args, registry) as (collector, deployer):
+            found = wait_for_devices(registry, collector, [args.class_], args.wait_devices)
+            if len(found) > 1:
+                raise ConfigError(f"--class {args.class_!r} names several classes: "
+                                  f"{', '.join(found)}", hint="give the full class id")  # fmt: skip
+            if not found and not args.service:
+                say(f"no online device of {args.class_} after {args.wait_devices:g}s")
+                return EXIT_FAILED
+            cid, devices = next(iter(found.items()))
+            policy = RolloutPolicy(
+                canary=args.canary, waves=waves, max_failure_ratio=args.max_failure_ratio,
+                wave_timeout_s=args.wave_timeout,
+            )  # fmt: skip
+            policy.validate(len(devices))
+            previous = {d: current_variant(registry, d) for d in devices}
+            say(f"rolling {variant.recipe} ({variant.id}) out to {cid}: {', '.join(devices)}; "
+                f"canary {args.canary}, waves {','.join(map(str, waves))}")  # fmt: skip
+            runner = RolloutRunner(deployer, variant, previous, class_id=cid, policy=policy)
+            outcome = runner.run(devices)
+    finally:
+        registry.close()
+    if args.json:
+        print(json.dumps(outcome.to_dict(), indent=2))
+    else:
+        say(f"rollout {outcome.rollout_id}: {outcome.state}"
+            + (f" ({outcome.reason})" if outcome.reason else ""))  # fmt: skip
+        say(f"  committed: {', '.join(outcome.committed) or '-'}")
+        for d, why in outcome.failed.items():
+            say(f"  failed: {d}: {why}")
+        for d, how in outcome.rolled_back.items():
+            say(f"  rolled back: {d}: {how}")
+    return EXIT_OK if outcome.state == "done" else EXIT_FAILED
+
+
+# ---- report -------------------------------------------------------------------------------------
+def cmd_report(args: argparse.Namespace) -> int:
+    from deploy.report import write_report
+
+    targets_path = existing_file(args.targets, "targets", "give the model's targets TOML")
+    read_targets(args.targets, args.model)  # validate before writing anything
+    registry = open_registry(args.registry)
+    try:
+        if args.model not in registry.model_names():
+            known = ", ".join(registry.model_names()) or "none"
+            raise ConfigError(f"model {args.model!r} is not in {args.registry} (models: {known})")
+        path = write_report(registry, args.model, Path(args.out), targets_path)
+    finally:
+        registry.close()
+    print(str(path))
+    return EXIT_OK
+
+
+# ---- parsers ------------------------------------------------------------------------------------
+def _fleet_options(p: argparse.ArgumentParser) -> None:
+    from deploy.cli.main import _broker_options
+
+    p.add_argument("model", help="model name (the registry's)")
+    p.add_argument("--keys", required=True, help="key directory (edge-deploy keys init)")
+    p.add_argument("--registry", required=True, help="the registry SQLite file")
+    p.add_argument("--min-inferences", type=int, default=None, help="device trial gate")
+    p.add_argument("--min-seconds", type=float, default=None, help="device trial gate")
+    p.add_argument("--push-timeout", type=float, default=300.0, help="per push (s)")
+    p.add_argument("--wait-devices", type=float, default=10.0,
+                   help="seconds to wait for online devices")  # fmt: skip
+    p.add_argument("--json", action="store_true")
+    _broker_options(p)
+
+
+def add_loop_parsers(sub: Any) -> None:
+    p = sub.add_parser("optimize", help="find the variant per hardware class (the closed loop)")
+    _fleet_options(p)
+    p.add_argument("--source", required=True, help="Keras file, SavedModel or float .tflite")
+    p.add_argument("--targets", required=True, help="targets TOML (docs/loop.md)")
+    p.add_argument("--calibration", default=None)
+    p.add_argument("--validation", default=None)
+    p.add_argument("--recipes", default="fp32,fp16,dynamic-int8,int8,int16x8,selective,edgetpu")
+    p.add_argument("--out", default=None, help="variants directory (default: next to registry)")
+    p.add_argument("--class", dest="classes", action="append", default=[],
+                   help="only this class (full id or hardware class); repeatable")  # fmt: skip
+    p.add_argument("--timeout", type=float, default=900.0, help="loop timeout per run (s)")
+    p.add_argument("--judge-windows", type=int, default=3, help="windows before judging")
+    p.add_argument("--judge-inferences", type=int, default=100, help="inferences before judging")
+    p.add_argument("--service", action="store_true", help="keep running until SIGTERM")
+    p.add_argument("--poll", type=float, default=30.0, help="service re-evaluation period (s)")
+    p.set_defaults(func=cmd_optimize)
+
+    p = sub.add_parser("rollout", help="staged rollout of a variant to a hardware class")
+    _fleet_options(p)
+    p.add_argument("--variant", required=True, help="recipe name or variant id")
+    p.add_argument("--class", dest="class_", required=True, help="hardware class or full id")
+    p.add_argument("--canary", type=int, default=1)
+    p.add_argument("--waves", default="25%,100%", help="counts or percentages")
+    p.add_argument("--max-failure-ratio", type=float, default=0.2)
+    p.add_argument("--wave-timeout", type=float, default=600.0, help="seconds per wave")
+    p.add_argument("--p95-gate", type=float, default=None, help="device trial gate on p95 (ms)")
+    p.set_defaults(func=cmd_rollout)
+
+    p = sub.add_parser("report", help="write the HTML report of a model")
+    p.add_argument("model")
+    p.add_argument("--registry", required=True)
+    p.add_argument("--targets", default=None)
+    p.add_argument("--out", default="report", help="output directory")
+    p.set_defaults(func=cmd_report)

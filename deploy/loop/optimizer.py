@@ -1,0 +1,351 @@
+"""The closed loop's decisions, as pure functions: given the candidates of a model on one
+hardware class, the class's measured telemetry and the learned priors, what happens next.
+
+``decide(ctx)`` returns a :class:`Decision`:
+
+* ``deploy`` a variant to the class's canary (the first guess, or the next choice after a
+  measurement missed a target);
+* ``wait`` for enough telemetry of the variant on the canary (:func:`enough_telemetry`);
+* ``promote`` the canary's variant to the class: it met every target;
+* ``infeasible``: no candidate left that is expected to fix the violated targets; the evidence
+  lists the Pareto front over (accuracy drop, p95, memory, energy).
+
+The decision's ``reason`` is a sentence saying how it was chosen; ``evidence`` holds every number
+used (targets, measurements, each candidate's predictions with their sources, exclusions), so
+the report can show the decision log and a later reader can check it. See docs/loop.md.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from deploy.fleet.registry_types import HardwareClass, Stats
+from deploy.loop.candidates import Candidate, Exclusion, build_candidates, float_accuracy
+from deploy.loop.learning import DEVICE_METRICS, Estimate, Priors, observations_from_registry
+from deploy.loop.targets import LABELS, UNITS, ClassTargets, Targets, Violation
+
+if TYPE_CHECKING:
+    from deploy.fleet.registry import Registry
+
+ACTIONS = ("deploy", "wait", "promote", "infeasible")
+IMPROVEMENT = 0.95  # a fallback choice must be predicted >= 5 % better on every violated metric
+PARETO_METRICS = ("accuracy_drop", *DEVICE_METRICS)
+
+
+@dataclass(frozen=True)
+class EnoughRule:
+    """When a (class, variant) roll-up is enough to judge: windows, inferences, and a stable
+    temperature (the last ``temp_windows`` windows within ``max_temp_spread_c``)."""
+
+    min_windows: int = 3
+    min_inferences: int = 100
+    temp_windows: int = 3
+    max_temp_spread_c: float = 2.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def enough_telemetry(stats: Stats | None, rule: EnoughRule = EnoughRule()) -> tuple[bool, str]:
+    """(enough, why) for one roll-up."""
+    if stats is None or stats.windows == 0:
+        return False, "no telemetry yet"
+    if stats.windows < rule.min_windows:
+        return False, f"{stats.windows}/{rule.min_windows} windows"
+    if stats.inferences < rule.min_inferences:
+        return False, f"{stats.inferences}/{rule.min_inferences} inferences"
+    temps = stats.recent_temps_c[-rule.temp_windows :]
+    if len(temps) >= 2 and max(temps) - min(temps) >= rule.max_temp_spread_c:
+        spread = max(temps) - min(temps)
+        return (
+            False,
+            f"temperature still moving ({spread:.1f} C over the last {len(temps)} windows)",
+        )
+    return True, f"{stats.windows} windows, {stats.inferences} inferences, temperature stable"
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: str  # one of ACTIONS
+    variant: str | None
+    reason: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ClassContext:
+    """Everything one decision for (model, class) depends on."""
+
+    model: str
+    hw: HardwareClass
+    targets: ClassTargets
+    candidates: tuple[Candidate, ...]
+    excluded: tuple[Exclusion, ...] = ()
+    measured: Mapping[str, Stats] = field(default_factory=dict)  # variant id -> stats here
+    priors: Priors = field(default_factory=lambda: Priors(()))
+    current: str | None = None  # the variant on the canary now
+    rule: EnoughRule = EnoughRule()
+
+
+@dataclass(frozen=True)
+class _Option:
+    cand: Candidate
+    values: dict[str, Estimate | None]
+    violations: list[Violation]
+
+    def value(self, metric: str) -> float | None:
+        est = self.values.get(metric)
+        return None if est is None else est.value
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "recipe": self.cand.recipe,
+            "accuracy_drop": self.cand.accuracy_drop,
+            "metrics": {m: None if e is None else e.to_dict() for m, e in self.values.items()},
+            "violations": [v.describe() for v in self.violations],
+        }
+
+
+def _fmt(metric: str, value: float) -> str:
+    return f"{value:.3g} {UNITS[metric]}"
+
+
+def _option(ctx: ClassContext, cand: Candidate, judged: Mapping[str, Stats], anchor: str | None) -> _Option:  # fmt: skip  # noqa: E501
+    values: dict[str, Estimate | None] = {"size_mb": Estimate(cand.size_mb, "exact", "file size")}
+    st = judged.get(cand.variant)
+    for metric in DEVICE_METRICS:
+        got = None if st is None else st.metrics().get(metric)
+        if got is not None:
+            values[metric] = Estimate(
+                got, "measured", f"measured on {ctx.hw.id}", st.windows if st else 0
+            )
+        else:
+            values[metric] = ctx.priors.predict(
+                ctx.hw.id, ctx.model, cand.recipe, metric, anchor=anchor
+            )
+    plain = {m: (None if e is None else e.value) for m, e in values.items()}
+    return _Option(cand, values, ctx.targets.check(plain))
+
+
+def _cost(c: Candidate) -> str:
+    if c.accuracy_drop is None:
+        return "accuracy cost unknown"
+    return f"loses {c.accuracy_drop:.2f} points ({c.accuracy_basis})"
+
+
+def _judged(ctx: ClassContext) -> dict[str, Stats]:
+    return {v: s for v, s in ctx.measured.items() if enough_telemetry(s, ctx.rule)[0]}
+
+
+def decide(ctx: ClassContext) -> Decision:
+    """The next step for ``ctx.model`` on ``ctx.hw`` (pure; record it with :func:`record`)."""
+    judged = _judged(ctx)
+    ev: dict[str, Any] = {
+        "model": ctx.model, "class": ctx.hw.id, "targets": ctx.targets.to_dict(),
+        "rule": ctx.rule.to_dict(), "excluded": [e.to_dict() for e in ctx.excluded],
+        "candidates": [c.to_dict() for c in ctx.candidates],
+        "measured": {v: s.to_dict() for v, s in ctx.measured.items()},
+    }  # fmt: skip
+    if not ctx.candidates:
+        why = "; ".join(f"{e.recipe}: {e.reason}" for e in ctx.excluded) or "no variants"
+        text = f"no candidate for {ctx.hw.id} passed the host gates ({why})"
+        empty: dict[str, Any] = {"pareto": [], "pareto_metrics": [], "pareto_all": []}
+        return Decision("infeasible", None, text, ev | empty)
+    cands = {c.variant: c for c in ctx.candidates}
+    cur = ctx.current
+    if cur is not None and cur not in cands:
+        gone = next((e.reason for e in ctx.excluded if e.variant == cur), "unknown variant")
+        ev["current_dropped"] = {"variant": cur, "reason": gone}
+        cur = None
+    if cur is None:
+        return _first_guess(ctx, judged, ev)
+    st = ctx.measured.get(cur)
+    ok, why = enough_telemetry(st, ctx.rule)
+    cand = cands[cur]
+    if not ok or st is None:
+        return Decision("wait", cur, f"waiting for telemetry of {cand.recipe} on {ctx.hw.id}: "
+                        f"{why}", ev)  # fmt: skip
+    current = _option(ctx, cand, judged, None)
+    ev["current"] = {"variant": cur, **current.to_dict()}
+    if not current.violations:
+        return _promote(ctx, current, ev)
+    return _next_choice(ctx, judged, current, ev)
+
+
+def _promote(ctx: ClassContext, cur: _Option, ev: dict[str, Any]) -> Decision:
+    met = []
+    for metric in ctx.targets.set_metrics():
+        value, target = cur.value(metric), ctx.targets.get(metric)
+        if value is not None and target is not None:
+            met.append(f"{LABELS[metric]} {_fmt(metric, value)} <= {_fmt(metric, target)}")
+    unknown = [LABELS[m] for m in ctx.targets.set_metrics()
+               if m != "max_accuracy_drop" and cur.value(m) is None]  # fmt: skip
+    text = f"{cur.cand.recipe} meets every target on {ctx.hw.id} ({', '.join(met) or 'no targets'})"
+    if unknown:
+        text += f"; not measurable here: {', '.join(unknown)}"
+    return Decision("promote", cur.cand.variant, text + f"; {_cost(cur.cand)}", ev)
+
+
+def _first_guess(ctx: ClassContext, judged: Mapping[str, Stats], ev: dict[str, Any]) -> Decision:
+    options = [_option(ctx, c, judged, None) for c in ctx.candidates]
+    ev["predictions"] = {o.cand.variant: o.to_dict() for o in options}
+    tried = {o.cand.variant for o in options if o.cand.variant in judged and o.violations}
+    fresh = [o for o in options if o.cand.variant not in tried]
+    if not fresh:
+        return _infeasible(ctx, options, "every candidate was measured and missed a target", ev)
+    skipped = []
+    for o in fresh:
+        if not o.violations:
+            break
+        skipped.append(o)
+    else:
+        seen = [o for o in options if o.cand.variant in judged]
+        if seen:  # something was measured here: move on from the best of it, as after a trial
+            best = min(seen, key=lambda o: max(v.measured / v.target for v in o.violations))
+            return _next_choice(ctx, judged, best, ev)
+        o = fresh[0]
+        text = (f"no candidate is predicted to meet every target on {ctx.hw.id}; deploying the "
+                f"most accurate, {o.cand.recipe}, to measure it")  # fmt: skip
+        return Decision("deploy", o.cand.variant, text, ev | {"basis": "fallback"})
+    known = [m for m in DEVICE_METRICS if o.values.get(m) is not None and ctx.targets.get(m)]
+    if not known and not skipped:
+        text = (f"first guess for {ctx.hw.id}: nothing measured or learned predicts this model "
+                f"there yet, so the most accurate candidate, {o.cand.recipe}, goes first "
+                f"({_cost(o.cand)})")  # fmt: skip
+        return Decision("deploy", o.cand.variant, text, ev | {"basis": "most-accurate"})
+    parts = []
+    for metric in known or [m for m in DEVICE_METRICS if o.values.get(m) is not None][:1]:
+        est = o.values[metric]
+        assert est is not None
+        parts.append(f"{LABELS[metric]} predicted {_fmt(metric, est.value)} ({est.source})")
+    text = f"first guess from priors of class {ctx.hw.id}: {o.cand.recipe} " + "; ".join(parts)
+    if skipped:
+        text += "; more accurate " + ", ".join(
+            f"{s.cand.recipe} predicted {s.violations[0].describe()}" for s in skipped
+        )
+    return Decision("deploy", o.cand.variant, f"{text}; {_cost(o.cand)}", ev | {"basis": "priors"})
+
+
+def _next_choice(ctx: ClassContext, judged: Mapping[str, Stats], cur: _Option, ev: dict[str, Any]) -> Decision:  # fmt: skip  # noqa: E501
+    anchor = cur.cand.recipe
+    options = [_option(ctx, c, judged, anchor) for c in ctx.candidates]
+    ev["predictions"] = {o.cand.variant: o.to_dict() for o in options}
+    tried = {o.cand.variant for o in options if o.cand.variant in judged and o.violations}
+    fresh = [o for o in options if o.cand.variant not in tried]
+    missed = "; ".join(v.describe() for v in cur.violations)
+    fixers = [o for o in fresh if not o.violations]
+    if fixers:
+        o = fixers[0]  # candidates are sorted by accuracy cost
+        parts = []
+        for v in cur.violations:
+            est = o.values.get(v.metric)
+            if est is not None:
+                parts.append(
+                    f"{o.cand.recipe} predicted {_fmt(v.metric, est.value)} ({est.source})"
+                )
+        text = f"{cur.cand.recipe} on {ctx.hw.id}: {missed}; " + "; ".join(parts or [o.cand.recipe])
+        return Decision("deploy", o.cand.variant, f"{text}, {_cost(o.cand)}", ev | {"basis": "fix"})
+    improvers = []
+    for o in fresh:
+        ratios = []
+        for v in cur.violations:
+            value = o.value(v.metric)
+            if value is None or value > IMPROVEMENT * v.measured:
+                break
+            ratios.append(value / v.target)
+        else:
+            improvers.append((max(ratios), o.cand.cost, o))
+    if improvers:
+        _, _, o = min(improvers, key=lambda t: (t[0], t[1]))
+        text = (f"{cur.cand.recipe} on {ctx.hw.id}: {missed}; no candidate is predicted to meet "
+                f"every target, {o.cand.recipe} comes closest (predicted "
+                + ", ".join(f"{LABELS[v.metric]} {_fmt(v.metric, o.value(v.metric) or 0.0)}"
+                            for v in cur.violations)
+                + f"), {_cost(o.cand)}")  # fmt: skip
+        return Decision("deploy", o.cand.variant, text, ev | {"basis": "closest"})
+    return _infeasible(ctx, options, f"{cur.cand.recipe} on {ctx.hw.id}: {missed}; no candidate "
+                       "left is expected to fix it", ev)  # fmt: skip
+
+
+def pareto_front(
+    points: Iterable[Mapping[str, Any]], metrics: Sequence[str] = PARETO_METRICS
+) -> list[dict[str, Any]]:
+    """Points (dicts with ``metrics`` keys, lower is better, None = unknown = worst) that no
+    other point dominates."""
+    pts = [dict(p) for p in points]
+
+    def key(p: Mapping[str, Any]) -> tuple[float, ...]:
+        return tuple(float("inf") if p.get(m) is None else float(p[m]) for m in metrics)
+
+    def dominates(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+        return all(x <= y for x, y in zip(a, b, strict=True)) and a != b
+
+    keys = [key(p) for p in pts]
+    return [p for p, k in zip(pts, keys, strict=True) if not any(dominates(o, k) for o in keys)]
+
+
+def _infeasible(ctx: ClassContext, options: list[_Option], why: str, ev: dict[str, Any]) -> Decision:  # fmt: skip  # noqa: E501
+    points = [{"variant": o.cand.variant, "recipe": o.cand.recipe,
+               "accuracy_drop": o.cand.accuracy_drop,
+               **{m: o.value(m) for m in DEVICE_METRICS},
+               "basis": {m: (e.basis if (e := o.values.get(m)) else None) for m in DEVICE_METRICS},
+               "violations": [v.describe() for v in o.violations]} for o in options]  # fmt: skip
+    # The front shown is over accuracy and the device metrics this class has targets for: a
+    # metric nobody constrained would fill it with variants differing only there (often by a
+    # default prior). The full four-metric front is kept in the evidence too.
+    dims = ["accuracy_drop"] + [m for m in DEVICE_METRICS if ctx.targets.get(m) is not None]
+    front = pareto_front(points, dims)
+    listing = ", ".join(
+        f"{p['recipe']} (" + ", ".join(
+            f"{LABELS.get(m, 'accuracy drop')} "
+            + ("?" if p[m] is None else f"{p[m]:.3g}" + (" points" if m == "accuracy_drop"
+                                                          else f" {UNITS[m]}"))
+            for m in dims) + ")"
+        for p in front
+    )  # fmt: skip
+    extra = {"pareto": front, "pareto_metrics": dims, "pareto_all": pareto_front(points)}
+    return Decision("infeasible", None, f"{why}; Pareto front: {listing}", ev | extra)
+
+
+def build_context(
+    reg: Registry,
+    model: str,
+    class_id: str,
+    targets: Targets,
+    *,
+    current: str | None = None,
+    forced: Iterable[str] = (),
+    rule: EnoughRule = EnoughRule(),
+    since: float | None = None,
+    runtime_version: str | None = None,
+) -> ClassContext:
+    """Read what :func:`decide` needs from the registry."""
+    hw = reg.hardware_class(class_id) or HardwareClass.from_id(class_id)
+    ct = targets.for_class(class_id)
+    variants = reg.variants_for(model)
+    row = reg.model(model)
+    facc = float_accuracy(variants, row.float_metrics if row else {})
+    cands, excluded = build_candidates(
+        variants, facc, ct, hw, rolled_back=reg.rolled_back_variants(class_id, model),
+        forced=forced, runtime_version=runtime_version,
+    )  # fmt: skip
+    measured = {c.variant: reg.class_stats(class_id, c.variant, since) for c in cands}
+    obs = observations_from_registry(reg, judge=lambda s: enough_telemetry(s, rule)[0])
+    priors = Priors(obs, reg.hardware_classes())
+    return ClassContext(
+        model, hw, ct, tuple(cands), tuple(excluded), measured, priors, current, rule
+    )
+
+
+def record(reg: Registry, decision: Decision, model: str, class_id: str, *, ts: float | None = None) -> int:  # fmt: skip  # noqa: E501
+    """Store ``decision`` with its evidence; returns the decision id."""
+    return reg.record_decision(
+        model, class_id, action=decision.action, variant=decision.variant,
+        reason=decision.reason, evidence=decision.evidence, ts=time.time() if ts is None else ts,
+    )  # fmt: skip

@@ -1,0 +1,130 @@
+"""Telemetry windows as stored by the registry, and their roll-up per (class, variant).
+
+A window is one device telemetry record (docs/protocol.md) reduced to the fields the loop
+judges. Roll-ups are computed from the stored windows rather than kept as running sums: the
+windows are small, any filter (``since`` a deploy, one device) stays possible, and a duplicate
+delivery can never be counted twice (the table's key is ``(device, seq)``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+from agent.errors import ProtocolError
+from deploy.fleet.registry_types import Stats
+
+
+class WindowRow(NamedTuple):
+    device: str
+    seq: int
+    class_id: str | None
+    model_sha256: str | None
+    ts: float
+    inferences: int
+    errors: int
+    p50_ms: float | None
+    p95_ms: float | None
+    rss_mb: float | None
+    peak_rss_mb: float | None
+    mj_per_inference: float | None
+    energy_measured: int | None
+    temp_c: float | None
+    throttled: int | None
+    window_s: float | None
+
+    def as_tuple(self) -> tuple[Any, ...]:
+        return tuple(self)
+
+
+def _num(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    f = float(value)
+    return f if math.isfinite(f) else None
+
+
+def window_from_record(device: str, class_id: str | None, record: Mapping[str, Any]) -> WindowRow:
+    """Reduce a telemetry record to a :class:`WindowRow`; ProtocolError without a valid seq/ts."""
+    seq = record.get("seq")
+    ts = _num(record.get("ts"))
+    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0 or ts is None:
+        raise ProtocolError(
+            f"telemetry from {device} has no valid seq/ts (seq={seq!r}, ts={record.get('ts')!r})",
+            hint="the record is dropped; check the agent version",
+        )
+    model = record.get("model") if isinstance(record.get("model"), Mapping) else {}
+    lat = record.get("latency_ms") if isinstance(record.get("latency_ms"), Mapping) else {}
+    energy = record.get("energy") if isinstance(record.get("energy"), Mapping) else {}
+    assert isinstance(model, Mapping) and isinstance(lat, Mapping) and isinstance(energy, Mapping)
+    mj = _num(energy.get("mj_per_inference"))
+    measured = energy.get("measured")
+    inferences = record.get("inferences")
+    errors = record.get("errors")
+    throttled = record.get("throttled")
+    sha = model.get("sha256")
+    return WindowRow(
+        device=device,
+        seq=seq,
+        class_id=class_id,
+        model_sha256=sha if isinstance(sha, str) else None,
+        ts=ts,
+        inferences=inferences if isinstance(inferences, int) and inferences > 0 else 0,
+        errors=errors if isinstance(errors, int) and errors > 0 else 0,
+        p50_ms=_num(lat.get("p50")),
+        p95_ms=_num(lat.get("p95")),
+        rss_mb=_num(record.get("rss_mb")),
+        peak_rss_mb=_num(record.get("peak_rss_mb")),
+        mj_per_inference=mj,
+        energy_measured=None if mj is None else int(bool(measured)),
+        temp_c=_num(record.get("temp_c")),
+        throttled=throttled if isinstance(throttled, int) and not isinstance(throttled, bool)
+        else None,
+        window_s=_num(record.get("window_s")),
+    )  # fmt: skip
+
+
+def weighted_median(pairs: Sequence[tuple[float, int]]) -> float | None:
+    """Median of ``value`` weighted by ``weight`` (lower median on an exact tie)."""
+    items = sorted((v, w) for v, w in pairs if w > 0)
+    total = sum(w for _, w in items)
+    if total == 0:
+        return None
+    acc = 0
+    for value, weight in items:
+        acc += weight
+        if 2 * acc >= total:
+            return value
+    return items[-1][0]  # pragma: no cover - unreachable
+
+
+def rollup(class_id: str, variant: str, rows: Sequence[WindowRow], *, recent: int = 5) -> Stats:
+    """Aggregate windows (ordered by time) of one variant on one class; see :class:`Stats`."""
+    served = [r for r in rows if r.inferences > 0]
+    p50 = weighted_median([(r.p50_ms, r.inferences) for r in served if r.p50_ms is not None])
+    p95s = [(r.p95_ms, r.inferences) for r in served if r.p95_ms is not None]
+    mems = [r.rss_mb if r.rss_mb is not None else r.peak_rss_mb for r in rows]
+    peaks = [r.peak_rss_mb for r in rows if r.peak_rss_mb is not None]
+    energy = [(r.mj_per_inference, r.inferences, r.energy_measured) for r in served
+              if r.mj_per_inference is not None]  # fmt: skip
+    energy_n = sum(n for _, n, _ in energy)
+    temps = [r.temp_c for r in rows if r.temp_c is not None]
+    return Stats(
+        class_id=class_id,
+        variant=variant,
+        windows=len(served),
+        inferences=sum(r.inferences for r in rows),
+        errors=sum(r.errors for r in rows),
+        p50_ms=p50,
+        p95_ms=weighted_median(p95s),
+        p95_max_ms=max((v for v, _ in p95s), default=None),
+        peak_memory_mb=max((m for m in mems if m is not None), default=None),
+        peak_rss_mb=max(peaks, default=None),
+        mj_per_inference=(sum(mj * n for mj, n, _ in energy) / energy_n) if energy_n else None,
+        energy_measured=all(bool(m) for _, _, m in energy) if energy else None,
+        recent_temps_c=tuple(temps[-recent:]),
+        throttled_windows=sum(1 for r in rows if r.throttled and r.throttled & 0xF),
+        first_ts=rows[0].ts if rows else None,
+        last_ts=rows[-1].ts if rows else None,
+    )
