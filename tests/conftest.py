@@ -2,12 +2,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from tests.agent_proc import AgentProcess
 from tests.broker import Broker
+
+if TYPE_CHECKING:
+    from deploy.push import PushResult
+    from tests.e2e_host import SeededDevice
 
 
 @pytest.fixture
@@ -55,3 +59,42 @@ def start_agent(
             if rc != 0:
                 failures.append(f"{agent.device_id} exited {rc}:\n{agent.log()}")
     assert not failures, "\n".join(failures)
+
+
+@pytest.fixture(scope="session")
+def seed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """digits_int8 r1 committed by a real agent, once per run: (state dir, sha256). Tests run
+    on a copy of it (``seeded``)."""
+    from tests.e2e_host import seed_state
+
+    return seed_state(tmp_path_factory.mktemp("seed"))
+
+
+@pytest.fixture
+def seeded(
+    seed: tuple[Path, str],
+    broker: Broker,
+    tmp_path: Path,
+    keys_dir: Path,
+    start_agent: Callable[..., AgentProcess],
+) -> SeededDevice:
+    """The delivery end-to-end preamble: broker, trusted key, pi-01 on the seeded state."""
+    from deploy.keys import load_private
+    from tests.e2e_host import SeededDevice
+
+    seed_dir, old_sha = seed
+    return SeededDevice(broker, load_private(keys_dir), old_sha, seed_dir, tmp_path, start_agent)
+
+
+@pytest.fixture
+def push_digits(broker: Broker, keys_dir: Path) -> Callable[..., PushResult]:
+    """``push_digits(device_id="pi-01")``: push digits_int8 r1 signed with the trusted key."""
+    from deploy.keys import load_private
+    from tests import e2e_host
+
+    key = load_private(keys_dir)
+
+    def push(device_id: str = "pi-01") -> PushResult:
+        return e2e_host.push_digits(broker, key, device_id)
+
+    return push

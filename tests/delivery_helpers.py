@@ -1,9 +1,10 @@
-"""Shared helpers for the manifest / store / protocol tests."""
+"""Shared helpers for the manifest / store / protocol tests, and checks on an agent's state dir."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -86,3 +87,46 @@ def snapshot(root: Path) -> dict[str, str]:
             p = os.path.join(dirpath, f)
             out[os.path.relpath(p, root)] = hashlib.sha256(Path(p).read_bytes()).hexdigest()
     return out
+
+
+# ---- checks on a real agent's state dir -----------------------------------------------------
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def store_problems(state_dir: Path) -> list[str]:
+    """P1's disk invariant: every file in models/ is complete (its name is its sha256), no temp
+    files survive a restart, pointers name files that exist."""
+    problems = []
+    for p in sorted((state_dir / "models").glob("*.tflite")):
+        if sha256_file(p) != p.name.split(".")[0]:
+            problems.append(f"models/{p.name} does not match its sha256")
+    for p in sorted((state_dir / "models").iterdir()):
+        if p.name.startswith(".") or p.name.endswith(".part"):
+            problems.append(f"partial file models/{p.name}")
+    for p in sorted((state_dir / "pointers").iterdir()):
+        if p.name.startswith("."):
+            problems.append(f"temp file pointers/{p.name}")
+            continue
+        sha = json.loads(p.read_bytes())["sha256"]
+        if not (state_dir / "models" / f"{sha}.tflite").is_file():
+            problems.append(f"pointer {p.name} names missing model {sha}")
+    for root, _dirs, files in os.walk(state_dir):
+        rel = Path(root).relative_to(state_dir)
+        for f in files:
+            if f.endswith(".part") and rel.parts[:1] != ("staging",):
+                problems.append(f"partial file {rel / f} outside staging/")
+    return problems
+
+
+def model_files(state_dir: Path) -> set[str]:
+    return {p.name.split(".")[0] for p in (state_dir / "models").glob("*.tflite")}
+
+
+def pointer_sha(state_dir: Path, which: str = "current") -> str | None:
+    try:
+        return str(json.loads((state_dir / "pointers" / which).read_bytes())["sha256"])
+    except FileNotFoundError:
+        return None

@@ -10,9 +10,7 @@ can be dropped at any moment (the agent just died), unlike a blocking ``Pusher.p
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
-import os
 import queue
 import threading
 import time
@@ -20,7 +18,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -35,6 +33,9 @@ from agent.wire.topics import Topics
 from tests.agent_proc import AgentProcess, Observer, wait_for
 from tests.broker import Broker
 from tests.modelzoo import digits_data
+
+if TYPE_CHECKING:
+    from deploy.push import PushResult
 
 GATES: dict[str, Any] = {"min_inferences": 20, "min_seconds": 0.5}
 
@@ -243,47 +244,7 @@ class ScriptedHost:
             self.chunks_sent += 1
 
 
-# ---- store and serving checks ------------------------------------------------------------------
-
-
-def sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def store_problems(state_dir: Path) -> list[str]:
-    """P1's disk invariant: every file in models/ is complete (its name is its sha256), no temp
-    files survive a restart, pointers name files that exist."""
-    problems = []
-    for p in sorted((state_dir / "models").glob("*.tflite")):
-        if sha256_file(p) != p.name.split(".")[0]:
-            problems.append(f"models/{p.name} does not match its sha256")
-    for p in sorted((state_dir / "models").iterdir()):
-        if p.name.startswith(".") or p.name.endswith(".part"):
-            problems.append(f"partial file models/{p.name}")
-    for p in sorted((state_dir / "pointers").iterdir()):
-        if p.name.startswith("."):
-            problems.append(f"temp file pointers/{p.name}")
-            continue
-        sha = json.loads(p.read_bytes())["sha256"]
-        if not (state_dir / "models" / f"{sha}.tflite").is_file():
-            problems.append(f"pointer {p.name} names missing model {sha}")
-    for root, _dirs, files in os.walk(state_dir):
-        rel = Path(root).relative_to(state_dir)
-        for f in files:
-            if f.endswith(".part") and rel.parts[:1] != ("staging",):
-                problems.append(f"partial file {rel / f} outside staging/")
-    return problems
-
-
-def model_files(state_dir: Path) -> set[str]:
-    return {p.name.split(".")[0] for p in (state_dir / "models").glob("*.tflite")}
-
-
-def pointer_sha(state_dir: Path, which: str = "current") -> str | None:
-    try:
-        return str(json.loads((state_dir / "pointers" / which).read_bytes())["sha256"])
-    except FileNotFoundError:
-        return None
+# ---- serving checks ----------------------------------------------------------------------------
 
 
 def infer(
@@ -348,14 +309,31 @@ def sign_model(
     return sign_manifest(fields, key, now=now)
 
 
+def push_digits(
+    broker: Broker,
+    key: Any,
+    device_id: str = "pi-01",
+    *,
+    version: str = "1",
+    timeout_s: float = 120,
+) -> PushResult:
+    """``edge-deploy push`` of digits_int8 release 1 with quick gates (the tests assert it)."""
+    from deploy.push import BrokerAddress, push_model
+    from tests.modelzoo import model
+
+    return push_model(
+        model("digits_int8"), device_id, BrokerAddress(broker.host, broker.port), key,
+        name="digits", version=version, release=1, gates=GATES, progress=None,
+        timeout_s=timeout_s,
+    )  # fmt: skip
+
+
 def seed_state(root: Path) -> tuple[Path, str]:
     """A state dir where a real agent committed digits_int8 r1 (signed by a throwaway key:
     pointers are not re-verified, so any test key can sign what comes next). Returns the
-    directory and the model's sha256; tests copy it (``start_seeded``) instead of installing
-    the old model again."""
+    directory and the model's sha256; tests run on a copy (``SeededDevice.start``) instead of
+    installing the old model again."""
     from deploy.keys import init_keys, load_private
-    from deploy.push import BrokerAddress, push_model
-    from tests.modelzoo import model
 
     init_keys(root / "keys")
     broker = Broker(root / "broker").start()
@@ -363,11 +341,8 @@ def seed_state(root: Path) -> tuple[Path, str]:
         agent = AgentProcess(broker, root / "state", root / "keys" / "edgeloop.pub",
                              extra_args=agent_config(root)).start()  # fmt: skip
         try:
-            result = push_model(
-                model("digits_int8"), "pi-01", BrokerAddress(broker.host, broker.port),
-                load_private(root / "keys"), name="digits", version="1.1", release=1,
-                gates=GATES, progress=None, timeout_s=60,
-            )  # fmt: skip
+            key = load_private(root / "keys")
+            result = push_digits(broker, key, version="1.1", timeout_s=60)
             assert result.ok and result.outcome == "committed", result
         finally:
             assert agent.stop() == 0
@@ -376,14 +351,33 @@ def seed_state(root: Path) -> tuple[Path, str]:
     return root / "state", result.sha256
 
 
-def start_seeded(
-    start_agent: Callable[..., AgentProcess], seeded: Path, tmp_path: Path, **kwargs: Any
-) -> AgentProcess:
-    """Copy the seeded state dir and run a quick-gated agent on it (waits until subscribed)."""
-    import shutil
+@dataclass
+class SeededDevice:
+    """The preamble of the delivery end-to-end tests (the ``seeded`` fixture): a broker, the
+    host key the agent trusts, and pi-01 to be started on a copy of the seeded state dir where
+    digits_int8 r1 (``old_sha``) is committed."""
 
-    state_dir = tmp_path / "state-pi-01"
-    shutil.copytree(seeded, state_dir)
-    args = agent_config(tmp_path) + list(kwargs.pop("extra_args", []))
-    kwargs.setdefault("ready_check", True)
-    return start_agent(state_dir=state_dir, extra_args=args, **kwargs)
+    broker: Broker
+    key: Any
+    old_sha: str
+    seed_dir: Path
+    tmp_path: Path
+    start_agent: Callable[..., AgentProcess]
+
+    def sign(self, model: Path | bytes, *, release: int = 2, **kwargs: Any) -> SignedManifest:
+        """``sign_model`` with the trusted key; release 2 unless told (r1 is committed)."""
+        return sign_model(model, self.key, release=release, **kwargs)
+
+    def start(self, **kwargs: Any) -> AgentProcess:
+        """Copy the seeded state dir and run a quick-gated agent on it (waits until
+        subscribed); ``kwargs`` go to ``start_agent``, ``extra_args`` after the config."""
+        import shutil
+
+        state_dir = self.tmp_path / "state-pi-01"
+        shutil.copytree(self.seed_dir, state_dir)
+        args = agent_config(self.tmp_path) + list(kwargs.pop("extra_args", []))
+        kwargs.setdefault("ready_check", True)
+        return self.start_agent(state_dir=state_dir, extra_args=args, **kwargs)
+
+    def host(self) -> ScriptedHost:
+        return ScriptedHost(self.broker)

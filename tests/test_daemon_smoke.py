@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 
 from agent.mqtt.types import IncomingMessage
-from deploy.keys import load_private
-from deploy.push import BrokerAddress, push_model
+from deploy.push import PushResult
 from tests.agent_proc import AgentProcess, Observer, observing
 from tests.broker import Broker
 from tests.modelzoo import digits_data, model
@@ -21,15 +20,11 @@ pytestmark = [pytest.mark.broker, pytest.mark.runtime]
 
 
 def test_push_commits_serves_and_reports(
-    broker: Broker, keys_dir: Path, start_agent: Callable[..., AgentProcess]
+    broker: Broker, push_digits: Callable[..., PushResult], start_agent: Callable[..., AgentProcess]
 ) -> None:
     agent = start_agent("pi-01")
     with observing(broker, "pi-01") as obs:
-        result = push_model(
-            model("digits_int8"), "pi-01", BrokerAddress(broker.host, broker.port),
-            load_private(keys_dir), name="digits", version="1", release=1,
-            gates={"min_inferences": 20, "min_seconds": 0.5}, progress=None, timeout_s=120,
-        )  # fmt: skip
+        result = push_digits()
         assert result.ok, result
         assert result.outcome == "committed"
         committed = obs.wait_event("committed", sha256=result.sha256)

@@ -10,21 +10,15 @@ received, retransmissions included.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
 
-from deploy.keys import load_private
-from tests.agent_proc import AgentProcess
 from tests.broker import Broker
+from tests.delivery_helpers import pointer_sha
 from tests.e2e_host import (
-    ScriptedHost,
+    SeededDevice,
     assert_digits_serving,
-    pointer_sha,
-    seed_state,
-    sign_model,
-    start_seeded,
 )
 from tests.models.bad_models import big_model
 from tests.modelzoo import model
@@ -34,11 +28,6 @@ pytestmark = [pytest.mark.broker, pytest.mark.runtime]
 
 BIG = 5 * 2**20
 INSTALL_KINDS = ("install_accepted", "install_verified", "trial_started", "committed")
-
-
-@pytest.fixture(scope="module")
-def seeded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    return seed_state(tmp_path_factory.mktemp("seed"))
 
 
 @pytest.fixture(scope="module")
@@ -53,20 +42,16 @@ def proxy(broker: Broker) -> Iterator[TcpProxy]:
 
 
 def test_link_flapping_five_times_resumes_with_little_overhead(
-    seeded: tuple[Path, str],
+    seeded: SeededDevice,
     big: bytes,
-    broker: Broker,
     proxy: TcpProxy,
-    tmp_path: Path,
-    keys_dir: Path,
-    start_agent: Callable[..., AgentProcess],
 ) -> None:
-    seed_dir, old_sha = seeded
-    signed = sign_model(big, load_private(keys_dir), release=2)
+    old_sha = seeded.old_sha
+    signed = seeded.sign(big)
     sha, size = signed.manifest.sha256, signed.manifest.size
-    agent = start_seeded(start_agent, seed_dir, tmp_path, extra_args=["--broker", proxy.url])
+    agent = seeded.start(extra_args=["--broker", proxy.url])
     pid = agent.pid
-    with ScriptedHost(broker) as host:
+    with seeded.host() as host:
         host.offer(big, signed)
         start = proxy.bytes_down
         proxy.flap_at(start + k * size // 6 for k in range(1, 6))
@@ -86,19 +71,14 @@ def test_link_flapping_five_times_resumes_with_little_overhead(
 
 
 def test_chunk_corrupted_on_the_wire_is_fetched_again(
-    seeded: tuple[Path, str],
+    seeded: SeededDevice,
     big: bytes,
-    broker: Broker,
     proxy: TcpProxy,
-    tmp_path: Path,
-    keys_dir: Path,
-    start_agent: Callable[..., AgentProcess],
 ) -> None:
-    seed_dir, _old = seeded
-    signed = sign_model(big, load_private(keys_dir), release=2)
+    signed = seeded.sign(big)
     sha, size, chunk = signed.manifest.sha256, signed.manifest.size, signed.manifest.chunk_size
-    agent = start_seeded(start_agent, seed_dir, tmp_path, extra_args=["--broker", proxy.url])
-    with ScriptedHost(broker) as host:
+    agent = seeded.start(extra_args=["--broker", proxy.url])
+    with seeded.host() as host:
         host.offer(big, signed)
         proxy.corrupt_publishes(1, min_size=chunk // 2)  # a chunk, not the deploy command
         start = proxy.bytes_down
@@ -117,21 +97,17 @@ def test_chunk_corrupted_on_the_wire_is_fetched_again(
 
 
 def test_duplicated_and_reversed_messages_install_once(
-    seeded: tuple[Path, str],
-    broker: Broker,
-    tmp_path: Path,
-    keys_dir: Path,
-    start_agent: Callable[..., AgentProcess],
+    seeded: SeededDevice,
 ) -> None:
     """Every host -> device message twice and in reverse order: the deploy command (same id and
     a new id), each need answered twice, each answer's chunks reversed and duplicated; after the
     commit, the whole recorded host traffic replayed again, newest first."""
-    seed_dir, old_sha = seeded
+    old_sha = seeded.old_sha
     data = model("digits_fp32").read_bytes()
-    signed = sign_model(data, load_private(keys_dir), release=2, chunk_size=4096)
+    signed = seeded.sign(data, chunk_size=4096)
     sha, size = signed.manifest.sha256, signed.manifest.size
-    agent = start_seeded(start_agent, seed_dir, tmp_path)
-    with ScriptedHost(broker) as host:
+    agent = seeded.start()
+    with seeded.host() as host:
         host.offer(data, signed)
         host.order = lambda indexes: list(reversed(indexes)) * 2
         host.need_repeat = 2

@@ -11,28 +11,20 @@ only the chunks that were not yet durable.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from agent.wire.manifest import SignedManifest
 from agent.wire.messages import NeedRequest
-from deploy.keys import load_private
 from deploy.push import BrokerAddress, Pusher, PushResult
-from tests.agent_proc import AgentProcess, Observer
+from tests.agent_proc import Observer
 from tests.broker import Broker
+from tests.delivery_helpers import model_files, pointer_sha, sha256_file, store_problems
 from tests.e2e_host import (
     GATES,
-    ScriptedHost,
+    SeededDevice,
     assert_digits_serving,
-    model_files,
-    pointer_sha,
-    seed_state,
-    sha256_file,
-    sign_model,
-    start_seeded,
-    store_problems,
 )
 from tests.models.bad_models import big_model
 
@@ -58,12 +50,6 @@ CRASH_POINTS = {
     "after_pointer_rename:current": "new",
     "after_commit": "new",
 }
-
-
-@pytest.fixture(scope="module")
-def seeded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """digits_int8 r1 committed by a real agent, once per module (tests copy the state)."""
-    return seed_state(tmp_path_factory.mktemp("seed"))
 
 
 @pytest.fixture
@@ -96,17 +82,12 @@ def push(broker: Broker, model: Path, signed: SignedManifest) -> PushResult:
 @pytest.mark.parametrize("point", list(CRASH_POINTS))
 def test_crash_at_point_leaves_old_or_new_complete(
     point: str,
-    seeded: tuple[Path, str],
+    seeded: SeededDevice,
     new_model: Path,
-    broker: Broker,
-    tmp_path: Path,
-    keys_dir: Path,
-    start_agent: Callable[..., AgentProcess],
 ) -> None:
-    seed_dir, old_sha = seeded
+    old_sha = seeded.old_sha
     expect = CRASH_POINTS[point]
-    key = load_private(keys_dir)
-    signed = sign_model(new_model, key, release=2, chunk_size=CHUNK)
+    signed = seeded.sign(new_model, chunk_size=CHUNK)
     new_sha, size, nchunks = (
         signed.manifest.sha256,
         signed.manifest.size,
@@ -114,9 +95,9 @@ def test_crash_at_point_leaves_old_or_new_complete(
     )
     assert nchunks == 64
 
-    agent = start_seeded(start_agent, seed_dir, tmp_path, env={"EDGELOOP_CRASH_AT": point})
+    agent = seeded.start(env={"EDGELOOP_CRASH_AT": point})
     state_dir = agent.state_dir
-    with ScriptedHost(broker) as host:
+    with seeded.host() as host:
         host.offer(new_model.read_bytes(), signed)
         host.deploy(signed)
         rc = agent.wait_exit(60)
@@ -130,7 +111,7 @@ def test_crash_at_point_leaves_old_or_new_complete(
     durable = durable_chunks(state_dir, new_sha)
 
     topics = [f"edgeloop/dev/pi-01/{k}" for k in ("state", "events", "need")]
-    with Observer(broker, topics) as obs:
+    with Observer(seeded.broker, topics) as obs:
         agent.env = {}
         agent.start()  # the same state dir, no crash hook
         if expect == "trial":
@@ -147,12 +128,12 @@ def test_crash_at_point_leaves_old_or_new_complete(
 
         # Finish the install: the same manifest again (a staged transfer is resumed), else a
         # new release of the same bytes (the agent had accepted r2 already).
-        result = push(broker, new_model, signed)
+        result = push(seeded.broker, new_model, signed)
         if not result.ok:
             assert result.outcome == "duplicate" and result.code == "replayed", result
             assert new_sha in model_files(state_dir)  # complete on disk: nothing to move
             result = push(
-                broker, new_model, sign_model(new_model, key, release=3, chunk_size=CHUNK)
+                seeded.broker, new_model, seeded.sign(new_model, release=3, chunk_size=CHUNK)
             )
         assert result.ok, (point, result)
         # Only missing chunks move: no need after the restart names a durable chunk, and the

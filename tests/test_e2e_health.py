@@ -11,23 +11,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from deploy.keys import load_private
-from tests.agent_proc import AgentProcess
-from tests.broker import Broker
-from tests.delivery_helpers import sign_raw_body
+from tests.delivery_helpers import pointer_sha, sign_raw_body
 from tests.e2e_host import (
-    ScriptedHost,
+    SeededDevice,
     assert_digits_serving,
     infer,
-    pointer_sha,
-    seed_state,
     sign_model,
-    start_seeded,
 )
 from tests.models import bad_models
 from tests.modelzoo import model
@@ -36,11 +29,6 @@ pytestmark = [pytest.mark.broker, pytest.mark.runtime]
 
 QUICK = {"min_inferences": 20, "min_seconds": 0.5}
 LONG_TRIAL = {"min_inferences": 20, "min_seconds": 60.0}
-
-
-@pytest.fixture(scope="module")
-def seeded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    return seed_state(tmp_path_factory.mktemp("seed"))
 
 
 def _digits_fp32() -> bytes:
@@ -63,20 +51,16 @@ P7_CASES: dict[str, tuple[Callable[[], bytes], bool, dict[str, Any], str, str, s
 @pytest.mark.parametrize("case", list(P7_CASES))
 def test_bad_model_is_rolled_back_and_the_old_one_serves(
     case: str,
-    seeded: tuple[Path, str],
-    broker: Broker,
-    tmp_path: Path,
-    keys_dir: Path,
-    start_agent: Callable[..., AgentProcess],
+    seeded: SeededDevice,
 ) -> None:
     make, describe, gates, kind, code, probe_code, part = P7_CASES[case]
-    seed_dir, old_sha = seeded
+    old_sha = seeded.old_sha
     data = make()
-    signed = sign_model(data, load_private(keys_dir), release=2, describe=describe)
+    signed = seeded.sign(data, describe=describe)
     sha = signed.manifest.sha256
-    agent = start_seeded(start_agent, seed_dir, tmp_path)
+    agent = seeded.start()
     pid = agent.pid
-    with ScriptedHost(broker) as host:
+    with seeded.host() as host:
         host.offer(data, signed)
         cmd = host.deploy(signed, gates=gates)
         event = host.wait_event(kind, sha)
@@ -96,24 +80,20 @@ def test_bad_model_is_rolled_back_and_the_old_one_serves(
 
 
 def test_nan_on_real_input_during_trial_fails_the_health_gate(
-    seeded: tuple[Path, str],
-    broker: Broker,
-    tmp_path: Path,
-    keys_dir: Path,
-    start_agent: Callable[..., AgentProcess],
+    seeded: SeededDevice,
 ) -> None:
     """A model fine on the probe's inputs (SQRT of [0, 1)) that returns NaN for a real request
     during the trial (a negative input): the trial fails (health_failed) and rolls back."""
-    seed_dir, old_sha = seeded
+    old_sha = seeded.old_sha
     data = bad_models.sqrt_model(4)
-    signed = sign_model(data, load_private(keys_dir), release=2)
+    signed = seeded.sign(data)
     sha = signed.manifest.sha256
-    agent = start_seeded(start_agent, seed_dir, tmp_path)
-    with ScriptedHost(broker) as host:
+    agent = seeded.start()
+    with seeded.host() as host:
         host.offer(data, signed)
         host.deploy(signed, gates=LONG_TRIAL)
         host.wait_event("trial_started", sha)
-        body = infer(broker, "pi-01", [[-1.0, 0.25, 0.5, 1.0]])
+        body = infer(seeded.broker, "pi-01", [[-1.0, 0.25, 0.5, 1.0]])
         assert body["model"]["sha256"] == sha  # the trial model answered, with NaN
         assert body["outputs"][0][0][0] != body["outputs"][0][0][0]
         event = host.wait_event("rolled_back", sha, timeout=30)
@@ -123,18 +103,14 @@ def test_nan_on_real_input_during_trial_fails_the_health_gate(
 
 
 def test_sigkill_during_trial_rolls_back_at_next_start(
-    seeded: tuple[Path, str],
-    broker: Broker,
-    tmp_path: Path,
-    keys_dir: Path,
-    start_agent: Callable[..., AgentProcess],
+    seeded: SeededDevice,
 ) -> None:
-    seed_dir, old_sha = seeded
+    old_sha = seeded.old_sha
     data = model("digits_fp32").read_bytes()
-    signed = sign_model(data, load_private(keys_dir), release=2)
+    signed = seeded.sign(data)
     sha = signed.manifest.sha256
-    agent = start_seeded(start_agent, seed_dir, tmp_path)
-    with ScriptedHost(broker) as host:
+    agent = seeded.start()
+    with seeded.host() as host:
         host.offer(data, signed)
         host.deploy(signed, gates=LONG_TRIAL)
         host.wait_event("trial_started", sha)
@@ -157,19 +133,15 @@ CORRUPT = ["header8", "truncated50", "random", "flipped"]
 @pytest.mark.parametrize("variant", CORRUPT)
 def test_corrupt_model_file_never_kills_the_agent(
     variant: str,
-    seeded: tuple[Path, str],
-    broker: Broker,
-    tmp_path: Path,
-    keys_dir: Path,
-    start_agent: Callable[..., AgentProcess],
+    seeded: SeededDevice,
 ) -> None:
-    seed_dir, old_sha = seeded
+    old_sha = seeded.old_sha
     data = bad_models.corrupt_variants(model("digits_int8").read_bytes())[variant]
-    signed = sign_model(data, load_private(keys_dir), release=2, describe=False)
+    signed = seeded.sign(data, describe=False)
     sha = signed.manifest.sha256
-    agent = start_seeded(start_agent, seed_dir, tmp_path)
+    agent = seeded.start()
     pid = agent.pid
-    with ScriptedHost(broker) as host:
+    with seeded.host() as host:
         host.offer(data, signed)
         host.deploy(signed)
         event = host.wait_event("rolled_back", sha)
@@ -186,24 +158,20 @@ def test_corrupt_model_file_never_kills_the_agent(
 
 
 def test_empty_model_is_refused_as_invalid(
-    seeded: tuple[Path, str],
-    broker: Broker,
-    tmp_path: Path,
-    keys_dir: Path,
-    start_agent: Callable[..., AgentProcess],
+    seeded: SeededDevice,
 ) -> None:
     """0 bytes cannot even be described by a manifest (size >= 1): a host that signs one
     anyway gets ``invalid`` at accept, before anything is written."""
-    seed_dir, old_sha = seeded
-    key = load_private(keys_dir)
+    old_sha = seeded.old_sha
+    key = seeded.key
     body = sign_model(b"x", key, release=2, describe=False).manifest.to_dict()
     body.update(
         size=0, chunks=[], sha256="e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
     )
     envelope = json.loads(sign_raw_body(key, body))
-    agent = start_seeded(start_agent, seed_dir, tmp_path)
+    agent = seeded.start()
     pid = agent.pid
-    with ScriptedHost(broker) as host:
+    with seeded.host() as host:
         cmd = host.deploy(envelope)
         reply = host.wait_reply(cmd)
         assert (reply.status, reply.code) == ("rejected", "invalid"), reply
@@ -216,21 +184,17 @@ def test_empty_model_is_refused_as_invalid(
 def test_loader_killed_by_a_signal_is_reported_and_the_agent_lives(
     mode: str,
     signal: str,
-    seeded: tuple[Path, str],
-    broker: Broker,
-    tmp_path: Path,
-    keys_dir: Path,
-    start_agent: Callable[..., AgentProcess],
+    seeded: SeededDevice,
 ) -> None:
     """The sandbox child dies by a signal right after loading (EDGELOOP_SANDBOX_CRASH, the
     sandbox's test hook, read only in the child): the event names the signal."""
-    seed_dir, old_sha = seeded
+    old_sha = seeded.old_sha
     data = model("digits_fp32").read_bytes()
-    signed = sign_model(data, load_private(keys_dir), release=2)
+    signed = seeded.sign(data)
     sha = signed.manifest.sha256
-    agent = start_seeded(start_agent, seed_dir, tmp_path, env={"EDGELOOP_SANDBOX_CRASH": mode})
+    agent = seeded.start(env={"EDGELOOP_SANDBOX_CRASH": mode})
     pid = agent.pid
-    with ScriptedHost(broker) as host:
+    with seeded.host() as host:
         host.offer(data, signed)
         host.deploy(signed)
         event = host.wait_event("rolled_back", sha)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,20 +17,14 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.wire.manifest import key_id_of
-from deploy.keys import load_private
 from deploy.push import BrokerAddress, push_model
-from tests.agent_proc import AgentProcess
-from tests.broker import Broker
-from tests.delivery_helpers import snapshot
+from tests.delivery_helpers import model_files, pointer_sha, snapshot
 from tests.e2e_host import (
     GATES,
     ScriptedHost,
+    SeededDevice,
     assert_digits_serving,
-    model_files,
-    pointer_sha,
-    seed_state,
     sign_model,
-    start_seeded,
 )
 from tests.models.make_models import MODELS_DIR
 from tests.modelzoo import active_runtime, model
@@ -40,11 +33,6 @@ pytestmark = [pytest.mark.broker, pytest.mark.runtime]
 
 HW_TREES = Path(__file__).parent / "hwtrees"
 INSTALL_KINDS = ("install_accepted", "install_verified", "trial_started", "committed")
-
-
-@pytest.fixture(scope="module")
-def seeded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    return seed_state(tmp_path_factory.mktemp("seed"))
 
 
 def store_view(state_dir: Path) -> dict[str, str]:
@@ -103,22 +91,18 @@ TAMPERING = {
 @pytest.mark.parametrize("case", list(TAMPERING))
 def test_unauthentic_manifest_is_rejected_and_changes_nothing(
     case: str,
-    seeded: tuple[Path, str],
-    broker: Broker,
-    tmp_path: Path,
-    keys_dir: Path,
-    start_agent: Callable[..., AgentProcess],
+    seeded: SeededDevice,
 ) -> None:
     tamper, code = TAMPERING[case]
-    seed_dir, old_sha = seeded
-    key, other = load_private(keys_dir), Ed25519PrivateKey.generate()
+    old_sha = seeded.old_sha
+    key, other = seeded.key, Ed25519PrivateKey.generate()
     new = model("digits_fp32")
     signed = sign_model(new, key, release=2)
     envelope = copy.deepcopy(signed.to_dict())
     tamper(envelope, key, other)
-    agent = start_seeded(start_agent, seed_dir, tmp_path)
+    agent = seeded.start()
     pid, before = agent.pid, store_view(agent.state_dir)
-    with ScriptedHost(broker) as host:
+    with seeded.host() as host:
         host.offer(new.read_bytes(), signed)
         cmd = host.deploy(envelope)
         reply = host.wait_reply(cmd)
@@ -133,20 +117,16 @@ def test_unauthentic_manifest_is_rejected_and_changes_nothing(
 
 
 def test_tampered_chunks_are_refused_until_the_agent_gives_up(
-    seeded: tuple[Path, str],
-    broker: Broker,
-    tmp_path: Path,
-    keys_dir: Path,
-    start_agent: Callable[..., AgentProcess],
+    seeded: SeededDevice,
 ) -> None:
     """A host (or a path) that keeps serving wrong bytes for one chunk: each copy fails its
     sha256 and is asked for again, a bounded number of times, then the install is refused
     (``bad_chunk``) with nothing written to models/."""
-    seed_dir, old_sha = seeded
+    old_sha = seeded.old_sha
     new = model("digits_fp32")
-    signed = sign_model(new, load_private(keys_dir), release=2, chunk_size=8192)
-    agent = start_seeded(start_agent, seed_dir, tmp_path)
-    with ScriptedHost(broker) as host:
+    signed = seeded.sign(new, chunk_size=8192)
+    agent = seeded.start()
+    with seeded.host() as host:
         host.offer(new.read_bytes(), signed)
         host.corrupt = {3: 1000}
         cmd = host.deploy(signed)
@@ -162,17 +142,12 @@ def test_tampered_chunks_are_refused_until_the_agent_gives_up(
 
 
 def test_one_bad_chunk_is_fetched_again_and_the_install_succeeds(
-    seeded: tuple[Path, str],
-    broker: Broker,
-    tmp_path: Path,
-    keys_dir: Path,
-    start_agent: Callable[..., AgentProcess],
+    seeded: SeededDevice,
 ) -> None:
-    seed_dir, _old = seeded
     new = model("digits_fp32")
-    signed = sign_model(new, load_private(keys_dir), release=2, chunk_size=8192)
-    agent = start_seeded(start_agent, seed_dir, tmp_path)
-    with ScriptedHost(broker) as host:
+    signed = seeded.sign(new, chunk_size=8192)
+    agent = seeded.start()
+    with seeded.host() as host:
         host.offer(new.read_bytes(), signed)
         host.corrupt = {3: 1}
         host.deploy(signed)
@@ -186,20 +161,16 @@ def test_one_bad_chunk_is_fetched_again_and_the_install_succeeds(
 
 
 def test_whole_file_mismatch_is_rejected_before_any_probe(
-    seeded: tuple[Path, str],
-    broker: Broker,
-    tmp_path: Path,
-    keys_dir: Path,
-    start_agent: Callable[..., AgentProcess],
+    seeded: SeededDevice,
 ) -> None:
     """Every chunk matches its signed hash, but the signed whole-file sha256 is another file's:
     the assembled file is discarded (``bad_model``), never moved to models/ nor probed."""
-    seed_dir, old_sha = seeded
+    old_sha = seeded.old_sha
     new = model("digits_fp32")
     other_sha = "ab" * 32
-    signed = sign_model(new, load_private(keys_dir), release=2, sha256=other_sha)
-    agent = start_seeded(start_agent, seed_dir, tmp_path)
-    with ScriptedHost(broker) as host:
+    signed = seeded.sign(new, sha256=other_sha)
+    agent = seeded.start()
+    with seeded.host() as host:
         host.offer(new.read_bytes(), signed)
         cmd = host.deploy(signed)
         assert host.wait_reply(cmd, status="accepted")
@@ -214,22 +185,17 @@ def test_whole_file_mismatch_is_rejected_before_any_probe(
 
 
 def test_older_release_is_refused_before_and_after_a_restart(
-    seeded: tuple[Path, str],
-    broker: Broker,
-    tmp_path: Path,
-    keys_dir: Path,
-    start_agent: Callable[..., AgentProcess],
+    seeded: SeededDevice,
 ) -> None:
-    seed_dir, _old = seeded
-    key = load_private(keys_dir)
-    address = BrokerAddress(broker.host, broker.port)
+    key = seeded.key
+    address = BrokerAddress(seeded.broker.host, seeded.broker.port)
 
     def push(name: str, release: int) -> Any:
         return push_model(model(name), "pi-01", address, key, name="digits",
                           version=f"1.{release}", release=release, gates=GATES,
                           progress=None, timeout_s=60)  # fmt: skip
 
-    agent = start_seeded(start_agent, seed_dir, tmp_path)
+    agent = seeded.start()
     r5 = push("digits_fp32", 5)
     assert r5.outcome == "committed", r5
     r4 = push("digits_fp16", 4)
@@ -251,18 +217,14 @@ def test_older_release_is_refused_before_and_after_a_restart(
 
 
 def test_expired_manifest_is_refused(
-    seeded: tuple[Path, str],
-    broker: Broker,
-    tmp_path: Path,
-    keys_dir: Path,
-    start_agent: Callable[..., AgentProcess],
+    seeded: SeededDevice,
 ) -> None:
-    seed_dir, old_sha = seeded
+    old_sha = seeded.old_sha
     new = model("digits_fp32")
-    signed = sign_model(new, load_private(keys_dir), release=2, now=time.time() - 7200, ttl_s=3600)
-    agent = start_seeded(start_agent, seed_dir, tmp_path)
+    signed = seeded.sign(new, now=time.time() - 7200, ttl_s=3600)
+    agent = seeded.start()
     before = store_view(agent.state_dir)
-    with ScriptedHost(broker) as host:
+    with seeded.host() as host:
         host.offer(new.read_bytes(), signed)
         cmd = host.deploy(signed)
         reply = host.wait_reply(cmd)
@@ -274,21 +236,17 @@ def test_expired_manifest_is_refused(
 
 
 def test_command_queued_past_its_expiry_is_not_acted_on(
-    seeded: tuple[Path, str],
-    broker: Broker,
-    tmp_path: Path,
-    keys_dir: Path,
-    start_agent: Callable[..., AgentProcess],
+    seeded: SeededDevice,
 ) -> None:
     """A deploy published with a 2 s MQTT5 message expiry while the agent is down: the broker
     holds it in the agent's persistent session, and drops it once expired. A command queued
     without expiry at the same time is delivered (the session really queued)."""
-    seed_dir, old_sha = seeded
+    old_sha = seeded.old_sha
     new = model("digits_fp32")
-    signed = sign_model(new, load_private(keys_dir), release=2)
-    agent = start_seeded(start_agent, seed_dir, tmp_path)  # connected + subscribed once
+    signed = seeded.sign(new)
+    agent = seeded.start()  # connected + subscribed once
     assert agent.stop() == 0
-    with ScriptedHost(broker) as host:
+    with seeded.host() as host:
         host.offer(new.read_bytes(), signed)
         stale = host.deploy(signed, expiry=2)
         queued_at = time.monotonic()
@@ -309,20 +267,16 @@ def test_command_queued_past_its_expiry_is_not_acted_on(
 @pytest.mark.parametrize("declared", [True, False], ids=["declared", "undeclared"])
 def test_edgetpu_model_on_a_cpu_only_board_is_rejected_before_activation(
     declared: bool,
-    seeded: tuple[Path, str],
-    broker: Broker,
-    tmp_path: Path,
-    keys_dir: Path,
-    start_agent: Callable[..., AgentProcess],
+    seeded: SeededDevice,
 ) -> None:
     """Declared: the manifest says it needs an Edge TPU (refused at accept, nothing moves).
     Undeclared: a manifest that does not say so; the file itself is checked after the transfer
     and refused before the probe."""
-    seed_dir, old_sha = seeded
+    old_sha = seeded.old_sha
     new = model("digits_edgetpu")
-    signed = sign_model(new, load_private(keys_dir), release=2, describe=declared)
-    agent = start_seeded(start_agent, seed_dir, tmp_path, hw_root=str(HW_TREES / "rpi4b"))
-    with ScriptedHost(broker) as host:
+    signed = seeded.sign(new, describe=declared)
+    agent = seeded.start(hw_root=str(HW_TREES / "rpi4b"))
+    with seeded.host() as host:
         host.offer(new.read_bytes(), signed)
         cmd = host.deploy(signed)
         if declared:
@@ -347,19 +301,15 @@ def test_edgetpu_model_on_a_cpu_only_board_is_rejected_before_activation(
 @pytest.mark.parametrize("declared", [True, False], ids=["declared", "undeclared"])
 def test_new_converter_model_is_rejected_by_tflite_runtime_214(
     declared: bool,
-    seeded: tuple[Path, str],
-    broker: Broker,
-    tmp_path: Path,
-    keys_dir: Path,
-    start_agent: Callable[..., AgentProcess],
+    seeded: SeededDevice,
 ) -> None:
     """TF 2.21's dynamic-range int8 model uses FULLY_CONNECTED v12, which tflite-runtime 2.14
     (its last release) does not have: refused as incompatible, naming the operator."""
-    seed_dir, old_sha = seeded
+    old_sha = seeded.old_sha
     new = MODELS_DIR / "digits_dynamic_int8.tflite"  # the current conversion, NOT legacy/
-    signed = sign_model(new, load_private(keys_dir), release=2, describe=declared)
-    agent = start_seeded(start_agent, seed_dir, tmp_path)
-    with ScriptedHost(broker) as host:
+    signed = seeded.sign(new, describe=declared)
+    agent = seeded.start()
+    with seeded.host() as host:
         host.offer(new.read_bytes(), signed)
         host.deploy(signed)
         kind = "rejected" if declared else "rolled_back"

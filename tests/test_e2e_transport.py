@@ -28,11 +28,9 @@ import pytest
 
 from agent.mqtt.transport import Transport
 from agent.mqtt.types import IncomingMessage, TransportConfig
-from deploy.keys import load_private
-from deploy.push import BrokerAddress, push_model
+from deploy.push import PushResult
 from tests.agent_proc import AgentProcess, observing, wait_for
 from tests.broker import Broker
-from tests.modelzoo import model
 
 pytestmark = [pytest.mark.broker]
 
@@ -106,16 +104,6 @@ def agent_config(tmp_path: Path, extra: str = "") -> list[str]:
     return ["--config", str(conf)]
 
 
-def push_digits(broker: Broker, keys_dir: Path) -> str:
-    result = push_model(
-        model("digits_int8"), DEVICE, BrokerAddress(broker.host, broker.port),
-        load_private(keys_dir), name="digits", version="1", release=1,
-        gates={"min_inferences": 20, "min_seconds": 0.5}, progress=None, timeout_s=120,
-    )  # fmt: skip
-    assert result.ok, result
-    return result.sha256
-
-
 def restart_broker_after_outage(
     broker: Broker, during_outage: Callable[[], None]
 ) -> tuple[float, float]:
@@ -132,7 +120,7 @@ def restart_broker_after_outage(
 @pytest.mark.parametrize("kill_agent", [False, True], ids=["agent-lives", "agent-sigkilled"])
 def test_broker_restart_loses_no_telemetry(
     broker: Broker,
-    keys_dir: Path,
+    push_digits: Callable[..., PushResult],
     tmp_path: Path,
     start_agent: Callable[..., AgentProcess],
     kill_agent: bool,
@@ -140,7 +128,9 @@ def test_broker_restart_loses_no_telemetry(
     args = [*agent_config(tmp_path), "--loadgen-rate", "50"]
     agent = start_agent(DEVICE, telemetry_interval=0.5, extra_args=args)
     first_boot = agent.wait_online()["boot_id"]
-    sha = push_digits(broker, keys_dir)
+    result = push_digits(DEVICE)
+    assert result.ok, result
+    sha = result.sha256
     host = HostSession(broker)
     try:
         wait_for(lambda: [t for t in host.telemetry() if t["inferences"] > 0], 20,

@@ -8,11 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from deploy.keys import load_private
-from deploy.push import BrokerAddress, push_model
+from deploy.push import PushResult
 from tests.agent_proc import AgentProcess, observing
 from tests.broker import Broker
-from tests.modelzoo import model
 from tests.sim_meters import PowerProfile, SimUM25C
 
 pytestmark = [pytest.mark.broker, pytest.mark.runtime]
@@ -32,7 +30,7 @@ def meter(tmp_path: Path) -> Iterator[tuple[SimUM25C, PowerProfile]]:
 def test_telemetry_windows_carry_measured_energy_and_survive_an_unplugged_meter(
     tmp_path: Path,
     broker: Broker,
-    keys_dir: Path,
+    push_digits: Callable[..., PushResult],
     start_agent: Callable[..., AgentProcess],
     meter: tuple[SimUM25C, PowerProfile],
 ) -> None:
@@ -53,11 +51,7 @@ def test_telemetry_windows_carry_measured_energy_and_survive_an_unplugged_meter(
             return (json.loads(m.payload).get("energy") or {}).get("idle_w") is not None
 
         assert obs.wait_message(has_baseline, 30, "a telemetry window with an idle baseline")
-        result = push_model(
-            model("digits_int8"), "pi-01", BrokerAddress(broker.host, broker.port),
-            load_private(keys_dir), name="digits", version="1", release=1,
-            gates={"min_inferences": 20, "min_seconds": 0.5}, progress=None, timeout_s=120,
-        )  # fmt: skip
+        result = push_digits()
         assert result.ok, result
         # the board draws more while it serves the load generator (both processes read the
         # same CLOCK_MONOTONIC, so window times and the switch time compare directly)

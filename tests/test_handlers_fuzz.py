@@ -49,7 +49,7 @@ from agent.wire.manifest import key_id_of, model_fields, sign_manifest
 from agent.wire.messages import EventKind
 from agent.wire.topics import VERBS
 from deploy.keys import init_keys, load_private
-from deploy.push import BrokerAddress, push_model
+from deploy.push import PushResult
 from tests.agent_proc import AgentProcess, Observer, observing, wait_for
 from tests.broker import Broker, free_port
 from tests.modelzoo import digits_data, model
@@ -465,15 +465,14 @@ def _pub(broker: Broker, topic: str, payload_file: Path) -> None:
 
 @pytest.mark.broker
 def test_mosquitto_pub_garbage_on_every_topic(
-    broker: Broker, keys_dir: Path, start_agent: Callable[..., AgentProcess], tmp_path: Path
+    broker: Broker,
+    push_digits: Callable[..., PushResult],
+    start_agent: Callable[..., AgentProcess],
+    tmp_path: Path,
 ) -> None:
     agent = start_agent(DEVICE)
     pid = agent.pid
-    result = push_model(
-        model("digits_int8"), DEVICE, BrokerAddress(broker.host, broker.port),
-        load_private(keys_dir), name="digits", version="1", release=1,
-        gates={"min_inferences": 20, "min_seconds": 0.5}, progress=None, timeout_s=120,
-    )  # fmt: skip
+    result = push_digits(DEVICE)
     assert result.ok, result
     bad = {
         "utf8": b"\xff\xfe\xfd{\xc0\xaf",

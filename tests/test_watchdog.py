@@ -20,11 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from deploy.keys import load_private
-from deploy.push import BrokerAddress, push_model
+from deploy.push import PushResult
 from tests.agent_proc import REPO, AgentProcess, observing, wait_for
 from tests.broker import Broker, free_port
-from tests.modelzoo import model
 
 
 class NotifyListener:
@@ -107,7 +105,7 @@ def test_watchdog_pid_of_another_process_means_no_pings(
 def test_a_hung_inference_worker_stops_the_pings(
     notify: NotifyListener,
     broker: Broker,
-    keys_dir: Path,
+    push_digits: Callable[..., PushResult],
     start_agent: Callable[..., AgentProcess],
 ) -> None:
     env = {
@@ -116,11 +114,7 @@ def test_a_hung_inference_worker_stops_the_pings(
         "EDGELOOP_HANG_AT": "inference:250",  # well after the trial's ~50 inferences
     }
     agent = start_agent("pi-01", env=env, extra_args=["--loadgen-rate", "50"])
-    result = push_model(
-        model("digits_int8"), "pi-01", BrokerAddress(broker.host, broker.port),
-        load_private(keys_dir), name="digits", version="1", release=1,
-        gates={"min_inferences": 20, "min_seconds": 0.5}, progress=None, timeout_s=120,
-    )  # fmt: skip
+    result = push_digits()
     assert result.ok, result
     committed = time.monotonic()
     wait_for(
