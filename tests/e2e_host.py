@@ -379,5 +379,11 @@ class SeededDevice:
         kwargs.setdefault("ready_check", True)
         return self.start_agent(state_dir=state_dir, extra_args=args, **kwargs)
 
-    def host(self) -> ScriptedHost:
-        return ScriptedHost(self.broker)
+    def host(
+        self, model: Path | bytes | None = None, signed: SignedManifest | None = None
+    ) -> ScriptedHost:
+        """A scripted host on the broker (enter it to connect), offering ``model`` if given."""
+        host = ScriptedHost(self.broker)
+        if model is not None and signed is not None:
+            host.offer(model.read_bytes() if isinstance(model, Path) else model, signed)
+        return host

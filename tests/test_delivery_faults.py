@@ -51,8 +51,7 @@ def test_link_flapping_five_times_resumes_with_little_overhead(
     sha, size = signed.manifest.sha256, signed.manifest.size
     agent = seeded.start(extra_args=["--broker", proxy.url])
     pid = agent.pid
-    with seeded.host() as host:
-        host.offer(big, signed)
+    with seeded.host(big, signed) as host:
         start = proxy.bytes_down
         proxy.flap_at(start + k * size // 6 for k in range(1, 6))
         host.deploy(signed)
@@ -78,8 +77,7 @@ def test_chunk_corrupted_on_the_wire_is_fetched_again(
     signed = seeded.sign(big)
     sha, size, chunk = signed.manifest.sha256, signed.manifest.size, signed.manifest.chunk_size
     agent = seeded.start(extra_args=["--broker", proxy.url])
-    with seeded.host() as host:
-        host.offer(big, signed)
+    with seeded.host(big, signed) as host:
         proxy.corrupt_publishes(1, min_size=chunk // 2)  # a chunk, not the deploy command
         start = proxy.bytes_down
         host.deploy(signed)
@@ -96,9 +94,7 @@ def test_chunk_corrupted_on_the_wire_is_fetched_again(
     assert pointer_sha(agent.state_dir) == sha
 
 
-def test_duplicated_and_reversed_messages_install_once(
-    seeded: SeededDevice,
-) -> None:
+def test_duplicated_and_reversed_messages_install_once(seeded: SeededDevice) -> None:
     """Every host -> device message twice and in reverse order: the deploy command (same id and
     a new id), each need answered twice, each answer's chunks reversed and duplicated; after the
     commit, the whole recorded host traffic replayed again, newest first."""
@@ -107,8 +103,7 @@ def test_duplicated_and_reversed_messages_install_once(
     signed = seeded.sign(data, chunk_size=4096)
     sha, size = signed.manifest.sha256, signed.manifest.size
     agent = seeded.start()
-    with seeded.host() as host:
-        host.offer(data, signed)
+    with seeded.host(data, signed) as host:
         host.order = lambda indexes: list(reversed(indexes)) * 2
         host.need_repeat = 2
         first = host.deploy(signed)

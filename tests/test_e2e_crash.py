@@ -97,8 +97,7 @@ def test_crash_at_point_leaves_old_or_new_complete(
 
     agent = seeded.start(env={"EDGELOOP_CRASH_AT": point})
     state_dir = agent.state_dir
-    with seeded.host() as host:
-        host.offer(new_model.read_bytes(), signed)
+    with seeded.host(new_model, signed) as host:
         host.deploy(signed)
         rc = agent.wait_exit(60)
     assert rc == -9, f"the agent did not die at {point} (rc {rc}):\n{agent.log()}"

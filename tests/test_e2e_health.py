@@ -9,14 +9,17 @@ buggy build pipeline would sign them.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
+from tests.agent_proc import AgentProcess
 from tests.delivery_helpers import pointer_sha, sign_raw_body
 from tests.e2e_host import (
+    ScriptedHost,
     SeededDevice,
     assert_digits_serving,
     infer,
@@ -60,8 +63,7 @@ def test_bad_model_is_rolled_back_and_the_old_one_serves(
     sha = signed.manifest.sha256
     agent = seeded.start()
     pid = agent.pid
-    with seeded.host() as host:
-        host.offer(data, signed)
+    with seeded.host(data, signed) as host:
         cmd = host.deploy(signed, gates=gates)
         event = host.wait_event(kind, sha)
         assert event.code == code, event
@@ -79,20 +81,25 @@ def test_bad_model_is_rolled_back_and_the_old_one_serves(
     assert agent.pid == pid and agent.alive()
 
 
-def test_nan_on_real_input_during_trial_fails_the_health_gate(
-    seeded: SeededDevice,
-) -> None:
+@contextlib.contextmanager
+def in_long_trial(
+    seeded: SeededDevice, data: bytes
+) -> Iterator[tuple[AgentProcess, ScriptedHost, str]]:
+    """pi-01 started on the seeded state, ``data`` (release 2) deployed with LONG_TRIAL gates
+    and its trial started: yields the agent, the host and the new model's sha256."""
+    signed = seeded.sign(data)
+    agent = seeded.start()
+    with seeded.host(data, signed) as host:
+        host.deploy(signed, gates=LONG_TRIAL)
+        host.wait_event("trial_started", signed.manifest.sha256)
+        yield agent, host, signed.manifest.sha256
+
+
+def test_nan_on_real_input_during_trial_fails_the_health_gate(seeded: SeededDevice) -> None:
     """A model fine on the probe's inputs (SQRT of [0, 1)) that returns NaN for a real request
     during the trial (a negative input): the trial fails (health_failed) and rolls back."""
     old_sha = seeded.old_sha
-    data = bad_models.sqrt_model(4)
-    signed = seeded.sign(data)
-    sha = signed.manifest.sha256
-    agent = seeded.start()
-    with seeded.host() as host:
-        host.offer(data, signed)
-        host.deploy(signed, gates=LONG_TRIAL)
-        host.wait_event("trial_started", sha)
+    with in_long_trial(seeded, bad_models.sqrt_model(4)) as (agent, host, sha):
         body = infer(seeded.broker, "pi-01", [[-1.0, 0.25, 0.5, 1.0]])
         assert body["model"]["sha256"] == sha  # the trial model answered, with NaN
         assert body["outputs"][0][0][0] != body["outputs"][0][0][0]
@@ -102,18 +109,9 @@ def test_nan_on_real_input_during_trial_fails_the_health_gate(
         assert_digits_serving(agent, old_sha)
 
 
-def test_sigkill_during_trial_rolls_back_at_next_start(
-    seeded: SeededDevice,
-) -> None:
+def test_sigkill_during_trial_rolls_back_at_next_start(seeded: SeededDevice) -> None:
     old_sha = seeded.old_sha
-    data = model("digits_fp32").read_bytes()
-    signed = seeded.sign(data)
-    sha = signed.manifest.sha256
-    agent = seeded.start()
-    with seeded.host() as host:
-        host.offer(data, signed)
-        host.deploy(signed, gates=LONG_TRIAL)
-        host.wait_event("trial_started", sha)
+    with in_long_trial(seeded, model("digits_fp32").read_bytes()) as (agent, host, sha):
         assert pointer_sha(agent.state_dir, "trial") == sha
         agent.kill()  # SIGKILL from outside, mid-trial
         agent.start()
@@ -141,8 +139,7 @@ def test_corrupt_model_file_never_kills_the_agent(
     sha = signed.manifest.sha256
     agent = seeded.start()
     pid = agent.pid
-    with seeded.host() as host:
-        host.offer(data, signed)
+    with seeded.host(data, signed) as host:
         host.deploy(signed)
         event = host.wait_event("rolled_back", sha)
         if variant == "flipped":
@@ -157,9 +154,7 @@ def test_corrupt_model_file_never_kills_the_agent(
     assert agent.pid == pid and agent.alive()
 
 
-def test_empty_model_is_refused_as_invalid(
-    seeded: SeededDevice,
-) -> None:
+def test_empty_model_is_refused_as_invalid(seeded: SeededDevice) -> None:
     """0 bytes cannot even be described by a manifest (size >= 1): a host that signs one
     anyway gets ``invalid`` at accept, before anything is written."""
     old_sha = seeded.old_sha
@@ -194,8 +189,7 @@ def test_loader_killed_by_a_signal_is_reported_and_the_agent_lives(
     sha = signed.manifest.sha256
     agent = seeded.start(env={"EDGELOOP_SANDBOX_CRASH": mode})
     pid = agent.pid
-    with seeded.host() as host:
-        host.offer(data, signed)
+    with seeded.host(data, signed) as host:
         host.deploy(signed)
         event = host.wait_event("rolled_back", sha)
         assert event.code == "probe_failed", event

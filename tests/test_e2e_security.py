@@ -102,8 +102,7 @@ def test_unauthentic_manifest_is_rejected_and_changes_nothing(
     tamper(envelope, key, other)
     agent = seeded.start()
     pid, before = agent.pid, store_view(agent.state_dir)
-    with seeded.host() as host:
-        host.offer(new.read_bytes(), signed)
+    with seeded.host(new, signed) as host:
         cmd = host.deploy(envelope)
         reply = host.wait_reply(cmd)
         assert (reply.status, reply.code) == ("rejected", code), reply
@@ -116,9 +115,7 @@ def test_unauthentic_manifest_is_rejected_and_changes_nothing(
     assert agent.pid == pid and agent.alive()
 
 
-def test_tampered_chunks_are_refused_until_the_agent_gives_up(
-    seeded: SeededDevice,
-) -> None:
+def test_tampered_chunks_are_refused_until_the_agent_gives_up(seeded: SeededDevice) -> None:
     """A host (or a path) that keeps serving wrong bytes for one chunk: each copy fails its
     sha256 and is asked for again, a bounded number of times, then the install is refused
     (``bad_chunk``) with nothing written to models/."""
@@ -126,8 +123,7 @@ def test_tampered_chunks_are_refused_until_the_agent_gives_up(
     new = model("digits_fp32")
     signed = seeded.sign(new, chunk_size=8192)
     agent = seeded.start()
-    with seeded.host() as host:
-        host.offer(new.read_bytes(), signed)
+    with seeded.host(new, signed) as host:
         host.corrupt = {3: 1000}
         cmd = host.deploy(signed)
         event = host.wait_event("rejected", signed.manifest.sha256, timeout=60)
@@ -141,14 +137,11 @@ def test_tampered_chunks_are_refused_until_the_agent_gives_up(
     assert pointer_sha(agent.state_dir) == old_sha
 
 
-def test_one_bad_chunk_is_fetched_again_and_the_install_succeeds(
-    seeded: SeededDevice,
-) -> None:
+def test_one_bad_chunk_is_fetched_again_and_the_install_succeeds(seeded: SeededDevice) -> None:
     new = model("digits_fp32")
     signed = seeded.sign(new, chunk_size=8192)
     agent = seeded.start()
-    with seeded.host() as host:
-        host.offer(new.read_bytes(), signed)
+    with seeded.host(new, signed) as host:
         host.corrupt = {3: 1}
         host.deploy(signed)
         host.wait_event("committed", signed.manifest.sha256)
@@ -160,9 +153,7 @@ def test_one_bad_chunk_is_fetched_again_and_the_install_succeeds(
     assert pointer_sha(agent.state_dir) == signed.manifest.sha256
 
 
-def test_whole_file_mismatch_is_rejected_before_any_probe(
-    seeded: SeededDevice,
-) -> None:
+def test_whole_file_mismatch_is_rejected_before_any_probe(seeded: SeededDevice) -> None:
     """Every chunk matches its signed hash, but the signed whole-file sha256 is another file's:
     the assembled file is discarded (``bad_model``), never moved to models/ nor probed."""
     old_sha = seeded.old_sha
@@ -170,8 +161,7 @@ def test_whole_file_mismatch_is_rejected_before_any_probe(
     other_sha = "ab" * 32
     signed = seeded.sign(new, sha256=other_sha)
     agent = seeded.start()
-    with seeded.host() as host:
-        host.offer(new.read_bytes(), signed)
+    with seeded.host(new, signed) as host:
         cmd = host.deploy(signed)
         assert host.wait_reply(cmd, status="accepted")
         event = host.wait_event("rejected", other_sha)
@@ -184,9 +174,7 @@ def test_whole_file_mismatch_is_rejected_before_any_probe(
 # ---- P4: anti-rollback survives a restart -------------------------------------------------
 
 
-def test_older_release_is_refused_before_and_after_a_restart(
-    seeded: SeededDevice,
-) -> None:
+def test_older_release_is_refused_before_and_after_a_restart(seeded: SeededDevice) -> None:
     key = seeded.key
     address = BrokerAddress(seeded.broker.host, seeded.broker.port)
 
@@ -216,16 +204,13 @@ def test_older_release_is_refused_before_and_after_a_restart(
 # ---- P5: freeze and staleness -------------------------------------------------------------
 
 
-def test_expired_manifest_is_refused(
-    seeded: SeededDevice,
-) -> None:
+def test_expired_manifest_is_refused(seeded: SeededDevice) -> None:
     old_sha = seeded.old_sha
     new = model("digits_fp32")
     signed = seeded.sign(new, now=time.time() - 7200, ttl_s=3600)
     agent = seeded.start()
     before = store_view(agent.state_dir)
-    with seeded.host() as host:
-        host.offer(new.read_bytes(), signed)
+    with seeded.host(new, signed) as host:
         cmd = host.deploy(signed)
         reply = host.wait_reply(cmd)
         assert (reply.status, reply.code) == ("rejected", "expired"), reply
@@ -235,9 +220,7 @@ def test_expired_manifest_is_refused(
     assert_digits_serving(agent, old_sha)
 
 
-def test_command_queued_past_its_expiry_is_not_acted_on(
-    seeded: SeededDevice,
-) -> None:
+def test_command_queued_past_its_expiry_is_not_acted_on(seeded: SeededDevice) -> None:
     """A deploy published with a 2 s MQTT5 message expiry while the agent is down: the broker
     holds it in the agent's persistent session, and drops it once expired. A command queued
     without expiry at the same time is delivered (the session really queued)."""
@@ -246,8 +229,7 @@ def test_command_queued_past_its_expiry_is_not_acted_on(
     signed = seeded.sign(new)
     agent = seeded.start()  # connected + subscribed once
     assert agent.stop() == 0
-    with seeded.host() as host:
-        host.offer(new.read_bytes(), signed)
+    with seeded.host(new, signed) as host:
         stale = host.deploy(signed, expiry=2)
         queued_at = time.monotonic()
         fresh = host.command("state")
@@ -276,8 +258,7 @@ def test_edgetpu_model_on_a_cpu_only_board_is_rejected_before_activation(
     new = model("digits_edgetpu")
     signed = seeded.sign(new, describe=declared)
     agent = seeded.start(hw_root=str(HW_TREES / "rpi4b"))
-    with seeded.host() as host:
-        host.offer(new.read_bytes(), signed)
+    with seeded.host(new, signed) as host:
         cmd = host.deploy(signed)
         if declared:
             reply = host.wait_reply(cmd)
@@ -309,8 +290,7 @@ def test_new_converter_model_is_rejected_by_tflite_runtime_214(
     new = MODELS_DIR / "digits_dynamic_int8.tflite"  # the current conversion, NOT legacy/
     signed = seeded.sign(new, describe=declared)
     agent = seeded.start()
-    with seeded.host() as host:
-        host.offer(new.read_bytes(), signed)
+    with seeded.host(new, signed) as host:
         host.deploy(signed)
         kind = "rejected" if declared else "rolled_back"
         event = host.wait_event(kind, signed.manifest.sha256)
