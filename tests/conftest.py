@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -98,3 +99,14 @@ def push_digits(broker: Broker, keys_dir: Path) -> Callable[..., PushResult]:
         return e2e_host.push_digits(broker, key, device_id)
 
     return push
+
+
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen[str]]]:
+    """Child processes a test starts (``tests.mqtt_util.start_proc``); killed at the end."""
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for p in started:
+        if p.poll() is None:
+            p.kill()
+        p.wait(10)

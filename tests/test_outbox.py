@@ -274,13 +274,3 @@ def test_outage_with_the_publisher_killed_resumes_from_disk(
     read_until(second, "STOPPED")
     assert Outbox(db).stats().records == 0  # everything acknowledged was deleted
     host.stop()
-
-
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[str]]]:
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for p in started:
-        if p.poll() is None:
-            p.kill()
-        p.wait(10)

@@ -106,25 +106,24 @@ def test_birth_is_retained_and_sent_again_on_every_connect(broker: Broker) -> No
     assert dev.births == 2
 
 
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[str]]]:
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for p in started:
-        if p.poll() is None:
-            p.kill()
-        p.wait(10)
+def online_client(
+    broker: Broker, procs: list[subprocess.Popen[str]], dev: str
+) -> tuple[Collector, subprocess.Popen[str]]:
+    """A watcher on ``dev``'s state topic, and a client process that connected and whose birth
+    the watcher saw."""
+    watcher = Collector(broker.host, broker.port, [f"edgeloop/dev/{dev}/state"]).start()
+    proc = start_proc(broker, dev)
+    procs.append(proc)
+    read_until(proc, "CONNECTED")
+    watcher.wait_for(lambda m: json.loads(m.payload).get("online") is True, what="birth")
+    return watcher, proc
 
 
 @pytest.mark.broker
 def test_will_fires_when_the_client_is_killed(
     broker: Broker, procs: list[subprocess.Popen[str]]
 ) -> None:
-    watcher = Collector(broker.host, broker.port, ["edgeloop/dev/k1/state"]).start()
-    proc = start_proc(broker, "k1")
-    procs.append(proc)
-    read_until(proc, "CONNECTED")
-    watcher.wait_for(lambda m: json.loads(m.payload).get("online") is True, what="birth")
+    watcher, proc = online_client(broker, procs, "k1")
     t_kill = time.monotonic()
     proc.send_signal(signal.SIGKILL)
     will = watcher.wait_for(lambda m: json.loads(m.payload) == {"online": False}, what="will")
@@ -138,11 +137,7 @@ def test_will_fires_within_1_5_keepalive_when_the_client_freezes(
     broker: Broker, procs: list[subprocess.Popen[str]]
 ) -> None:
     """No FIN (power loss, cable pulled): only the broker's keepalive timer can notice."""
-    watcher = Collector(broker.host, broker.port, ["edgeloop/dev/f1/state"]).start()
-    proc = start_proc(broker, "f1")
-    procs.append(proc)
-    read_until(proc, "CONNECTED")
-    watcher.wait_for(lambda m: json.loads(m.payload).get("online") is True, what="birth")
+    watcher, proc = online_client(broker, procs, "f1")
     t_stop = time.monotonic()
     proc.send_signal(signal.SIGSTOP)
     try:
@@ -162,11 +157,7 @@ def test_will_fires_within_1_5_keepalive_when_the_client_freezes(
 def test_clean_stop_publishes_stopped_and_does_not_fire_the_will(
     broker: Broker, procs: list[subprocess.Popen[str]]
 ) -> None:
-    watcher = Collector(broker.host, broker.port, ["edgeloop/dev/s1/state"]).start()
-    proc = start_proc(broker, "s1")
-    procs.append(proc)
-    read_until(proc, "CONNECTED")
-    watcher.wait_for(lambda m: json.loads(m.payload).get("online") is True, what="birth")
+    watcher, proc = online_client(broker, procs, "s1")
     proc.send_signal(signal.SIGTERM)
     read_until(proc, "STOPPED")
     assert proc.wait(10) == 0
