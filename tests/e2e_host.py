@@ -321,11 +321,19 @@ def push_digits(
     from deploy.push import BrokerAddress, push_model
     from tests.modelzoo import model
 
+    address = BrokerAddress(broker.host, broker.port)
     return push_model(
-        model("digits_int8"), device_id, BrokerAddress(broker.host, broker.port), key,
-        name="digits", version=version, release=1, gates=GATES, progress=None,
+        model("digits_int8"),
+        device_id,
+        address,
+        key,
+        name="digits",
+        version=version,
+        release=1,
+        gates=GATES,
+        progress=None,
         timeout_s=timeout_s,
-    )  # fmt: skip
+    )
 
 
 def seed_state(root: Path) -> tuple[Path, str]:

@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pytest
@@ -331,6 +331,34 @@ def test_rollout_with_a_failing_device_aborts_and_rolls_back(fleet: Fleet) -> No
 # ---- 5. a host restart mid-loop ----------------------------------------------------------------
 
 
+class FloatStart(NamedTuple):
+    cls: str
+    fp32: Variant
+    pushed: float
+    targets: Targets
+
+
+def class_from_float(fleet: Fleet, canary: str) -> FloatStart:
+    """The canary's whole class starts from the float model (a new release), like a fresh
+    optimization: no other device of the class keeps serving a variant from an earlier test,
+    which the class-wide roll-up would judge from windows taken while the canary was being
+    switched. Returns the class, the float variant, when it was pushed, and targets whose p95
+    the float model misses on the canary."""
+    host = fleet.host
+    cls = fleet.class_of(canary)
+    fp32 = fleet.variant("fp32")
+    pushed = time.time()
+    for device in [s.device_id for s in fleet.specs if fleet.class_of(s.device_id) == cls]:
+        assert host.dep.push(device, fp32).ok
+    target = TIGHT_FACTOR * float_p95_on(fleet, canary, pushed)
+    spec = {
+        "model": MODEL,
+        "targets": {"max_accuracy_drop": MAX_DROP},
+        "class": {TIGHT: {"p95_ms": target}},
+    }
+    return FloatStart(cls, fp32, pushed, parse_targets(spec, "test"))
+
+
 class HostCrashError(Exception):
     """Raised from on_decision: the host process dies mid-loop."""
 
@@ -338,18 +366,7 @@ class HostCrashError(Exception):
 def test_the_registry_survives_a_host_restart_mid_loop(fleet: Fleet) -> None:
     host = fleet.host
     canary = "pi4-a"
-    cls = fleet.class_of(canary)
-    fp32 = fleet.variant("fp32")
-    # start from the float model on the canary (a new release), like a fresh optimization
-    pushed = time.time()
-    # the whole class starts from the float model (a new release), like a fresh optimization:
-    # no other device of the class keeps serving a variant from an earlier test, which the
-    # class-wide roll-up would judge from windows taken while the canary was being switched
-    for device in [s.device_id for s in fleet.specs if fleet.class_of(s.device_id) == cls]:
-        assert host.dep.push(device, fp32).ok
-    target = TIGHT_FACTOR * float_p95_on(fleet, canary, pushed)
-    targets = parse_targets({"model": MODEL, "targets": {"max_accuracy_drop": MAX_DROP},
-                             "class": {TIGHT: {"p95_ms": target}}}, "test")  # fmt: skip
+    cls, fp32, pushed, targets = class_from_float(fleet, canary)
     first_dep, first_dec = last_deployment_id(host.reg), last_decision_id(host.reg)
 
     # run 1: dies at the first decision after its first deploy: the push has completed and the
@@ -465,17 +482,7 @@ def test_a_restarted_host_follows_the_canary_that_committed_after_it_died(fleet:
     not wait forever for telemetry of the old one, and must not push it again."""
     host = fleet.host
     canary = "pi4-a"
-    cls = fleet.class_of(canary)
-    fp32 = fleet.variant("fp32")
-    pushed = time.time()
-    # the whole class starts from the float model (a new release), like a fresh optimization:
-    # no other device of the class keeps serving a variant from an earlier test, which the
-    # class-wide roll-up would judge from windows taken while the canary was being switched
-    for device in [s.device_id for s in fleet.specs if fleet.class_of(s.device_id) == cls]:
-        assert host.dep.push(device, fp32).ok
-    target = TIGHT_FACTOR * float_p95_on(fleet, canary, pushed)
-    targets = parse_targets({"model": MODEL, "targets": {"max_accuracy_drop": MAX_DROP},
-                             "class": {TIGHT: {"p95_ms": target}}}, "test")  # fmt: skip
+    cls, fp32, pushed, targets = class_from_float(fleet, canary)
     dying = DyingDeployer(
         host.reg, host.address, host.key, MODEL, gates={**GATES, "min_seconds": 8.0},
         observer=fleet.observer,
