@@ -3,6 +3,7 @@ code over pyserial, the sampling thread, and the energy arithmetic against an ex
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -115,7 +116,20 @@ def wait_failing(sampler: EnergySampler, code: str, timeout: float = 10.0) -> fl
     return time.monotonic()
 
 
-def outage_window(sampler: EnergySampler, t_fail: float, seconds: float = 0.6):
+@contextlib.contextmanager
+def with_baseline(spec: str, **kwargs) -> Iterator[EnergySampler]:
+    """A started sampler once its idle baseline exists; stopped at the end."""
+    sampler = started(spec, **kwargs)
+    try:
+        assert sampler.wait_baseline(10) is not None
+        yield sampler
+    finally:
+        sampler.stop()
+
+
+def outage(sampler: EnergySampler, code: str, seconds: float = 0.6):
+    """Wait for the error ``code``, let the outage last ``seconds``; its window."""
+    t_fail = wait_failing(sampler, code)
     deadline = t_fail + seconds
     while time.monotonic() < deadline:  # let the outage last
         time.sleep(0.02)
@@ -132,19 +146,14 @@ def assert_resumes(sampler: EnergySampler, watts: float = IDLE_W) -> None:
 
 
 def test_um25c_unplugged_then_replugged(um25c):
-    sampler = started(f"um25c:{um25c.path}?interval=0.05&timeout=0.3", max_hold_s=0.2)
-    try:
-        assert sampler.wait_baseline(10) is not None
+    with with_baseline(f"um25c:{um25c.path}?interval=0.05&timeout=0.3", max_hold_s=0.2) as sampler:
         um25c.unplug()  # pty closed and the symlink deleted
-        t_fail = wait_failing(sampler, "meter_gone")
-        window = outage_window(sampler, t_fail)
+        window = outage(sampler, "meter_gone")
         assert window.avg_w is None and window.mj_per_inference is None
         assert window.missing_reason is not None and "meter_gone" in window.missing_reason
         assert sampler.is_alive()
         um25c.replug()
         assert_resumes(sampler)
-    finally:
-        sampler.stop()
 
 
 @pytest.mark.parametrize(
@@ -156,30 +165,21 @@ def test_um25c_unplugged_then_replugged(um25c):
     ],
 )
 def test_um25c_misbehaving_meter_is_reported_and_recovers(um25c, mode, code):
-    sampler = started(f"um25c:{um25c.path}?interval=0.05&timeout=0.3", max_hold_s=0.2)
-    try:
-        assert sampler.wait_baseline(10) is not None
+    with with_baseline(f"um25c:{um25c.path}?interval=0.05&timeout=0.3", max_hold_s=0.2) as sampler:
         um25c.mode = mode
-        t_fail = wait_failing(sampler, code)
-        window = outage_window(sampler, t_fail)
+        window = outage(sampler, code)
         assert window.missing_reason is not None and code in window.missing_reason
         um25c.mode = "ok"
         assert_resumes(sampler)
-    finally:
-        sampler.stop()
 
 
 def test_um25c_resynchronises_through_garbage_without_losing_readings(um25c, profile):
-    sampler = started(f"um25c:{um25c.path}?interval=0.05&timeout=0.5", max_hold_s=0.2)
-    try:
-        assert sampler.wait_baseline(10) is not None
+    with with_baseline(f"um25c:{um25c.path}?interval=0.05&timeout=0.5", max_hold_s=0.2) as sampler:
         um25c.mode = "garbage"
         profile.set(4.0)
         t = time.monotonic()
         assert sampler.wait_sample_after(t + 1.0, 10)
         window = sampler.window(t + 0.2, t + 1.0, inferences=8)
-    finally:
-        sampler.stop()
     assert window.missing_reason is None and window.avg_w == pytest.approx(4.0, rel=0.01)
     assert sampler.meter.describe()["bad_bytes"] > 0
 
@@ -199,42 +199,34 @@ def test_um25c_configured_model_must_match(um25c):
 
 
 def test_line_meter_unplugged_then_replugged(line_meter):
-    sampler = started(f"serial_lines:{line_meter.path}?fields=ms,mV,mA&timeout=0.3", max_hold_s=0.2)
-    try:
-        assert sampler.wait_baseline(10) is not None
+    with with_baseline(
+        f"serial_lines:{line_meter.path}?fields=ms,mV,mA&timeout=0.3", max_hold_s=0.2
+    ) as sampler:
         line_meter.unplug()
-        t_fail = wait_failing(sampler, "meter_gone")
-        window = outage_window(sampler, t_fail)
+        window = outage(sampler, "meter_gone")
         assert window.missing_reason is not None and "meter_gone" in window.missing_reason
         line_meter.replug()
         assert_resumes(sampler)
-    finally:
-        sampler.stop()
 
 
 def test_line_meter_silent_then_back(line_meter):
-    sampler = started(f"serial_lines:{line_meter.path}?fields=ms,mV,mA&timeout=0.3", max_hold_s=0.2)
-    try:
-        assert sampler.wait_baseline(10) is not None
+    with with_baseline(
+        f"serial_lines:{line_meter.path}?fields=ms,mV,mA&timeout=0.3", max_hold_s=0.2
+    ) as sampler:
         line_meter.mode = "silent"
-        t_fail = wait_failing(sampler, "meter_silent")
-        window = outage_window(sampler, t_fail)
+        window = outage(sampler, "meter_silent")
         assert window.missing_reason is not None and "meter_silent" in window.missing_reason
         line_meter.mode = "ok"
         assert_resumes(sampler)
-    finally:
-        sampler.stop()
 
 
 def test_line_meter_skips_and_counts_bad_lines(line_meter):
-    sampler = started(f"serial_lines:{line_meter.path}?fields=ms,mV,mA", max_hold_s=0.2)
-    try:
-        assert sampler.wait_baseline(10) is not None
+    with with_baseline(
+        f"serial_lines:{line_meter.path}?fields=ms,mV,mA", max_hold_s=0.2
+    ) as sampler:
         line_meter.mode = "garbage"
         t = time.monotonic()
         assert sampler.wait_for(lambda s: s.meter.describe()["bad_lines"] >= 3, 10)
         assert sampler.wait_sample_after(t + 0.5, 10)
         window = sampler.window(t, t + 0.5, inferences=5)
-    finally:
-        sampler.stop()
     assert window.missing_reason is None and window.avg_w == pytest.approx(IDLE_W, rel=0.01)

@@ -128,15 +128,20 @@ def test_edgetpu_model_on_cpu_says_it_needs_the_edge_tpu() -> None:
     assert "edge tpu" in result.message.lower() or "edgetpu" in result.message.lower()
 
 
-@pytest.mark.parametrize(("hook", "signal_name"), [("segv", "SIGSEGV"), ("abort", "SIGABRT")])
-def test_crash_hook_signal_is_named(hook: str, signal_name: str) -> None:
-    result = probe_model(
+def probe_hooked(mode: str, timeout_s: float = TIMEOUT_S) -> ProbeResult:
+    """Probe digits_fp32 on the CPU with the sandbox's test hook ``EDGELOOP_SANDBOX_CRASH``."""
+    return probe_model(
         model("digits_fp32"),
         "cpu",
         threads=1,
-        timeout_s=TIMEOUT_S,
-        extra_env={"EDGELOOP_SANDBOX_CRASH": hook},
+        timeout_s=timeout_s,
+        extra_env={"EDGELOOP_SANDBOX_CRASH": mode},
     )
+
+
+@pytest.mark.parametrize(("hook", "signal_name"), [("segv", "SIGSEGV"), ("abort", "SIGABRT")])
+def test_crash_hook_signal_is_named(hook: str, signal_name: str) -> None:
+    result = probe_hooked(hook)
     assert result.code == "crashed"
     assert result.signal == signal_name
     assert result.exit_code is None
@@ -145,13 +150,7 @@ def test_crash_hook_signal_is_named(hook: str, signal_name: str) -> None:
 
 
 def test_child_exit_without_result_reports_exit_code() -> None:
-    result = probe_model(
-        model("digits_fp32"),
-        "cpu",
-        threads=1,
-        timeout_s=TIMEOUT_S,
-        extra_env={"EDGELOOP_SANDBOX_CRASH": "exit"},
-    )
+    result = probe_hooked("exit")
     assert (result.code, result.signal, result.exit_code) == ("crashed", None, 3)
     assert "code 3" in result.message
 
@@ -159,13 +158,7 @@ def test_child_exit_without_result_reports_exit_code() -> None:
 def test_hang_is_killed_at_the_timeout() -> None:
     timeout_s = 20.0
     started = time.monotonic()
-    result = probe_model(
-        model("digits_fp32"),
-        "cpu",
-        threads=1,
-        timeout_s=timeout_s,
-        extra_env={"EDGELOOP_SANDBOX_CRASH": "hang"},
-    )
+    result = probe_hooked("hang", timeout_s=timeout_s)
     elapsed = time.monotonic() - started
     assert result.code == "timeout"
     assert result.stage == "invoke"  # it hung after loading, not during start-up
@@ -174,13 +167,7 @@ def test_hang_is_killed_at_the_timeout() -> None:
 
 
 def test_nan_output_is_bad_output() -> None:
-    result = probe_model(
-        model("digits_fp32"),
-        "cpu",
-        threads=1,
-        timeout_s=TIMEOUT_S,
-        extra_env={"EDGELOOP_SANDBOX_CRASH": "nan"},
-    )
+    result = probe_hooked("nan")
     assert result.code == "bad_output"
     assert "NaN" in result.message and "shape" in result.message
 
