@@ -66,6 +66,7 @@ TARGETS: dict[str, Any] = {
     "class": {**FIXED_TARGETS["class"], "rpi4b-cpu": {"p95_ms": 0.6}, "rpi5-cpu": {"p95_ms": 5.0}},
 }
 from deploy.loop.targets import parse_targets
+from tests.bench_runtime import cpu_name
 
 PI4 = "rpi4b-cpu/ai-edge-litert"
 DIGITS_RECIPES = ("fp32", "fp16", "dynamic-int8", "int8", "int16x8", "selective")
@@ -74,15 +75,7 @@ GATES = {"min_inferences": 30, "min_seconds": 0.5}
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
+    return f"{cpu_name()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
 
 
 class Fleet:

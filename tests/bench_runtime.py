@@ -87,7 +87,8 @@ def cli_p50(cmd: list[str]) -> float | None:
     return float(json.loads(proc.stdout)["latency_ms"]["p50"])
 
 
-def machine() -> dict[str, Any]:
+def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo, else what ``platform`` knows (bench headers)."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -96,6 +97,11 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
+    return cpu
+
+
+def machine() -> dict[str, Any]:
+    cpu = cpu_name()
     backend = get_backend()
     return {
         "cpu": cpu,

@@ -13,8 +13,6 @@ what the devices really did, not only what the registry says.
 from __future__ import annotations
 
 import json
-import time
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -63,23 +61,6 @@ def agent_config(spec: DeviceSpec, path: Path) -> Path:
     ]
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-def wait_answering(agent: AgentProcess, timeout: float = 30.0) -> None:
-    """Until the agent answers a ``state`` command: its birth is published before its
-    SUBSCRIBE reaches the broker, so a deploy sent right after the birth could be lost."""
-    reply_topic = f"test/ready/{uuid.uuid4().hex}"
-    with Observer(agent.broker, [reply_topic]) as obs:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert agent.alive(), f"agent {agent.device_id} exited:\n{agent.log()}"
-            body = json.dumps({"id": uuid.uuid4().hex, "args": {}, "ts": time.time()})
-            obs.transport.publish(
-                f"edgeloop/dev/{agent.device_id}/cmd/state", body, response_topic=reply_topic
-            ).wait(5)
-            if obs.wait_message(lambda m: True, 1.0, "state reply", raise_=False):
-                return
-    raise AssertionError(f"{agent.device_id} answered no command:\n{agent.log()}")
 
 
 class Host:
@@ -201,7 +182,7 @@ def running_fleet(
         variants = convert_digitsnet(host.reg, workdir / "variants", recipes)
         for agent in agents.values():
             agent.wait_online(60)
-            wait_answering(agent)
+            agent.wait_ready()
         ids = set(agents)
         wait_for(lambda: ids <= {d.id for d in host.reg.devices() if d.online and
                                  d.hardware_class}, 30, "every device in the registry")  # fmt: skip
