@@ -20,6 +20,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from tests.agent_proc import wait_for
 from tests.broker import Broker
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,14 +33,7 @@ def wait_until(
     cond: Callable[[], Any], timeout: float, what: str = "condition", interval: float = 0.02
 ) -> Any:
     """Poll ``cond`` until truthy; return its value or raise AssertionError after ``timeout``."""
-    end = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {timeout:.1f}s waiting for {what}")
-        time.sleep(interval)
+    return wait_for(cond, timeout, what, step=interval)
 
 
 @dataclass(frozen=True)
