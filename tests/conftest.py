@@ -1,3 +1,12 @@
+"""Fixtures shared by the suite: the real parts every end-to-end test starts from.
+
+``broker`` (a fresh Mosquitto), ``keys_dir`` (a host key pair), ``start_agent`` (agent
+subprocesses, stopped and checked at the end), ``procs`` (other child processes, killed at the
+end); ``push_digits`` (digits_int8 r1 pushed as ``edge-deploy push`` does); ``seed`` (a state dir
+with digits_int8 r1 committed, made once per run) and ``seeded`` (a ``tests.e2e_host.SeededDevice``:
+sign with the trusted key, start pi-01 on a copy of the seed, open a ``ScriptedHost``).
+"""
+
 from __future__ import annotations
 
 import subprocess
