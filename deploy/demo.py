@@ -36,7 +36,7 @@ from deploy.keys import init_keys, load_private
 from deploy.loop.driver import DEFAULT_RECIPES, ClosedLoop, LoopSettings, prepare_variants
 from deploy.loop.optimizer import Decision, EnoughRule, enough_telemetry
 from deploy.loop.targets import parse_targets
-from deploy.push import BrokerAddress
+from deploy.mqtt import BrokerAddress
 
 log = logging.getLogger(__name__)
 

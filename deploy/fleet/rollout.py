@@ -22,7 +22,8 @@ from typing import Any
 from deploy.fleet.registry import Registry
 from deploy.fleet.registry_types import Variant
 from deploy.fleet.rollout_plan import RolloutPlan, RolloutPolicy, Step
-from deploy.push import BrokerAddress, PushResult, push_model
+from deploy.mqtt import BrokerAddress
+from deploy.push import PushResult, push_model
 
 log = logging.getLogger(__name__)
 
