@@ -22,61 +22,24 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from agent.errors import ConfigError
+from deploy.cli.common import (
+    broker,
+    broker_options,
+    existing_file,
+    gates,
+    open_registry,
+    printer,
+    read_targets,
+)
 from deploy.convert.cli import stdout_to_stderr
 from deploy.fleet.registry_types import Variant
 from deploy.fleet.rollout import Deployer
 from deploy.push import PushResult
 
 EXIT_OK, EXIT_FAILED = 0, 1
-
-
-# ---- shared helpers ----------------------------------------------------------------------------
-def existing_file(path: str | None, what: str, hint: str) -> Path | None:
-    if path is None:
-        return None
-    p = Path(path)
-    if not p.exists():
-        raise ConfigError(f"{what} {path}: no such file or directory", hint=hint)
-    return p
-
-
-def open_registry(path: str, *, create: bool = False) -> Any:
-    from deploy.fleet.registry import Registry
-
-    p = Path(path)
-    if not create and not p.is_file():
-        raise ConfigError(f"registry {path}: no such file",
-                          hint="give the registry an `edge-deploy optimize` run wrote")  # fmt: skip
-    if create and not p.parent.is_dir():
-        raise ConfigError(f"registry {path}: directory {p.parent} does not exist")
-    return Registry(p)
-
-
-def read_targets(path: str | None, model: str | None = None) -> Any:
-    from deploy.loop.targets import load_targets
-
-    p = existing_file(path, "targets", "give the model's targets TOML (see docs/loop.md)")
-    if p is None:
-        return None
-    targets = load_targets(p)
-    if model is not None and targets.model is not None and targets.model != model:
-        raise ConfigError(f"targets {path} are for model {targets.model!r}, not {model!r}",
-                          hint="pass the targets file of this model")  # fmt: skip
-    return targets
-
-
-def gates(args: argparse.Namespace) -> dict[str, Any] | None:
-    out: dict[str, Any] = {}
-    if getattr(args, "p95_gate", None) is not None:
-        out["p95_ms"] = args.p95_gate
-    if args.min_inferences is not None:
-        out["min_inferences"] = args.min_inferences
-    if args.min_seconds is not None:
-        out["min_seconds"] = args.min_seconds
-    return out or None
 
 
 @dataclass
@@ -97,27 +60,19 @@ class ReportingDeployer(Deployer):
         return result
 
 
-def _printer(stream: TextIO) -> Callable[[str], None]:
-    def say(text: str) -> None:
-        print(text, file=stream, flush=True)
-
-    return say
-
-
 @contextlib.contextmanager
 def fleet_session(args: argparse.Namespace, registry: Any) -> Iterator[tuple[Any, Any]]:
     """A running Collector on the broker, and the deployer (pushes reported on stderr)."""
-    from deploy.cli.main import _broker
     from deploy.fleet.collector import Collector
     from deploy.keys import load_private
 
     key = load_private(args.keys)
-    address = _broker(args)
+    address = broker(args)
     collector = Collector(registry, address, prefix=args.prefix).start()
     try:
         deployer = ReportingDeployer(
             registry, address, key, args.model, prefix=args.prefix, gates=gates(args),
-            timeout_s=args.push_timeout, say=_printer(sys.stderr),
+            timeout_s=args.push_timeout, say=printer(sys.stderr),
         )  # fmt: skip
         yield collector, deployer
     finally:
@@ -165,7 +120,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
     registry = open_registry(args.registry, create=True)
     out = sys.stdout
-    say = _printer(sys.stderr if args.json else out)
+    say = printer(sys.stderr if args.json else out)
     all_runs: dict[str, Any] = {}
     ok = False
     try:
@@ -285,7 +240,7 @@ def cmd_rollout(args: argparse.Namespace) -> int:
             raise ConfigError(f"class {args.class_!r} is not in the registry "
                               f"(known: {', '.join(sorted(known)) or 'none'})")  # fmt: skip
         waves = parse_waves(args.waves)
-        say = _printer(sys.stderr if args.json else sys.stdout)
+        say = printer(sys.stderr if args.json else sys.stdout)
         with fleet_session(args, registry) as (collector, deployer):
             found = wait_for_devices(registry, collector, [args.class_], args.wait_devices)
             if len(found) > 1:
@@ -340,8 +295,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 # ---- parsers ------------------------------------------------------------------------------------
 def _fleet_options(p: argparse.ArgumentParser) -> None:
-    from deploy.cli.main import _broker_options
-
     p.add_argument("model", help="model name (the registry's)")
     p.add_argument("--keys", required=True, help="key directory (edge-deploy keys init)")
     p.add_argument("--registry", required=True, help="the registry SQLite file")
@@ -351,7 +304,7 @@ def _fleet_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wait-devices", type=float, default=10.0,
                    help="seconds to wait for online devices")  # fmt: skip
     p.add_argument("--json", action="store_true")
-    _broker_options(p)
+    broker_options(p)
 
 
 def add_loop_parsers(sub: Any) -> None:
