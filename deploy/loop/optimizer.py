@@ -13,22 +13,21 @@ hardware class, the class's measured telemetry and the learned priors, what happ
 The decision's ``reason`` is a sentence saying how it was chosen; ``evidence`` holds every number
 used (targets, measurements, each candidate's predictions with their sources, exclusions), so
 the report can show the decision log and a later reader can check it. See docs/loop.md.
+
+No I/O here: the driver (deploy.loop.driver.build_context) reads the registry into a
+:class:`ClassContext` and records the decision.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from deploy.fleet.registry_types import HardwareClass, Stats
-from deploy.loop.candidates import Candidate, Exclusion, build_candidates, float_accuracy
-from deploy.loop.learning import DEVICE_METRICS, Estimate, Priors, observations_from_registry
-from deploy.loop.targets import LABELS, UNITS, ClassTargets, Targets, Violation
-
-if TYPE_CHECKING:
-    from deploy.fleet.registry import Registry
+from deploy.loop.candidates import Candidate, Exclusion
+from deploy.loop.learning import DEVICE_METRICS, Estimate, Priors
+from deploy.loop.targets import LABELS, UNITS, ClassTargets, Violation
 
 ACTIONS = ("deploy", "wait", "promote", "infeasible")
 IMPROVEMENT = 0.95  # a fallback choice must be predicted >= 5 % better on every violated metric
@@ -311,41 +310,3 @@ def _infeasible(ctx: ClassContext, options: list[_Option], why: str, ev: dict[st
     )  # fmt: skip
     extra = {"pareto": front, "pareto_metrics": dims, "pareto_all": pareto_front(points)}
     return Decision("infeasible", None, f"{why}; Pareto front: {listing}", ev | extra)
-
-
-def build_context(
-    reg: Registry,
-    model: str,
-    class_id: str,
-    targets: Targets,
-    *,
-    current: str | None = None,
-    forced: Iterable[str] = (),
-    rule: EnoughRule = EnoughRule(),
-    since: float | None = None,
-    runtime_version: str | None = None,
-) -> ClassContext:
-    """Read what :func:`decide` needs from the registry."""
-    hw = reg.hardware_class(class_id) or HardwareClass.from_id(class_id)
-    ct = targets.for_class(class_id)
-    variants = reg.variants_for(model)
-    row = reg.model(model)
-    facc = float_accuracy(variants, row.float_metrics if row else {})
-    cands, excluded = build_candidates(
-        variants, facc, ct, hw, rolled_back=reg.rolled_back_variants(class_id, model),
-        forced=forced, runtime_version=runtime_version,
-    )  # fmt: skip
-    measured = {c.variant: reg.class_stats(class_id, c.variant, since) for c in cands}
-    obs = observations_from_registry(reg, judge=lambda s: enough_telemetry(s, rule)[0])
-    priors = Priors(obs, reg.hardware_classes())
-    return ClassContext(
-        model, hw, ct, tuple(cands), tuple(excluded), measured, priors, current, rule
-    )
-
-
-def record(reg: Registry, decision: Decision, model: str, class_id: str, *, ts: float | None = None) -> int:  # fmt: skip  # noqa: E501
-    """Store ``decision`` with its evidence; returns the decision id."""
-    return reg.record_decision(
-        model, class_id, action=decision.action, variant=decision.variant,
-        reason=decision.reason, evidence=decision.evidence, ts=time.time() if ts is None else ts,
-    )  # fmt: skip
