@@ -272,9 +272,15 @@ def push_model(
     """Sign and push ``model``; the release defaults to the current time in milliseconds."""
     release = int(time.time() * 1000) if release is None else release
     signed = build_manifest(
-        model, private_key, name=name, version=version, release=release,
-        recipe=recipe, delegate=delegate, chunk_size=chunk_size,
-    )  # fmt: skip
+        model,
+        private_key,
+        name=name,
+        version=version,
+        release=release,
+        recipe=recipe,
+        delegate=delegate,
+        chunk_size=chunk_size,
+    )
     with Pusher(broker, device_id, prefix=prefix, progress=progress) as pusher:
         pusher._chunk_size = signed.manifest.chunk_size
         return pusher.push(model, signed, timeout_s=timeout_s, gates=gates)

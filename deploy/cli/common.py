@@ -37,8 +37,10 @@ def open_registry(path: str, *, create: bool = False) -> Any:
 
     p = Path(path)
     if not create and not p.is_file():
-        raise ConfigError(f"registry {path}: no such file",
-                          hint="give the registry an `edge-deploy optimize` run wrote")  # fmt: skip
+        raise ConfigError(
+            f"registry {path}: no such file",
+            hint="give the registry an `edge-deploy optimize` run wrote",
+        )
     if create and not p.parent.is_dir():
         raise ConfigError(f"registry {path}: directory {p.parent} does not exist")
     return Registry(p)
@@ -52,8 +54,10 @@ def read_targets(path: str | None, model: str | None = None) -> Any:
         return None
     targets = load_targets(p)
     if model is not None and targets.model is not None and targets.model != model:
-        raise ConfigError(f"targets {path} are for model {targets.model!r}, not {model!r}",
-                          hint="pass the targets file of this model")  # fmt: skip
+        raise ConfigError(
+            f"targets {path} are for model {targets.model!r}, not {model!r}",
+            hint="pass the targets file of this model",
+        )
     return targets
 
 

@@ -49,8 +49,10 @@ class ReportingDeployer(Deployer):
     say: Callable[[str], None] = print
 
     def push(self, device: str, variant: Variant, *, reason: str = "") -> PushResult:
-        self.say(f"{device}: installing {variant.recipe} ({variant.id})"
-                 + (f" [{reason}]" if reason else ""))  # fmt: skip
+        self.say(
+            f"{device}: installing {variant.recipe} ({variant.id})"
+            + (f" [{reason}]" if reason else "")
+        )
         try:
             result = super().push(device, variant, reason=reason)
         except Exception as exc:
@@ -71,9 +73,15 @@ def fleet_session(args: argparse.Namespace, registry: Any) -> Iterator[tuple[Any
     collector = Collector(registry, address, prefix=args.prefix).start()
     try:
         deployer = ReportingDeployer(
-            registry, address, key, args.model, prefix=args.prefix, gates=gates(args),
-            timeout_s=args.push_timeout, say=printer(sys.stderr),
-        )  # fmt: skip
+            registry,
+            address,
+            key,
+            args.model,
+            prefix=args.prefix,
+            gates=gates(args),
+            timeout_s=args.push_timeout,
+            say=printer(sys.stderr),
+        )
         yield collector, deployer
     finally:
         collector.stop()
@@ -101,8 +109,10 @@ def _print_runs(registry: Any, runs: list[Any], say: Callable[[str], None]) -> N
         s = _summary(registry, r)
         rollout = s.get("rollout") or {}
         extra = f", rollout {rollout.get('state')}" if rollout else ""
-        say(f"{r.class_id}: {r.state}, chosen {s['recipe'] or '-'} after {r.trials} trial(s)"
-            f"{extra}{'; ' + r.note if r.note else ''}")  # fmt: skip
+        say(
+            f"{r.class_id}: {r.state}, chosen {s['recipe'] or '-'} after {r.trials} trial(s)"
+            f"{extra}{'; ' + r.note if r.note else ''}"
+        )
 
 
 def cmd_optimize(args: argparse.Namespace) -> int:
@@ -127,17 +137,23 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         with fleet_session(args, registry) as (collector, deployer):
             with stdout_to_stderr():
                 variants = prepare_variants(
-                    registry, args.model, source, Path(args.out or Path(args.registry).parent
-                                                       / "variants" / args.model),
-                    recipes=recipes, calibration=calib, validation=valid,
+                    registry,
+                    args.model,
+                    source,
+                    Path(args.out or Path(args.registry).parent / "variants" / args.model),
+                    recipes=recipes,
+                    calibration=calib,
+                    validation=valid,
                     progress=Progress(None if args.json else sys.stderr),
-                )  # fmt: skip
+                )
             for v in variants:
                 say(_variant_line(v))
             found = wait_for_devices(registry, collector, args.classes, args.wait_devices)
             if not found and not args.service:
-                say(f"no online device{' of ' + ', '.join(args.classes) if args.classes else ''}"
-                    f" after {args.wait_devices:g}s")  # fmt: skip
+                say(
+                    f"no online device{' of ' + ', '.join(args.classes) if args.classes else ''}"
+                    f" after {args.wait_devices:g}s"
+                )
                 return EXIT_FAILED
             say("online: " + "; ".join(f"{c}: {', '.join(d)}" for c, d in found.items()))
 
@@ -150,13 +166,20 @@ def cmd_optimize(args: argparse.Namespace) -> int:
 
             settings = LoopSettings(
                 timeout_s=args.timeout,
-                rule=EnoughRule(min_windows=args.judge_windows,
-                                min_inferences=args.judge_inferences),
-            )  # fmt: skip
+                rule=EnoughRule(
+                    min_windows=args.judge_windows, min_inferences=args.judge_inferences
+                ),
+            )
             service = LoopService(
-                registry, deployer, targets, settings, classes=tuple(found),
-                poll_s=args.poll, on_decision=show, on_trigger=trigger,
-            )  # fmt: skip
+                registry,
+                deployer,
+                targets,
+                settings,
+                classes=tuple(found),
+                poll_s=args.poll,
+                on_decision=show,
+                on_trigger=trigger,
+            )
             if args.service:
                 return _serve(service, registry, say, args)
             runs = service.run_cycle(service.evaluate())
@@ -166,8 +189,14 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     finally:
         registry.close()
     if args.json:
-        print(json.dumps({"model": args.model, "ok": ok, "classes": list(all_runs.values())},
-                         indent=2, default=str), file=out)  # fmt: skip
+        print(
+            json.dumps(
+                {"model": args.model, "ok": ok, "classes": list(all_runs.values())},
+                indent=2,
+                default=str,
+            ),
+            file=out,
+        )
     return EXIT_OK if ok else EXIT_FAILED
 
 
@@ -209,8 +238,10 @@ def resolve_variant(registry: Any, model: str, name: str) -> Variant:
     if not v.available:
         raise ConfigError(f"variant {v.id} ({v.recipe}) is unavailable: {v.unavailable_reason}")
     if not Path(v.path).is_file():
-        raise ConfigError(f"variant {v.id}: file {v.path} is missing",
-                          hint="convert again with `edge-deploy optimize`")  # fmt: skip
+        raise ConfigError(
+            f"variant {v.id}: file {v.path} is missing",
+            hint="convert again with `edge-deploy optimize`",
+        )
     return v
 
 
@@ -237,27 +268,35 @@ def cmd_rollout(args: argparse.Namespace) -> int:
         variant = resolve_variant(registry, args.model, args.variant)
         known = {c.id for c in registry.hardware_classes()}
         if not any(class_matches(c, [args.class_]) for c in known):
-            raise ConfigError(f"class {args.class_!r} is not in the registry "
-                              f"(known: {', '.join(sorted(known)) or 'none'})")  # fmt: skip
+            raise ConfigError(
+                f"class {args.class_!r} is not in the registry "
+                f"(known: {', '.join(sorted(known)) or 'none'})"
+            )
         waves = parse_waves(args.waves)
         say = printer(sys.stderr if args.json else sys.stdout)
         with fleet_session(args, registry) as (collector, deployer):
             found = wait_for_devices(registry, collector, [args.class_], args.wait_devices)
             if len(found) > 1:
-                raise ConfigError(f"--class {args.class_!r} names several classes: "
-                                  f"{', '.join(found)}", hint="give the full class id")  # fmt: skip
+                raise ConfigError(
+                    f"--class {args.class_!r} names several classes: {', '.join(found)}",
+                    hint="give the full class id",
+                )
             if not found and not args.service:
                 say(f"no online device of {args.class_} after {args.wait_devices:g}s")
                 return EXIT_FAILED
             cid, devices = next(iter(found.items()))
             policy = RolloutPolicy(
-                canary=args.canary, waves=waves, max_failure_ratio=args.max_failure_ratio,
+                canary=args.canary,
+                waves=waves,
+                max_failure_ratio=args.max_failure_ratio,
                 wave_timeout_s=args.wave_timeout,
-            )  # fmt: skip
+            )
             policy.validate(len(devices))
             previous = {d: current_variant(registry, d) for d in devices}
-            say(f"rolling {variant.recipe} ({variant.id}) out to {cid}: {', '.join(devices)}; "
-                f"canary {args.canary}, waves {','.join(map(str, waves))}")  # fmt: skip
+            say(
+                f"rolling {variant.recipe} ({variant.id}) out to {cid}: {', '.join(devices)}; "
+                f"canary {args.canary}, waves {','.join(map(str, waves))}"
+            )
             runner = RolloutRunner(deployer, variant, previous, class_id=cid, policy=policy)
             outcome = runner.run(devices)
     finally:
@@ -265,8 +304,10 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(outcome.to_dict(), indent=2))
     else:
-        say(f"rollout {outcome.rollout_id}: {outcome.state}"
-            + (f" ({outcome.reason})" if outcome.reason else ""))  # fmt: skip
+        say(
+            f"rollout {outcome.rollout_id}: {outcome.state}"
+            + (f" ({outcome.reason})" if outcome.reason else "")
+        )
         say(f"  committed: {', '.join(outcome.committed) or '-'}")
         for d, why in outcome.failed.items():
             say(f"  failed: {d}: {why}")
@@ -301,8 +342,9 @@ def _fleet_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-inferences", type=int, default=None, help="device trial gate")
     p.add_argument("--min-seconds", type=float, default=None, help="device trial gate")
     p.add_argument("--push-timeout", type=float, default=300.0, help="per push (s)")
-    p.add_argument("--wait-devices", type=float, default=10.0,
-                   help="seconds to wait for online devices")  # fmt: skip
+    p.add_argument(
+        "--wait-devices", type=float, default=10.0, help="seconds to wait for online devices"
+    )
     p.add_argument("--json", action="store_true")
     broker_options(p)
 
@@ -316,8 +358,13 @@ def add_loop_parsers(sub: Any) -> None:
     p.add_argument("--validation", default=None)
     p.add_argument("--recipes", default="fp32,fp16,dynamic-int8,int8,int16x8,selective,edgetpu")
     p.add_argument("--out", default=None, help="variants directory (default: next to registry)")
-    p.add_argument("--class", dest="classes", action="append", default=[],
-                   help="only this class (full id or hardware class); repeatable")  # fmt: skip
+    p.add_argument(
+        "--class",
+        dest="classes",
+        action="append",
+        default=[],
+        help="only this class (full id or hardware class); repeatable",
+    )
     p.add_argument("--timeout", type=float, default=900.0, help="loop timeout per run (s)")
     p.add_argument("--judge-windows", type=int, default=3, help="windows before judging")
     p.add_argument("--judge-inferences", type=int, default=100, help="inferences before judging")

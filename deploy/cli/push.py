@@ -69,9 +69,11 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--min-seconds", type=float, default=None)
     p.add_argument("--timeout", type=float, default=600.0)
     p.add_argument(
-        "--chunk-kib", type=int, default=64,
+        "--chunk-kib",
+        type=int,
+        default=64,
         help="chunk size in KiB (default 64: under AWS IoT's 128 KB message limit)",
-    )  # fmt: skip
+    )
     p.add_argument("--json", action="store_true")
     broker_options(p)
     p.set_defaults(func=cmd_push)

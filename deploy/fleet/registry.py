@@ -52,9 +52,16 @@ class Registry(RegistryHistory):
                 "INSERT INTO hardware_classes VALUES (?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET "
                 "description = CASE WHEN excluded.description != '' THEN excluded.description "
                 "ELSE description END",
-                (cls.id, cls.hardware_class, cls.board, cls.board_family, cls.accelerator,
-                 cls.runtime, cls.description),
-            )  # fmt: skip
+                (
+                    cls.id,
+                    cls.hardware_class,
+                    cls.board,
+                    cls.board_family,
+                    cls.accelerator,
+                    cls.runtime,
+                    cls.description,
+                ),
+            )
 
     def hardware_classes(self) -> list[HardwareClass]:
         return [HardwareClass(**dict(r)) for r in self._all("SELECT * FROM hardware_classes")]
@@ -91,9 +98,18 @@ class Registry(RegistryHistory):
                 "runtime_version = COALESCE(excluded.runtime_version, runtime_version), "
                 "last_seen = excluded.last_seen, online = excluded.online, "
                 "state = CASE WHEN excluded.state != '{}' THEN excluded.state ELSE state END",
-                (device_id, hardware_class, board, accelerator, runtime, runtime_version, seen,
-                 int(online), dumps(dict(state or {}))),
-            )  # fmt: skip
+                (
+                    device_id,
+                    hardware_class,
+                    board,
+                    accelerator,
+                    runtime,
+                    runtime_version,
+                    seen,
+                    int(online),
+                    dumps(dict(state or {})),
+                ),
+            )
         device = self.device(device_id)
         assert device is not None
         return device
@@ -115,18 +131,31 @@ class Registry(RegistryHistory):
             family = str(hw.get("board_family") or parsed.board_family)
             family = board if family == "generic" else family  # generic boards share nothing
             self.upsert_class(
-                HardwareClass(cid, str(hw_class), board, family, parsed.accelerator, str(rt_name),
-                              str(hw.get("board") or ""))
-            )  # fmt: skip
+                HardwareClass(
+                    cid,
+                    str(hw_class),
+                    board,
+                    family,
+                    parsed.accelerator,
+                    str(rt_name),
+                    str(hw.get("board") or ""),
+                )
+            )
         accels = hw.get("accelerators") or []
         accel = ",".join(f"{a.get('kind')}:{a.get('device')}" for a in accels) or (
             "cpu" if hw else None
         )
         return self.upsert_device(
-            device_id, hardware_class=cid, board=hw.get("board_id"), accelerator=accel,
-            runtime=rt_name, runtime_version=rt.get("version"), online=bool(state.get("online")),
-            state=state if hw else None, last_seen=now,
-        )  # fmt: skip
+            device_id,
+            hardware_class=cid,
+            board=hw.get("board_id"),
+            accelerator=accel,
+            runtime=rt_name,
+            runtime_version=rt.get("version"),
+            online=bool(state.get("online")),
+            state=state if hw else None,
+            last_seen=now,
+        )
 
     def device(self, device_id: str) -> Device | None:
         rows = self._all("SELECT * FROM devices WHERE id = ?", (device_id,))
@@ -176,10 +205,24 @@ class Registry(RegistryHistory):
         with self._tx() as db:
             db.execute(
                 "INSERT OR REPLACE INTO variants VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (v.id, v.model, v.recipe, v.path, v.sha256, v.size, v.quantization, v.accuracy,
-                 v.agreement, v.snr_db, dumps(v.operators), dumps(v.min_runtime),
-                 v.conversion_s, int(v.available), v.unavailable_reason),
-            )  # fmt: skip
+                (
+                    v.id,
+                    v.model,
+                    v.recipe,
+                    v.path,
+                    v.sha256,
+                    v.size,
+                    v.quantization,
+                    v.accuracy,
+                    v.agreement,
+                    v.snr_db,
+                    dumps(v.operators),
+                    dumps(v.min_runtime),
+                    v.conversion_s,
+                    int(v.available),
+                    v.unavailable_reason,
+                ),
+            )
 
     @staticmethod
     def _variant(r: sqlite3.Row) -> Variant:
@@ -216,9 +259,14 @@ class Registry(RegistryHistory):
 
     # ---- deployments ----------------------------------------------------------------------------
     def record_deployment(
-        self, device: str, variant: str, release: int, manifest_sha256: str, *,
+        self,
+        device: str,
+        variant: str,
+        release: int,
+        manifest_sha256: str,
+        *,
         started: float | None = None,
-    ) -> int:  # fmt: skip
+    ) -> int:
         dev = self.device(device)
         cid = dev.hardware_class if dev else None
         with self._tx() as db:
@@ -230,9 +278,13 @@ class Registry(RegistryHistory):
             return int(cur.lastrowid or 0)
 
     def finish_deployment(
-        self, deployment_id: int, outcome: str, reason: str | None = None, *,
+        self,
+        deployment_id: int,
+        outcome: str,
+        reason: str | None = None,
+        *,
         finished: float | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         if outcome not in OUTCOMES:
             raise ValueError(f"deployment outcome {outcome!r} is not one of {OUTCOMES}")
         with self._tx() as db:
@@ -276,8 +328,10 @@ class Registry(RegistryHistory):
                 w.as_tuple(),
             )
             if dev is not None:
-                db.execute("UPDATE devices SET last_seen = MAX(COALESCE(last_seen, 0), ?) "
-                           "WHERE id = ?", (w.ts, device))  # fmt: skip
+                db.execute(
+                    "UPDATE devices SET last_seen = MAX(COALESCE(last_seen, 0), ?) WHERE id = ?",
+                    (w.ts, device),
+                )
             return cur.rowcount == 1
 
     def windows(self, class_id: str, sha256: str, since: float | None = None) -> list[WindowRow]:

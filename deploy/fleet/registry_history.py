@@ -13,16 +13,22 @@ from deploy.fleet.registry_types import DecisionRow, RolloutDevice, RolloutRow
 class RegistryHistory(RegistryDB):
     # ---- decisions ------------------------------------------------------------------------------
     def record_decision(
-        self, model: str, class_id: str, *, action: str, variant: str | None, reason: str,
-        evidence: Mapping[str, Any], ts: float | None = None,
-    ) -> int:  # fmt: skip
+        self,
+        model: str,
+        class_id: str,
+        *,
+        action: str,
+        variant: str | None,
+        reason: str,
+        evidence: Mapping[str, Any],
+        ts: float | None = None,
+    ) -> int:
         with self._tx() as db:
             cur = db.execute(
                 "INSERT INTO decisions (ts, model, class_id, action, variant, reason, evidence) "
                 "VALUES (?,?,?,?,?,?,?)",
-                (now_or(ts), model, class_id, action, variant, reason,
-                 dumps(dict(evidence))),
-            )  # fmt: skip
+                (now_or(ts), model, class_id, action, variant, reason, dumps(dict(evidence))),
+            )
             return int(cur.lastrowid or 0)
 
     def decisions(self, model: str, class_id: str | None = None) -> list[DecisionRow]:
@@ -34,24 +40,45 @@ class RegistryHistory(RegistryDB):
 
     # ---- rollouts -------------------------------------------------------------------------------
     def create_rollout(
-        self, model: str, variant: str, *, class_id: str | None, state: str,
-        waves: list[Any], counts: Mapping[str, Any], plan: Mapping[str, Any],
+        self,
+        model: str,
+        variant: str,
+        *,
+        class_id: str | None,
+        state: str,
+        waves: list[Any],
+        counts: Mapping[str, Any],
+        plan: Mapping[str, Any],
         now: float | None = None,
-    ) -> int:  # fmt: skip
+    ) -> int:
         t = now_or(now)
         with self._tx() as db:
             cur = db.execute(
                 "INSERT INTO rollouts (model, variant, class_id, state, waves, counts, plan, "
                 "created, updated) VALUES (?,?,?,?,?,?,?,?,?)",
-                (model, variant, class_id, state, dumps(waves), dumps(dict(counts)),
-                 dumps(dict(plan)), t, t),
-            )  # fmt: skip
+                (
+                    model,
+                    variant,
+                    class_id,
+                    state,
+                    dumps(waves),
+                    dumps(dict(counts)),
+                    dumps(dict(plan)),
+                    t,
+                    t,
+                ),
+            )
             return int(cur.lastrowid or 0)
 
     def update_rollout(
-        self, rollout_id: int, *, state: str, counts: Mapping[str, Any],
-        plan: Mapping[str, Any], now: float | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        rollout_id: int,
+        *,
+        state: str,
+        counts: Mapping[str, Any],
+        plan: Mapping[str, Any],
+        now: float | None = None,
+    ) -> None:
         with self._tx() as db:
             db.execute(
                 "UPDATE rollouts SET state = ?, counts = ?, plan = ?, updated = ? WHERE id = ?",
@@ -68,9 +95,15 @@ class RegistryHistory(RegistryDB):
         return RolloutRow(**d)
 
     def set_rollout_device(
-        self, rollout_id: int, device: str, *, wave: int, state: str,
-        reason: str | None = None, now: float | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        rollout_id: int,
+        device: str,
+        *,
+        wave: int,
+        state: str,
+        reason: str | None = None,
+        now: float | None = None,
+    ) -> None:
         with self._tx() as db:
             db.execute(
                 "INSERT INTO rollout_devices VALUES (?,?,?,?,?,?) ON CONFLICT(rollout, device) "

@@ -179,9 +179,12 @@ REGISTRY_COLUMNS = (
 
 
 def target_status(
-    registry: Registry, device: Device, variant: Variant | None, targets: Targets | None,
+    registry: Registry,
+    device: Device,
+    variant: Variant | None,
+    targets: Targets | None,
     rule: EnoughRule | None = None,
-) -> tuple[str, list[str]]:  # fmt: skip
+) -> tuple[str, list[str]]:
     """(status, missed metrics) of the device's current variant on its class:
     ``meets``, ``misses: <what>``, ``measuring (<why>)``, or ``-`` when unknown.
 
