@@ -354,7 +354,8 @@ def seed_state(root: Path) -> tuple[Path, str]:
     directory and the model's sha256; tests copy it (``start_seeded``) instead of installing
     the old model again."""
     from deploy.keys import init_keys, load_private
-    from deploy.push import BrokerAddress, push_model
+    from deploy.mqtt import BrokerAddress
+    from deploy.push import push_model
     from tests.modelzoo import model
 
     init_keys(root / "keys")

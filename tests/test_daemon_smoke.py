@@ -12,7 +12,8 @@ import pytest
 
 from agent.mqtt.types import IncomingMessage
 from deploy.keys import load_private
-from deploy.push import BrokerAddress, push_model
+from deploy.mqtt import BrokerAddress
+from deploy.push import push_model
 from tests.agent_proc import AgentProcess, Observer, observing
 from tests.broker import Broker
 from tests.modelzoo import digits_data, model

@@ -19,7 +19,8 @@ import pytest
 from agent.wire.manifest import SignedManifest
 from agent.wire.messages import NeedRequest
 from deploy.keys import load_private
-from deploy.push import BrokerAddress, Pusher, PushResult
+from deploy.mqtt import BrokerAddress
+from deploy.push import Pusher, PushResult
 from tests.agent_proc import AgentProcess, Observer
 from tests.broker import Broker
 from tests.e2e_host import (

@@ -19,7 +19,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.wire.manifest import key_id_of
 from deploy.keys import load_private
-from deploy.push import BrokerAddress, push_model
+from deploy.mqtt import BrokerAddress
+from deploy.push import push_model
 from tests.agent_proc import AgentProcess
 from tests.broker import Broker
 from tests.delivery_helpers import snapshot

@@ -29,7 +29,8 @@ import pytest
 from agent.mqtt.transport import Transport
 from agent.mqtt.types import IncomingMessage, TransportConfig
 from deploy.keys import load_private
-from deploy.push import BrokerAddress, push_model
+from deploy.mqtt import BrokerAddress
+from deploy.push import push_model
 from tests.agent_proc import AgentProcess, observing, wait_for
 from tests.broker import Broker
 from tests.modelzoo import model

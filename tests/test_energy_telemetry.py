@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from deploy.keys import load_private
-from deploy.push import BrokerAddress, push_model
+from deploy.mqtt import BrokerAddress
+from deploy.push import push_model
 from tests.agent_proc import AgentProcess, observing
 from tests.broker import Broker
 from tests.modelzoo import model

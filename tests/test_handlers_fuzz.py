@@ -49,7 +49,8 @@ from agent.wire.manifest import key_id_of, model_fields, sign_manifest
 from agent.wire.messages import EventKind
 from agent.wire.topics import VERBS
 from deploy.keys import init_keys, load_private
-from deploy.push import BrokerAddress, push_model
+from deploy.mqtt import BrokerAddress
+from deploy.push import push_model
 from tests.agent_proc import AgentProcess, Observer, observing, wait_for
 from tests.broker import Broker, free_port
 from tests.modelzoo import digits_data, model

@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from deploy.keys import load_private
-from deploy.push import BrokerAddress, push_model
+from deploy.mqtt import BrokerAddress
+from deploy.push import push_model
 from tests.agent_proc import REPO, AgentProcess, observing, wait_for
 from tests.broker import Broker, free_port
 from tests.modelzoo import model

@@ -35,7 +35,7 @@ from deploy.fleet.registry_types import (
     Variant,
     class_id,
 )
-from deploy.loop.rollup import WindowRow, rollup, window_from_record
+from deploy.fleet.rollup import WindowRow, rollup, window_from_record
 
 log = logging.getLogger(__name__)
 
