@@ -36,7 +36,7 @@ from deploy.keys import init_keys, load_private
 from deploy.loop.driver import DEFAULT_RECIPES, ClosedLoop, LoopSettings, prepare_variants
 from deploy.loop.optimizer import Decision, EnoughRule, enough_telemetry
 from deploy.loop.targets import parse_targets
-from deploy.push import BrokerAddress
+from deploy.mqtt import BrokerAddress
 
 log = logging.getLogger(__name__)
 
@@ -180,9 +180,12 @@ def wait_online(registry: Registry, ids: set[str], timeout: float) -> None:
 
 
 def calibrated_targets(
-    registry: Registry, fp32: Variant, opts: DemoOptions, since: float,
+    registry: Registry,
+    fp32: Variant,
+    opts: DemoOptions,
+    since: float,
     say: Callable[[str], None],
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """FIXED_TARGETS plus p95 targets from the float p95 each class measured after ``since``."""
     rule = EnoughRule(min_windows=opts.min_windows, min_inferences=opts.min_inferences)
     by_class: dict[str, str] = {}  # registry class id -> hardware class
@@ -209,8 +212,10 @@ def calibrated_targets(
             time.sleep(0.2)
         target = round(factor * stats.p95_ms, 4)
         classes.setdefault(hw, {})["p95_ms"] = target
-        say(f"{cid}: float p95 {stats.p95_ms:.3g} ms measured here -> target p95 "
-            f"{target:.3g} ms ({factor:g}x float)")  # fmt: skip
+        say(
+            f"{cid}: float p95 {stats.p95_ms:.3g} ms measured here -> target p95 "
+            f"{target:.3g} ms ({factor:g}x float)"
+        )
     return {"model": MODEL, "targets": dict(FIXED_TARGETS["targets"]), "class": classes}
 
 
@@ -242,20 +247,27 @@ def run_demo(
             say(f"starting {len(opts.devices)} agents; converting digitsnet with every recipe")
             with quiet_converters(workdir / "convert.log"):
                 variants = prepare_variants(
-                    registry, MODEL, DATA / "digitsnet" / "digitsnet.keras",
-                    workdir / "variants", recipes=opts.recipes,
+                    registry,
+                    MODEL,
+                    DATA / "digitsnet" / "digitsnet.keras",
+                    workdir / "variants",
+                    recipes=opts.recipes,
                     calibration=DATA / "digitsnet" / "digits_data.npz",
                     validation=DATA / "digitsnet" / "digits_data.npz",
-                )  # fmt: skip
+                )
             for v in variants:
                 acc = f"{v.accuracy:.4f}" if v.accuracy is not None else "-"
                 state = "ok" if v.available else f"unavailable: {v.unavailable_reason}"
                 say(f"  {v.recipe:<13} {v.size / 1024:8.1f} KiB  accuracy {acc}  {state}")
             wait_online(registry, {d.device_id for d in opts.devices}, 60)
             deployer = Deployer(
-                registry, address, key, MODEL,
-                gates={"min_inferences": 30, "min_seconds": 0.5}, timeout_s=120,
-            )  # fmt: skip
+                registry,
+                address,
+                key,
+                MODEL,
+                gates={"min_inferences": 30, "min_seconds": 0.5},
+                timeout_s=120,
+            )
             fp32 = next(v for v in variants if v.recipe == "fp32" and v.available)
             say("deploying the float model to every device")
             with ThreadPoolExecutor(len(opts.devices)) as pool:

@@ -13,60 +13,23 @@ import queue
 import sys
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from agent.errors import EdgeloopError, ProtocolError
-from agent.mqtt.transport import Transport
-from agent.mqtt.types import IncomingMessage, TransportConfig
+from agent.errors import ProtocolError
+from agent.mqtt.types import IncomingMessage
 from agent.runtime import modelfile
 from agent.wire.chunks import encode_chunk
 from agent.wire.manifest import DEFAULT_CHUNK_SIZE, SignedManifest, model_fields, sign_manifest
 from agent.wire.messages import Command, CommandReply, Event, EventKind, NeedRequest, ReplyStatus
-from agent.wire.topics import Topics
+from agent.wire.topics import Topics, host_reply_topic
+from deploy.mqtt import BrokerAddress, connect, new_client_id
 
 log = logging.getLogger(__name__)
 
 FINAL_EVENTS = {EventKind.COMMITTED, EventKind.ROLLED_BACK, EventKind.REJECTED}
-
-
-@dataclass(frozen=True)
-class BrokerAddress:
-    host: str
-    port: int
-    username: str | None = None
-    password: str | None = None
-
-    @classmethod
-    def parse(cls, text: str) -> BrokerAddress:
-        host, _, port = text.rpartition(":")
-        if not host or not port.isdigit():
-            raise EdgeloopError(f"broker {text!r}: expected HOST:PORT", code="config")
-        return cls(host, int(port))
-
-    def client(
-        self,
-        role: str,
-        subscriptions: Sequence[str],
-        on_message: Callable[[IncomingMessage], None],
-        client_id: str | None = None,
-    ) -> Transport:
-        """A host-side MQTT v5 client (clean session: a host tool keeps no broker state)."""
-        return Transport(
-            TransportConfig(
-                host=self.host,
-                port=self.port,
-                client_id=client_id or f"edgeloop-{role}-{uuid.uuid4().hex[:12]}",
-                username=self.username,
-                password=self.password,
-                clean_start=True,
-                session_expiry_s=0,
-                subscriptions=[(t, 1) for t in subscriptions],
-            ),
-            on_message,
-        )
 
 
 @dataclass
@@ -132,8 +95,8 @@ class Pusher:
         on_event: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.topics = Topics(prefix, device_id)
-        self.client_id = f"edgeloop-push-{uuid.uuid4().hex[:12]}"
-        self.reply_topic = f"{prefix}/host/{self.client_id}/reply"
+        self.client_id = new_client_id("push")
+        self.reply_topic = host_reply_topic(prefix, self.client_id)
         self.inbox: queue.Queue[IncomingMessage] = queue.Queue()
         self.progress = progress
         self.on_event = on_event
@@ -145,14 +108,7 @@ class Pusher:
         )
 
     def __enter__(self) -> Pusher:
-        self.transport.start()
-        if not self.transport.wait_connected(10):
-            self.transport.stop()
-            raise EdgeloopError(
-                "cannot connect to the broker",
-                hint="check --broker HOST:PORT and that the broker runs",
-                code="broker",
-            )
+        connect(self.transport, hint="check --broker HOST:PORT and that the broker runs")
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -316,9 +272,15 @@ def push_model(
     """Sign and push ``model``; the release defaults to the current time in milliseconds."""
     release = int(time.time() * 1000) if release is None else release
     signed = build_manifest(
-        model, private_key, name=name, version=version, release=release,
-        recipe=recipe, delegate=delegate, chunk_size=chunk_size,
-    )  # fmt: skip
+        model,
+        private_key,
+        name=name,
+        version=version,
+        release=release,
+        recipe=recipe,
+        delegate=delegate,
+        chunk_size=chunk_size,
+    )
     with Pusher(broker, device_id, prefix=prefix, progress=progress) as pusher:
         pusher._chunk_size = signed.manifest.chunk_size
         return pusher.push(model, signed, timeout_s=timeout_s, gates=gates)

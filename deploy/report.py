@@ -56,8 +56,14 @@ def _tradeoff_plot(
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for v, p95, acc in points:
         is_chosen = v.id == chosen
-        ax.scatter([p95], [acc], s=120 if is_chosen else 40, marker="*" if is_chosen else "o",
-                   color="tab:red" if is_chosen else "tab:blue", zorder=3)  # fmt: skip
+        ax.scatter(
+            [p95],
+            [acc],
+            s=120 if is_chosen else 40,
+            marker="*" if is_chosen else "o",
+            color="tab:red" if is_chosen else "tab:blue",
+            zorder=3,
+        )
         ax.annotate(v.recipe, (p95, acc), textcoords="offset points", xytext=(5, 4), fontsize=8)
     ct = targets.for_class(cid) if targets else None
     if ct and ct.p95_ms:
@@ -116,8 +122,14 @@ def _timeline_plot(registry: Registry, model: str, cid: str, variants: list[Vari
         for ax in axes:
             ax.axvline(dep.finished - t0, color=color, alpha=0.5, lw=1)
         recipe = by_id[dep.variant].recipe if dep.variant in by_id else dep.variant
-        axes[0].annotate(f"{recipe} {dep.outcome}", (dep.finished - t0, 0), xycoords=("data",
-                         "axes fraction"), rotation=90, fontsize=7, va="bottom")  # fmt: skip
+        axes[0].annotate(
+            f"{recipe} {dep.outcome}",
+            (dep.finished - t0, 0),
+            xycoords=("data", "axes fraction"),
+            rotation=90,
+            fontsize=7,
+            va="bottom",
+        )
     axes[-1].set_xlabel("seconds (green: committed, red: rolled back)")
     axes[0].set_title(f"{cid}: telemetry over time", fontsize=10)
     return _png(fig)

@@ -55,7 +55,8 @@ sys.path.insert(0, str(ROOT))
 from agent.runtime import get_backend
 from agent.runtime.inputs import random_inputs
 from deploy.keys import init_keys, load_private
-from deploy.push import BrokerAddress, PushResult, push_model
+from deploy.mqtt import BrokerAddress
+from deploy.push import PushResult, push_model
 from tests.agent_proc import AgentProcess, Observer
 from tests.broker import Broker
 from tests.modelzoo import model

@@ -57,7 +57,7 @@ from deploy.fleet.rollout import Deployer
 from deploy.keys import init_keys, load_private
 from deploy.loop.driver import ClosedLoop, LoopSettings, prepare_variants
 from deploy.loop.optimizer import EnoughRule
-from deploy.push import BrokerAddress
+from deploy.mqtt import BrokerAddress
 
 # Absolute targets, as the demo had before it set its p95 targets from the float model's own
 # measurement (the figures in docs/benchmarks.md were taken with these): the Pi 4 class 0.6 ms.

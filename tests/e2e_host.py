@@ -318,7 +318,8 @@ def push_digits(
     timeout_s: float = 120,
 ) -> PushResult:
     """``edge-deploy push`` of digits_int8 release 1 with quick gates (the tests assert it)."""
-    from deploy.push import BrokerAddress, push_model
+    from deploy.mqtt import BrokerAddress
+    from deploy.push import push_model
     from tests.modelzoo import model
 
     address = BrokerAddress(broker.host, broker.port)

@@ -27,7 +27,7 @@ from deploy.fleet.registry import Registry
 from deploy.fleet.registry_types import Variant
 from deploy.fleet.rollout import Deployer
 from deploy.keys import init_keys, load_private
-from deploy.push import BrokerAddress
+from deploy.mqtt import BrokerAddress
 from tests.agent_proc import REPO, AgentProcess, Observer, wait_for
 from tests.broker import Broker
 

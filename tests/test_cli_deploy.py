@@ -23,7 +23,7 @@ from deploy.fleet.registry_types import ModelRow, Variant
 from deploy.fleet.rollout import Deployer
 from deploy.loop.service import ClassWatch, LoopService
 from deploy.loop.targets import parse_targets
-from deploy.push import BrokerAddress
+from deploy.mqtt import BrokerAddress
 from tests.agent_proc import AgentProcess, wait_for
 
 REPO = Path(__file__).resolve().parent.parent

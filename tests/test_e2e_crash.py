@@ -17,7 +17,8 @@ import pytest
 
 from agent.wire.manifest import SignedManifest
 from agent.wire.messages import NeedRequest
-from deploy.push import BrokerAddress, Pusher, PushResult
+from deploy.mqtt import BrokerAddress
+from deploy.push import Pusher, PushResult
 from tests.agent_proc import Observer
 from tests.broker import Broker
 from tests.delivery_helpers import model_files, pointer_sha, sha256_file, store_problems

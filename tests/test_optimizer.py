@@ -16,16 +16,9 @@ import pytest
 
 from deploy.fleet.registry import Registry
 from deploy.fleet.registry_types import HardwareClass, ModelRow, Stats, Variant
+from deploy.loop.driver import build_context, record
 from deploy.loop.learning import Observation, Priors, similarity
-from deploy.loop.optimizer import (
-    Decision,
-    EnoughRule,
-    build_context,
-    decide,
-    enough_telemetry,
-    pareto_front,
-    record,
-)
+from deploy.loop.optimizer import Decision, EnoughRule, decide, enough_telemetry, pareto_front
 from deploy.loop.targets import parse_targets
 
 PI4 = "rpi4b-cpu/ai-edge-litert"

@@ -140,16 +140,29 @@ class Topics:
         return parsed
 
 
-def host_subscriptions(prefix: str = DEFAULT_PREFIX, share_group: str | None = None) -> list[str]:
+HOST_KINDS = ("state", "telemetry", "events", "need")
+FLEET_KINDS = ("state", "telemetry", "events")  # what the collector and the fleet view read
+
+
+def host_subscriptions(
+    prefix: str = DEFAULT_PREFIX,
+    share_group: str | None = None,
+    kinds: tuple[str, ...] = HOST_KINDS,
+) -> list[str]:
     """Topic filters a host worker subscribes to (all devices); with ``share_group`` they are
     MQTT5 shared subscriptions ``$share/{group}/...`` so several workers split the load."""
     check_prefix(prefix)
-    filters = [f"{prefix}/dev/+/{kind}" for kind in ("state", "telemetry", "events", "need")]
+    filters = [f"{prefix}/dev/+/{kind}" for kind in kinds]
     if share_group is not None:
         if not valid_id(share_group):
             raise ProtocolError(f"share group {share_group!r} is invalid", code=Reason.BAD_TOPIC)
         filters = [f"$share/{share_group}/{f}" for f in filters]
     return filters
+
+
+def host_reply_topic(prefix: str, client_id: str) -> str:
+    """Where a host client asks devices to send its command replies."""
+    return f"{check_prefix(prefix)}/host/{client_id}/reply"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,61 +22,24 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from agent.errors import ConfigError
+from deploy.cli.common import (
+    broker,
+    broker_options,
+    existing_file,
+    gates,
+    open_registry,
+    printer,
+    read_targets,
+)
 from deploy.convert.cli import stdout_to_stderr
 from deploy.fleet.registry_types import Variant
 from deploy.fleet.rollout import Deployer
 from deploy.push import PushResult
 
 EXIT_OK, EXIT_FAILED = 0, 1
-
-
-# ---- shared helpers ----------------------------------------------------------------------------
-def existing_file(path: str | None, what: str, hint: str) -> Path | None:
-    if path is None:
-        return None
-    p = Path(path)
-    if not p.exists():
-        raise ConfigError(f"{what} {path}: no such file or directory", hint=hint)
-    return p
-
-
-def open_registry(path: str, *, create: bool = False) -> Any:
-    from deploy.fleet.registry import Registry
-
-    p = Path(path)
-    if not create and not p.is_file():
-        raise ConfigError(f"registry {path}: no such file",
-                          hint="give the registry an `edge-deploy optimize` run wrote")  # fmt: skip
-    if create and not p.parent.is_dir():
-        raise ConfigError(f"registry {path}: directory {p.parent} does not exist")
-    return Registry(p)
-
-
-def read_targets(path: str | None, model: str | None = None) -> Any:
-    from deploy.loop.targets import load_targets
-
-    p = existing_file(path, "targets", "give the model's targets TOML (see docs/loop.md)")
-    if p is None:
-        return None
-    targets = load_targets(p)
-    if model is not None and targets.model is not None and targets.model != model:
-        raise ConfigError(f"targets {path} are for model {targets.model!r}, not {model!r}",
-                          hint="pass the targets file of this model")  # fmt: skip
-    return targets
-
-
-def gates(args: argparse.Namespace) -> dict[str, Any] | None:
-    out: dict[str, Any] = {}
-    if getattr(args, "p95_gate", None) is not None:
-        out["p95_ms"] = args.p95_gate
-    if args.min_inferences is not None:
-        out["min_inferences"] = args.min_inferences
-    if args.min_seconds is not None:
-        out["min_seconds"] = args.min_seconds
-    return out or None
 
 
 @dataclass
@@ -86,8 +49,10 @@ class ReportingDeployer(Deployer):
     say: Callable[[str], None] = print
 
     def push(self, device: str, variant: Variant, *, reason: str = "") -> PushResult:
-        self.say(f"{device}: installing {variant.recipe} ({variant.id})"
-                 + (f" [{reason}]" if reason else ""))  # fmt: skip
+        self.say(
+            f"{device}: installing {variant.recipe} ({variant.id})"
+            + (f" [{reason}]" if reason else "")
+        )
         try:
             result = super().push(device, variant, reason=reason)
         except Exception as exc:
@@ -97,28 +62,26 @@ class ReportingDeployer(Deployer):
         return result
 
 
-def _printer(stream: TextIO) -> Callable[[str], None]:
-    def say(text: str) -> None:
-        print(text, file=stream, flush=True)
-
-    return say
-
-
 @contextlib.contextmanager
 def fleet_session(args: argparse.Namespace, registry: Any) -> Iterator[tuple[Any, Any]]:
     """A running Collector on the broker, and the deployer (pushes reported on stderr)."""
-    from deploy.cli.main import _broker
     from deploy.fleet.collector import Collector
     from deploy.keys import load_private
 
     key = load_private(args.keys)
-    address = _broker(args)
+    address = broker(args)
     collector = Collector(registry, address, prefix=args.prefix).start()
     try:
         deployer = ReportingDeployer(
-            registry, address, key, args.model, prefix=args.prefix, gates=gates(args),
-            timeout_s=args.push_timeout, say=_printer(sys.stderr),
-        )  # fmt: skip
+            registry,
+            address,
+            key,
+            args.model,
+            prefix=args.prefix,
+            gates=gates(args),
+            timeout_s=args.push_timeout,
+            say=printer(sys.stderr),
+        )
         yield collector, deployer
     finally:
         collector.stop()
@@ -146,8 +109,10 @@ def _print_runs(registry: Any, runs: list[Any], say: Callable[[str], None]) -> N
         s = _summary(registry, r)
         rollout = s.get("rollout") or {}
         extra = f", rollout {rollout.get('state')}" if rollout else ""
-        say(f"{r.class_id}: {r.state}, chosen {s['recipe'] or '-'} after {r.trials} trial(s)"
-            f"{extra}{'; ' + r.note if r.note else ''}")  # fmt: skip
+        say(
+            f"{r.class_id}: {r.state}, chosen {s['recipe'] or '-'} after {r.trials} trial(s)"
+            f"{extra}{'; ' + r.note if r.note else ''}"
+        )
 
 
 def cmd_optimize(args: argparse.Namespace) -> int:
@@ -165,24 +130,30 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
     registry = open_registry(args.registry, create=True)
     out = sys.stdout
-    say = _printer(sys.stderr if args.json else out)
+    say = printer(sys.stderr if args.json else out)
     all_runs: dict[str, Any] = {}
     ok = False
     try:
         with fleet_session(args, registry) as (collector, deployer):
             with stdout_to_stderr():
                 variants = prepare_variants(
-                    registry, args.model, source, Path(args.out or Path(args.registry).parent
-                                                       / "variants" / args.model),
-                    recipes=recipes, calibration=calib, validation=valid,
+                    registry,
+                    args.model,
+                    source,
+                    Path(args.out or Path(args.registry).parent / "variants" / args.model),
+                    recipes=recipes,
+                    calibration=calib,
+                    validation=valid,
                     progress=Progress(None if args.json else sys.stderr),
-                )  # fmt: skip
+                )
             for v in variants:
                 say(_variant_line(v))
             found = wait_for_devices(registry, collector, args.classes, args.wait_devices)
             if not found and not args.service:
-                say(f"no online device{' of ' + ', '.join(args.classes) if args.classes else ''}"
-                    f" after {args.wait_devices:g}s")  # fmt: skip
+                say(
+                    f"no online device{' of ' + ', '.join(args.classes) if args.classes else ''}"
+                    f" after {args.wait_devices:g}s"
+                )
                 return EXIT_FAILED
             say("online: " + "; ".join(f"{c}: {', '.join(d)}" for c, d in found.items()))
 
@@ -195,13 +166,20 @@ def cmd_optimize(args: argparse.Namespace) -> int:
 
             settings = LoopSettings(
                 timeout_s=args.timeout,
-                rule=EnoughRule(min_windows=args.judge_windows,
-                                min_inferences=args.judge_inferences),
-            )  # fmt: skip
+                rule=EnoughRule(
+                    min_windows=args.judge_windows, min_inferences=args.judge_inferences
+                ),
+            )
             service = LoopService(
-                registry, deployer, targets, settings, classes=tuple(found),
-                poll_s=args.poll, on_decision=show, on_trigger=trigger,
-            )  # fmt: skip
+                registry,
+                deployer,
+                targets,
+                settings,
+                classes=tuple(found),
+                poll_s=args.poll,
+                on_decision=show,
+                on_trigger=trigger,
+            )
             if args.service:
                 return _serve(service, registry, say, args)
             runs = service.run_cycle(service.evaluate())
@@ -211,8 +189,14 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     finally:
         registry.close()
     if args.json:
-        print(json.dumps({"model": args.model, "ok": ok, "classes": list(all_runs.values())},
-                         indent=2, default=str), file=out)  # fmt: skip
+        print(
+            json.dumps(
+                {"model": args.model, "ok": ok, "classes": list(all_runs.values())},
+                indent=2,
+                default=str,
+            ),
+            file=out,
+        )
     return EXIT_OK if ok else EXIT_FAILED
 
 
@@ -254,8 +238,10 @@ def resolve_variant(registry: Any, model: str, name: str) -> Variant:
     if not v.available:
         raise ConfigError(f"variant {v.id} ({v.recipe}) is unavailable: {v.unavailable_reason}")
     if not Path(v.path).is_file():
-        raise ConfigError(f"variant {v.id}: file {v.path} is missing",
-                          hint="convert again with `edge-deploy optimize`")  # fmt: skip
+        raise ConfigError(
+            f"variant {v.id}: file {v.path} is missing",
+            hint="convert again with `edge-deploy optimize`",
+        )
     return v
 
 
@@ -282,27 +268,35 @@ def cmd_rollout(args: argparse.Namespace) -> int:
         variant = resolve_variant(registry, args.model, args.variant)
         known = {c.id for c in registry.hardware_classes()}
         if not any(class_matches(c, [args.class_]) for c in known):
-            raise ConfigError(f"class {args.class_!r} is not in the registry "
-                              f"(known: {', '.join(sorted(known)) or 'none'})")  # fmt: skip
+            raise ConfigError(
+                f"class {args.class_!r} is not in the registry "
+                f"(known: {', '.join(sorted(known)) or 'none'})"
+            )
         waves = parse_waves(args.waves)
-        say = _printer(sys.stderr if args.json else sys.stdout)
+        say = printer(sys.stderr if args.json else sys.stdout)
         with fleet_session(args, registry) as (collector, deployer):
             found = wait_for_devices(registry, collector, [args.class_], args.wait_devices)
             if len(found) > 1:
-                raise ConfigError(f"--class {args.class_!r} names several classes: "
-                                  f"{', '.join(found)}", hint="give the full class id")  # fmt: skip
+                raise ConfigError(
+                    f"--class {args.class_!r} names several classes: {', '.join(found)}",
+                    hint="give the full class id",
+                )
             if not found and not args.service:
                 say(f"no online device of {args.class_} after {args.wait_devices:g}s")
                 return EXIT_FAILED
             cid, devices = next(iter(found.items()))
             policy = RolloutPolicy(
-                canary=args.canary, waves=waves, max_failure_ratio=args.max_failure_ratio,
+                canary=args.canary,
+                waves=waves,
+                max_failure_ratio=args.max_failure_ratio,
                 wave_timeout_s=args.wave_timeout,
-            )  # fmt: skip
+            )
             policy.validate(len(devices))
             previous = {d: current_variant(registry, d) for d in devices}
-            say(f"rolling {variant.recipe} ({variant.id}) out to {cid}: {', '.join(devices)}; "
-                f"canary {args.canary}, waves {','.join(map(str, waves))}")  # fmt: skip
+            say(
+                f"rolling {variant.recipe} ({variant.id}) out to {cid}: {', '.join(devices)}; "
+                f"canary {args.canary}, waves {','.join(map(str, waves))}"
+            )
             runner = RolloutRunner(deployer, variant, previous, class_id=cid, policy=policy)
             outcome = runner.run(devices)
     finally:
@@ -310,8 +304,10 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(outcome.to_dict(), indent=2))
     else:
-        say(f"rollout {outcome.rollout_id}: {outcome.state}"
-            + (f" ({outcome.reason})" if outcome.reason else ""))  # fmt: skip
+        say(
+            f"rollout {outcome.rollout_id}: {outcome.state}"
+            + (f" ({outcome.reason})" if outcome.reason else "")
+        )
         say(f"  committed: {', '.join(outcome.committed) or '-'}")
         for d, why in outcome.failed.items():
             say(f"  failed: {d}: {why}")
@@ -340,18 +336,17 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 # ---- parsers ------------------------------------------------------------------------------------
 def _fleet_options(p: argparse.ArgumentParser) -> None:
-    from deploy.cli.main import _broker_options
-
     p.add_argument("model", help="model name (the registry's)")
     p.add_argument("--keys", required=True, help="key directory (edge-deploy keys init)")
     p.add_argument("--registry", required=True, help="the registry SQLite file")
     p.add_argument("--min-inferences", type=int, default=None, help="device trial gate")
     p.add_argument("--min-seconds", type=float, default=None, help="device trial gate")
     p.add_argument("--push-timeout", type=float, default=300.0, help="per push (s)")
-    p.add_argument("--wait-devices", type=float, default=10.0,
-                   help="seconds to wait for online devices")  # fmt: skip
+    p.add_argument(
+        "--wait-devices", type=float, default=10.0, help="seconds to wait for online devices"
+    )
     p.add_argument("--json", action="store_true")
-    _broker_options(p)
+    broker_options(p)
 
 
 def add_loop_parsers(sub: Any) -> None:
@@ -363,8 +358,13 @@ def add_loop_parsers(sub: Any) -> None:
     p.add_argument("--validation", default=None)
     p.add_argument("--recipes", default="fp32,fp16,dynamic-int8,int8,int16x8,selective,edgetpu")
     p.add_argument("--out", default=None, help="variants directory (default: next to registry)")
-    p.add_argument("--class", dest="classes", action="append", default=[],
-                   help="only this class (full id or hardware class); repeatable")  # fmt: skip
+    p.add_argument(
+        "--class",
+        dest="classes",
+        action="append",
+        default=[],
+        help="only this class (full id or hardware class); repeatable",
+    )
     p.add_argument("--timeout", type=float, default=900.0, help="loop timeout per run (s)")
     p.add_argument("--judge-windows", type=int, default=3, help="windows before judging")
     p.add_argument("--judge-inferences", type=int, default=100, help="inferences before judging")

@@ -109,9 +109,11 @@ def _rules(recipe: Recipe) -> Any:
     if recipe.kind == "fp16":
         manager = RecipeManager()
         manager.add_weight_only_config(
-            ".*", qtyping.TFLOperationName.ALL_SUPPORTED, 16,
+            ".*",
+            qtyping.TFLOperationName.ALL_SUPPORTED,
+            16,
             algorithm_key=AlgorithmName.FLOAT_CASTING,
-        )  # fmt: skip
+        )
         return manager.get_quantization_recipe()
     if recipe.kind == "dynamic-int8":
         return aiq_recipe.dynamic_wi8_afp32()
@@ -162,8 +164,10 @@ def quantize(
     scores = sensitivity(q, model, key, samples[:SENSITIVITY_SAMPLES])
     keep = _keep_count(recipe, len(scores))
     chosen = [s for s in scores if s["loss_db"] > 0][:keep]
-    say(f"keeping {len(chosen)} most sensitive operators in float: "
-        + ", ".join(f"{s['op']}#{s['index']} ({s['loss_db']:.1f} dB)" for s in chosen))  # fmt: skip
+    say(
+        f"keeping {len(chosen)} most sensitive operators in float: "
+        + ", ".join(f"{s['op']}#{s['index']} ({s['loss_db']:.1f} dB)" for s in chosen)
+    )
     out = _requantize_without(model, rules, chosen, key, samples)
     return AiqOutput(out, notes, chosen)
 
@@ -196,8 +200,9 @@ def sensitivity(
         in_snr = [snr[t] for t in op.inputs if t in snr]
         upstream = _db(min(in_snr)) if in_snr else 200.0
         loss = min(upstream, 200.0) - min(_db(min(out_snr)), 200.0)
-        scores.append({"index": op.index, "op": op.name, "tensor": op.outputs[0],
-                       "loss_db": round(loss, 3)})  # fmt: skip
+        scores.append(
+            {"index": op.index, "op": op.name, "tensor": op.outputs[0], "loss_db": round(loss, 3)}
+        )
     scores.sort(key=lambda s: float(s["loss_db"]), reverse=True)
     return scores
 

@@ -60,9 +60,11 @@ def _line(r: VariantResult) -> str:
     e = r.evaluation
     metrics = "not evaluated"
     if e is not None:
-        parts = [f"acc {e.accuracy:.4f}" if e.accuracy is not None else None,
-                 f"agree {e.agreement:.4f}" if e.agreement is not None else None,
-                 f"snr {e.snr_db:.1f} dB" if e.snr_db is not None else None]  # fmt: skip
+        parts = [
+            f"acc {e.accuracy:.4f}" if e.accuracy is not None else None,
+            f"agree {e.agreement:.4f}" if e.agreement is not None else None,
+            f"snr {e.snr_db:.1f} dB" if e.snr_db is not None else None,
+        ]
         metrics = ", ".join(p for p in parts if p) or "no metric"
     runs = ", ".join(x["runtime"] + " " + x["version"] for x in r.min_runtime if x.get("ok"))
     return (

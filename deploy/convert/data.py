@@ -117,9 +117,13 @@ def input_specs(info: ModelInfo) -> list[InputSpec]:
         matches = [n for n in sig_names if n in tensor.name]
         name = max(matches, key=len) if matches else aliases[-1]
         specs.append(
-            InputSpec(name, tensor.shape_signature or tensor.shape, tensor.dtype,
-                      (*aliases, name, f"arr_{pos}"))
-        )  # fmt: skip
+            InputSpec(
+                name,
+                tensor.shape_signature or tensor.shape,
+                tensor.dtype,
+                (*aliases, name, f"arr_{pos}"),
+            )
+        )
     return specs
 
 
@@ -198,8 +202,13 @@ def _from_npz(path: Path, specs: Sequence[InputSpec], role: str, keys: list[str]
             chosen = _choose_npz_keys(path, files, specs, role)
         arrays = [_fit(npz[k], s, f"{path}#{k}") for k, s in zip(chosen, specs, strict=True)]
     if labels is not None and len(labels) != len(arrays[0]):
-        log.info("%s: 'labels' has %d entries, %s has %d samples: not its labels",
-                 path, len(labels), chosen[0], len(arrays[0]))  # fmt: skip
+        log.info(
+            "%s: 'labels' has %d entries, %s has %d samples: not its labels",
+            path,
+            len(labels),
+            chosen[0],
+            len(arrays[0]),
+        )
         labels = None
     return make_dataset(arrays, [s.name for s in specs], labels, f"{path}#{','.join(chosen)}")
 

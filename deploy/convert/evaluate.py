@@ -102,8 +102,9 @@ def _run(
     batch = _batch_size(ins)
     n = (len(data) // batch) * batch
     if n < len(data):
-        log.warning("%s has a fixed batch of %d: evaluating %d of %d samples",
-                    path, batch, n, len(data))  # fmt: skip
+        log.warning(
+            "%s has a fixed batch of %d: evaluating %d of %d samples", path, batch, n, len(data)
+        )
     collected: list[list[np.ndarray]] = []
     for start in range(0, n, batch):
         for detail, src in zip(ins, order, strict=True):

@@ -106,8 +106,10 @@ class Converter:
             else:
                 specs = input_specs(inspect(self.reference()))
                 self._data[role] = load_data(arg, specs, role, image_range=self.image_range)
-                self.progress.say(f"{role} data: {self._data[role].to_dict()['source']}, "  # type: ignore[union-attr]
-                                  f"{len(self._data[role] or ())} samples")  # fmt: skip
+                self.progress.say(
+                    f"{role} data: {self._data[role].to_dict()['source']}, "  # type: ignore[union-attr]
+                    f"{len(self._data[role] or ())} samples"
+                )
         return self._data[role]
 
     # -- conversion ------------------------------------------------------------------------
@@ -134,9 +136,12 @@ class Converter:
         calib = self.data("calibration") if recipe.calibration else None
         tools = self._tools(backend)
         key = key_of(
-            source=self._digest, recipe=recipe.fingerprint(), backend=backend,
-            calibration=calib.fingerprint if calib is not None else None, tools=tools,
-        )  # fmt: skip
+            source=self._digest,
+            recipe=recipe.fingerprint(),
+            backend=backend,
+            calibration=calib.fingerprint if calib is not None else None,
+            tools=tools,
+        )
         hit = self.cache.get_model(key) if self.cache is not None else None
         if hit is not None:
             return hit[0], hit[1], True
@@ -162,8 +167,9 @@ class Converter:
     def _edgetpu(self, recipe: Recipe, backend: str) -> tuple[bytes, dict[str, Any], bool]:
         compiler = edgetpu.find_compiler()
         if compiler is None:
-            raise EdgeloopError(str(edgetpu.unavailable_reason()), hint=edgetpu.INSTALL_HINT,
-                                code="unavailable")  # fmt: skip
+            raise EdgeloopError(
+                str(edgetpu.unavailable_reason()), hint=edgetpu.INSTALL_HINT, code="unavailable"
+            )
         int8 = Recipe(f"{recipe.name}/int8", "int8", calibration=True, io=recipe.io)
         model, meta, _ = self._bytes(int8, backend)
         version = edgetpu.compiler_version(compiler) or "unknown"
@@ -210,22 +216,30 @@ class Converter:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(model)
         result = VariantResult(
-            recipe=rec.name, kind=rec.kind, status=OK, backend=label,
-            conversion_s=meta.get("conversion_s"), cached=cached,
-            notes=list(meta.get("notes", [])), tools=dict(meta.get("tools", {})),
-            details=dict(meta.get("details", {})), **describe(path),
-        )  # fmt: skip
+            recipe=rec.name,
+            kind=rec.kind,
+            status=OK,
+            backend=label,
+            conversion_s=meta.get("conversion_s"),
+            cached=cached,
+            notes=list(meta.get("notes", [])),
+            tools=dict(meta.get("tools", {})),
+            details=dict(meta.get("details", {})),
+            **describe(path),
+        )
         return self._evaluated(result, path)
 
-    def _failure(self, rec: Recipe, backend: str, status: str, reason: str, hint: str | None,
-                 op: str | None) -> VariantResult:  # fmt: skip
+    def _failure(
+        self, rec: Recipe, backend: str, status: str, reason: str, hint: str | None, op: str | None
+    ) -> VariantResult:
         where = f" at operator {op}" if op else ""
         reason = reason.removeprefix(f"recipe {rec.name}: ")
         message = f"recipe {rec.name} ({backend}){where}: {reason}"
         log.warning("%s", message)
         self.progress.say(f"{rec.name}: {status}: {reason}")
-        return VariantResult(rec.name, rec.kind, status, backend, error=message, hint=hint,
-                             operator=op)  # fmt: skip
+        return VariantResult(
+            rec.name, rec.kind, status, backend, error=message, hint=hint, operator=op
+        )
 
     # -- evaluation ------------------------------------------------------------------------
 
@@ -236,10 +250,16 @@ class Converter:
         target = path
         notes = list(result.notes)
         if result.is_edgetpu:
-            notes.append("host metrics are those of the int8 model given to the compiler "
-                         "(an Edge TPU-compiled model does not run on the host CPU)")  # fmt: skip
-            int8 = Recipe(f"{result.recipe}/int8", "int8", calibration=True,
-                          io=get_recipe(result.recipe, self.recipes_file).io)  # fmt: skip
+            notes.append(
+                "host metrics are those of the int8 model given to the compiler "
+                "(an Edge TPU-compiled model does not run on the host CPU)"
+            )
+            int8 = Recipe(
+                f"{result.recipe}/int8",
+                "int8",
+                calibration=True,
+                io=get_recipe(result.recipe, self.recipes_file).io,
+            )
             target = path.with_suffix(".int8.tflite")
             target.write_bytes(self._bytes(int8, self._resolve_backend(int8))[0])
         try:
@@ -258,8 +278,9 @@ class Converter:
         from agent.runtime import get_backend
 
         rt = get_backend()
-        key = key_of(variant=sha, reference=ref_sha, data=data.fingerprint,
-                     runtime=f"{rt.name} {rt.version}")  # fmt: skip
+        key = key_of(
+            variant=sha, reference=ref_sha, data=data.fingerprint, runtime=f"{rt.name} {rt.version}"
+        )
         hit = self.cache.get_eval(key) if self.cache is not None else None
         if hit is not None:
             return Evaluation(**hit)
@@ -282,9 +303,11 @@ class Converter:
         self, recipes: Sequence[str | Recipe] | str, out_dir: str | Path
     ) -> list[VariantResult]:
         """Every recipe into ``out_dir/<source stem>_<recipe>.tflite``; failures do not stop."""
-        chosen = resolve(recipes, self.recipes_file) if isinstance(recipes, str) else [
-            r if isinstance(r, Recipe) else get_recipe(r, self.recipes_file) for r in recipes
-        ]  # fmt: skip
+        chosen = (
+            resolve(recipes, self.recipes_file)
+            if isinstance(recipes, str)
+            else [r if isinstance(r, Recipe) else get_recipe(r, self.recipes_file) for r in recipes]
+        )
         directory = Path(out_dir)
         results = []
         for rec in chosen:

@@ -78,12 +78,17 @@ def describe(path: Path) -> dict[str, Any]:
     info = inspect(path)
     tensors = [
         [
-            {"name": t.name, "shape": list(t.shape_signature or t.shape), "dtype": t.dtype,
-             "scale": t.scale, "zero_point": t.zero_point}
+            {
+                "name": t.name,
+                "shape": list(t.shape_signature or t.shape),
+                "dtype": t.dtype,
+                "scale": t.scale,
+                "zero_point": t.zero_point,
+            }
             for t in group
         ]
         for group in (info.inputs, info.outputs)
-    ]  # fmt: skip
+    ]
     return {
         "path": str(path),
         "size": info.size,

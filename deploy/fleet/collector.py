@@ -17,9 +17,9 @@ from typing import Any
 
 from agent.errors import EdgeloopError, ProtocolError
 from agent.mqtt.types import IncomingMessage
-from agent.wire.topics import parse_topic
+from agent.wire.topics import FLEET_KINDS, host_subscriptions, parse_topic
 from deploy.fleet.registry import Registry
-from deploy.push import BrokerAddress
+from deploy.mqtt import BrokerAddress, connect
 
 log = logging.getLogger(__name__)
 
@@ -40,18 +40,18 @@ class Collector:
         self.telemetry_stored = 0
         self.duplicates = 0
         self.skipped = 0
-        share = f"$share/{share_group}/" if share_group else ""
-        topics = [f"{share}{prefix}/dev/+/{kind}" for kind in ("state", "telemetry", "events")]
+        topics = host_subscriptions(prefix, share_group or None, FLEET_KINDS)
         self.transport = broker.client("collector", topics, self.inbox.put)
         self._thread = threading.Thread(target=self._run, name="collector", daemon=True)
         self._idle = threading.Event()
 
     def start(self) -> Collector:
         self._thread.start()
-        self.transport.start()
-        if not self.transport.wait_connected(10):
+        try:
+            connect(self.transport, "the collector cannot connect to the broker")
+        except EdgeloopError:
             self.stop()
-            raise EdgeloopError("the collector cannot connect to the broker", code="broker")
+            raise
         return self
 
     def stop(self) -> None:

@@ -5,6 +5,10 @@ deployments, telemetry windows (roll-ups per class and variant are computed from
 per-model release counters, every optimizer decision with its evidence, and rollouts. All loop
 state lives here, so a host restarted mid-loop reopens the file and carries on.
 
+Plumbing (open, migrate, transactions) is in :mod:`deploy.fleet.registry_db`, decisions and
+rollouts in :mod:`deploy.fleet.registry_history`; this module holds classes, devices, models,
+variants, deployments and telemetry.
+
 The schema is versioned with ``PRAGMA user_version`` and the ordered list in
 :mod:`deploy.fleet.migrations`; opening is idempotent. One connection per ``Registry``, guarded by a
 lock, so the threads of one host process can share it; WAL lets readers (``edge-deploy fleet``,
@@ -16,120 +20,30 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-import threading
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
-from agent.errors import ConfigError
-from deploy.fleet.migrations import MIGRATIONS, SCHEMA_VERSION
+from deploy.fleet.registry_db import dumps, now_or
+from deploy.fleet.registry_history import RegistryHistory
 from deploy.fleet.registry_types import (
-    DecisionRow,
     Deployment,
     Device,
     HardwareClass,
     ModelRow,
-    RolloutDevice,
-    RolloutRow,
     Stats,
     Variant,
     class_id,
 )
-from deploy.loop.rollup import WindowRow, rollup, window_from_record
+from deploy.fleet.rollup import WindowRow, rollup, window_from_record
 
 log = logging.getLogger(__name__)
 
 OUTCOMES = ("committed", "rolled_back", "rejected")
 
 
-def _now(t: float | None) -> float:
-    return time.time() if t is None else t
-
-
-def _dumps(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
-
-
-class Registry:
+class Registry(RegistryHistory):
     """``Registry(path)``: open (creating and migrating as needed) the registry at ``path``."""
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self._lock = threading.RLock()
-        try:
-            self._db = sqlite3.connect(
-                str(self.path), isolation_level=None, check_same_thread=False, timeout=30.0
-            )
-        except sqlite3.Error as exc:
-            raise ConfigError(
-                f"cannot open the registry {self.path}: {exc}",
-                hint="check the directory exists and is writable",
-            ) from exc
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._migrate()
-
-    # ---- plumbing -----------------------------------------------------------------------------
-    @property
-    def schema_version(self) -> int:
-        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
-
-    def _migrate(self) -> None:
-        with self._lock:
-            version = self.schema_version
-            if version > SCHEMA_VERSION:
-                raise ConfigError(
-                    f"registry {self.path} has schema version {version}, newer than this "
-                    f"edgeloop understands ({SCHEMA_VERSION})",
-                    hint="upgrade edgeloop, or point --registry at another file",
-                )
-            while version < SCHEMA_VERSION:
-                script = MIGRATIONS[version]
-                try:
-                    self._db.executescript(
-                        f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {version + 1};\nCOMMIT;"
-                    )
-                except sqlite3.Error as exc:
-                    if self._db.in_transaction:
-                        self._db.execute("ROLLBACK")
-                    if self.schema_version > version:  # another process migrated meanwhile
-                        version = self.schema_version
-                        continue
-                    raise ConfigError(
-                        f"registry {self.path}: migration to version {version + 1} failed: {exc}",
-                        hint="the file is unchanged; restore it from a backup if it is damaged",
-                    ) from exc
-                log.info("registry %s migrated to schema version %d", self.path, version + 1)
-                version += 1
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-
-    def _all(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            return list(self._db.execute(sql, args).fetchall())
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    def __enter__(self) -> Registry:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # ---- hardware classes and devices ---------------------------------------------------------
     def upsert_class(self, cls: HardwareClass) -> None:
@@ -138,9 +52,16 @@ class Registry:
                 "INSERT INTO hardware_classes VALUES (?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET "
                 "description = CASE WHEN excluded.description != '' THEN excluded.description "
                 "ELSE description END",
-                (cls.id, cls.hardware_class, cls.board, cls.board_family, cls.accelerator,
-                 cls.runtime, cls.description),
-            )  # fmt: skip
+                (
+                    cls.id,
+                    cls.hardware_class,
+                    cls.board,
+                    cls.board_family,
+                    cls.accelerator,
+                    cls.runtime,
+                    cls.description,
+                ),
+            )
 
     def hardware_classes(self) -> list[HardwareClass]:
         return [HardwareClass(**dict(r)) for r in self._all("SELECT * FROM hardware_classes")]
@@ -177,9 +98,18 @@ class Registry:
                 "runtime_version = COALESCE(excluded.runtime_version, runtime_version), "
                 "last_seen = excluded.last_seen, online = excluded.online, "
                 "state = CASE WHEN excluded.state != '{}' THEN excluded.state ELSE state END",
-                (device_id, hardware_class, board, accelerator, runtime, runtime_version, seen,
-                 int(online), _dumps(dict(state or {}))),
-            )  # fmt: skip
+                (
+                    device_id,
+                    hardware_class,
+                    board,
+                    accelerator,
+                    runtime,
+                    runtime_version,
+                    seen,
+                    int(online),
+                    dumps(dict(state or {})),
+                ),
+            )
         device = self.device(device_id)
         assert device is not None
         return device
@@ -201,18 +131,31 @@ class Registry:
             family = str(hw.get("board_family") or parsed.board_family)
             family = board if family == "generic" else family  # generic boards share nothing
             self.upsert_class(
-                HardwareClass(cid, str(hw_class), board, family, parsed.accelerator, str(rt_name),
-                              str(hw.get("board") or ""))
-            )  # fmt: skip
+                HardwareClass(
+                    cid,
+                    str(hw_class),
+                    board,
+                    family,
+                    parsed.accelerator,
+                    str(rt_name),
+                    str(hw.get("board") or ""),
+                )
+            )
         accels = hw.get("accelerators") or []
         accel = ",".join(f"{a.get('kind')}:{a.get('device')}" for a in accels) or (
             "cpu" if hw else None
         )
         return self.upsert_device(
-            device_id, hardware_class=cid, board=hw.get("board_id"), accelerator=accel,
-            runtime=rt_name, runtime_version=rt.get("version"), online=bool(state.get("online")),
-            state=state if hw else None, last_seen=now,
-        )  # fmt: skip
+            device_id,
+            hardware_class=cid,
+            board=hw.get("board_id"),
+            accelerator=accel,
+            runtime=rt_name,
+            runtime_version=rt.get("version"),
+            online=bool(state.get("online")),
+            state=state if hw else None,
+            last_seen=now,
+        )
 
     def device(self, device_id: str) -> Device | None:
         rows = self._all("SELECT * FROM devices WHERE id = ?", (device_id,))
@@ -241,7 +184,7 @@ class Registry:
                 "INSERT INTO models VALUES (?,?,?,?) ON CONFLICT(name) DO UPDATE SET "
                 "source_path = excluded.source_path, source_sha256 = excluded.source_sha256, "
                 "float_metrics = excluded.float_metrics",
-                (model.name, model.source_path, model.source_sha256, _dumps(model.float_metrics)),
+                (model.name, model.source_path, model.source_sha256, dumps(model.float_metrics)),
             )
 
     def model(self, name: str) -> ModelRow | None:
@@ -262,10 +205,24 @@ class Registry:
         with self._tx() as db:
             db.execute(
                 "INSERT OR REPLACE INTO variants VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (v.id, v.model, v.recipe, v.path, v.sha256, v.size, v.quantization, v.accuracy,
-                 v.agreement, v.snr_db, _dumps(v.operators), _dumps(v.min_runtime),
-                 v.conversion_s, int(v.available), v.unavailable_reason),
-            )  # fmt: skip
+                (
+                    v.id,
+                    v.model,
+                    v.recipe,
+                    v.path,
+                    v.sha256,
+                    v.size,
+                    v.quantization,
+                    v.accuracy,
+                    v.agreement,
+                    v.snr_db,
+                    dumps(v.operators),
+                    dumps(v.min_runtime),
+                    v.conversion_s,
+                    int(v.available),
+                    v.unavailable_reason,
+                ),
+            )
 
     @staticmethod
     def _variant(r: sqlite3.Row) -> Variant:
@@ -302,29 +259,38 @@ class Registry:
 
     # ---- deployments ----------------------------------------------------------------------------
     def record_deployment(
-        self, device: str, variant: str, release: int, manifest_sha256: str, *,
+        self,
+        device: str,
+        variant: str,
+        release: int,
+        manifest_sha256: str,
+        *,
         started: float | None = None,
-    ) -> int:  # fmt: skip
+    ) -> int:
         dev = self.device(device)
         cid = dev.hardware_class if dev else None
         with self._tx() as db:
             cur = db.execute(
                 "INSERT INTO deployments (device, class_id, variant, release, manifest_sha256, "
                 "started) VALUES (?,?,?,?,?,?)",
-                (device, cid, variant, release, manifest_sha256, _now(started)),
+                (device, cid, variant, release, manifest_sha256, now_or(started)),
             )
             return int(cur.lastrowid or 0)
 
     def finish_deployment(
-        self, deployment_id: int, outcome: str, reason: str | None = None, *,
+        self,
+        deployment_id: int,
+        outcome: str,
+        reason: str | None = None,
+        *,
         finished: float | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         if outcome not in OUTCOMES:
             raise ValueError(f"deployment outcome {outcome!r} is not one of {OUTCOMES}")
         with self._tx() as db:
             db.execute(
                 "UPDATE deployments SET outcome = ?, reason = ?, finished = ? WHERE id = ?",
-                (outcome, reason, _now(finished), deployment_id),
+                (outcome, reason, now_or(finished), deployment_id),
             )
 
     def deployment(self, deployment_id: int) -> Deployment | None:
@@ -362,8 +328,10 @@ class Registry:
                 w.as_tuple(),
             )
             if dev is not None:
-                db.execute("UPDATE devices SET last_seen = MAX(COALESCE(last_seen, 0), ?) "
-                           "WHERE id = ?", (w.ts, device))  # fmt: skip
+                db.execute(
+                    "UPDATE devices SET last_seen = MAX(COALESCE(last_seen, 0), ?) WHERE id = ?",
+                    (w.ts, device),
+                )
             return cur.rowcount == 1
 
     def windows(self, class_id: str, sha256: str, since: float | None = None) -> list[WindowRow]:
@@ -383,77 +351,3 @@ class Registry:
         v = self.variant(variant)
         sha = v.sha256 if v else variant
         return rollup(class_id, variant, self.windows(class_id, sha, since), recent=recent)
-
-    # ---- decisions ------------------------------------------------------------------------------
-    def record_decision(
-        self, model: str, class_id: str, *, action: str, variant: str | None, reason: str,
-        evidence: Mapping[str, Any], ts: float | None = None,
-    ) -> int:  # fmt: skip
-        with self._tx() as db:
-            cur = db.execute(
-                "INSERT INTO decisions (ts, model, class_id, action, variant, reason, evidence) "
-                "VALUES (?,?,?,?,?,?,?)",
-                (_now(ts), model, class_id, action, variant, reason,
-                 _dumps(dict(evidence))),
-            )  # fmt: skip
-            return int(cur.lastrowid or 0)
-
-    def decisions(self, model: str, class_id: str | None = None) -> list[DecisionRow]:
-        sql, args = "SELECT * FROM decisions WHERE model = ?", [model]
-        if class_id is not None:
-            sql, args = sql + " AND class_id = ?", [model, class_id]
-        rows = self._all(sql + " ORDER BY id", tuple(args))
-        return [DecisionRow(**(dict(r) | {"evidence": json.loads(r["evidence"])})) for r in rows]
-
-    # ---- rollouts -------------------------------------------------------------------------------
-    def create_rollout(
-        self, model: str, variant: str, *, class_id: str | None, state: str,
-        waves: list[Any], counts: Mapping[str, Any], plan: Mapping[str, Any],
-        now: float | None = None,
-    ) -> int:  # fmt: skip
-        t = _now(now)
-        with self._tx() as db:
-            cur = db.execute(
-                "INSERT INTO rollouts (model, variant, class_id, state, waves, counts, plan, "
-                "created, updated) VALUES (?,?,?,?,?,?,?,?,?)",
-                (model, variant, class_id, state, _dumps(waves), _dumps(dict(counts)),
-                 _dumps(dict(plan)), t, t),
-            )  # fmt: skip
-            return int(cur.lastrowid or 0)
-
-    def update_rollout(
-        self, rollout_id: int, *, state: str, counts: Mapping[str, Any],
-        plan: Mapping[str, Any], now: float | None = None,
-    ) -> None:  # fmt: skip
-        with self._tx() as db:
-            db.execute(
-                "UPDATE rollouts SET state = ?, counts = ?, plan = ?, updated = ? WHERE id = ?",
-                (state, _dumps(dict(counts)), _dumps(dict(plan)), _now(now), rollout_id),
-            )
-
-    def rollout(self, rollout_id: int) -> RolloutRow | None:
-        rows = self._all("SELECT * FROM rollouts WHERE id = ?", (rollout_id,))
-        if not rows:
-            return None
-        d = dict(rows[0])
-        for key in ("waves", "counts", "plan"):
-            d[key] = json.loads(d[key])
-        return RolloutRow(**d)
-
-    def set_rollout_device(
-        self, rollout_id: int, device: str, *, wave: int, state: str,
-        reason: str | None = None, now: float | None = None,
-    ) -> None:  # fmt: skip
-        with self._tx() as db:
-            db.execute(
-                "INSERT INTO rollout_devices VALUES (?,?,?,?,?,?) ON CONFLICT(rollout, device) "
-                "DO UPDATE SET state = excluded.state, reason = excluded.reason, "
-                "updated = excluded.updated",
-                (rollout_id, device, wave, state, reason, _now(now)),
-            )
-
-    def rollout_devices(self, rollout_id: int) -> list[RolloutDevice]:
-        rows = self._all(
-            "SELECT * FROM rollout_devices WHERE rollout = ? ORDER BY wave, device", (rollout_id,)
-        )
-        return [RolloutDevice(**dict(r)) for r in rows]

@@ -22,7 +22,8 @@ from typing import Any
 from deploy.fleet.registry import Registry
 from deploy.fleet.registry_types import Variant
 from deploy.fleet.rollout_plan import RolloutPlan, RolloutPolicy, Step
-from deploy.push import BrokerAddress, PushResult, push_model
+from deploy.mqtt import BrokerAddress
+from deploy.push import PushResult, push_model
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +43,19 @@ class Deployer:
         dep = self.registry.record_deployment(device, variant.id, release, variant.sha256)
         try:
             result = push_model(
-                Path(variant.path), device, self.broker, self.private_key,
-                name=self.model, version=str(release), release=release,
-                prefix=self.prefix, recipe=variant.recipe, gates=self.gates,
-                timeout_s=self.timeout_s, progress=None,
-            )  # fmt: skip
+                Path(variant.path),
+                device,
+                self.broker,
+                self.private_key,
+                name=self.model,
+                version=str(release),
+                release=release,
+                prefix=self.prefix,
+                recipe=variant.recipe,
+                gates=self.gates,
+                timeout_s=self.timeout_s,
+                progress=None,
+            )
         except Exception as exc:
             self.registry.finish_deployment(dep, "rejected", f"push failed: {exc}")
             raise
@@ -107,9 +116,14 @@ class RolloutRunner:
     def run(self, devices: Sequence[str]) -> RolloutOutcome:
         plan = RolloutPlan(list(devices), self.policy)
         rid = self.registry.create_rollout(
-            self.deployer.model, self.variant.id, class_id=self.class_id, state="running",
-            waves=list(self.policy.waves), counts=plan.counts(), plan=plan.to_dict(),
-        )  # fmt: skip
+            self.deployer.model,
+            self.variant.id,
+            class_id=self.class_id,
+            state="running",
+            waves=list(self.policy.waves),
+            counts=plan.counts(),
+            plan=plan.to_dict(),
+        )
         out = RolloutOutcome(rid, "running")
         done: queue.Queue[tuple[str, str, str]] = queue.Queue()
         pending: set[str] = set()

@@ -150,7 +150,9 @@ class RolloutPlan:
         """Devices that may be running the new variant (committed or not reported yet)."""
         return [d for d in self.devices if self.status.get(d) in ("notified", *SUCCESS)]
 
-    def _step(self, notify: Sequence[str] = (), rollback: Sequence[str] = (), reason: str = "") -> Step:  # fmt: skip  # noqa: E501
+    def _step(
+        self, notify: Sequence[str] = (), rollback: Sequence[str] = (), reason: str = ""
+    ) -> Step:
         return Step(tuple(notify), tuple(rollback), self.state, max(self.wave, 0), reason)
 
     # ---- transitions ----------------------------------------------------------------------------
@@ -196,9 +198,11 @@ class RolloutPlan:
         if failed and self.wave == 0:
             return self.abort(f"canary {device} failed: {reason or outcome}")
         if failed and c["failed"] > self.policy.max_failure_ratio * c["notified"]:
-            return self.abort(f"{c['failed']} of {c['notified']} notified devices failed "
-                              f"(> {self.policy.max_failure_ratio:.0%}); last {device}: "
-                              f"{reason or outcome}")  # fmt: skip
+            return self.abort(
+                f"{c['failed']} of {c['notified']} notified devices failed "
+                f"(> {self.policy.max_failure_ratio:.0%}); last {device}: "
+                f"{reason or outcome}"
+            )
         if self.policy.max_failures is not None and c["failed"] > self.policy.max_failures:
             return self.abort(f"{c['failed']} failures > max {self.policy.max_failures}")
         return self._maybe_advance(now)
@@ -209,8 +213,10 @@ class RolloutPlan:
             return self._step(reason="waiting for the wave")
         ok = sum(self.status.get(d) in SUCCESS for d in wave)
         if ok < self.policy.success_ratio * len(wave):
-            return self.abort(f"wave {self.wave}: {ok}/{len(wave)} committed, below the success "
-                              f"ratio {self.policy.success_ratio:.0%}")  # fmt: skip
+            return self.abort(
+                f"wave {self.wave}: {ok}/{len(wave)} committed, below the success "
+                f"ratio {self.policy.success_ratio:.0%}"
+            )
         if self.wave + 1 < len(self.waves):
             return self._notify_wave(self.wave + 1, now)
         self.state = "done"
@@ -223,26 +229,39 @@ class RolloutPlan:
         if now - self.wave_started <= self.policy.wave_timeout_s:
             return self._step(reason="waiting for the wave")
         silent = [d for d in self.waves[self.wave] if self.status.get(d) == "notified"]
-        return self.abort(f"wave {self.wave} timed out after {self.policy.wave_timeout_s:g} s; "
-                          f"no outcome from {', '.join(silent)}")  # fmt: skip
+        return self.abort(
+            f"wave {self.wave} timed out after {self.policy.wave_timeout_s:g} s; "
+            f"no outcome from {', '.join(silent)}"
+        )
 
     # ---- persistence ----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return {
-            "devices": list(self.devices), "policy": self.policy.to_dict(), "state": self.state,
-            "wave": self.wave, "wave_started": self.wave_started, "status": dict(self.status),
-            "reasons": dict(self.reasons), "rolled_back": list(self.rolled_back),
-            "abort_reason": self.abort_reason, "waves": [list(w) for w in self.waves],
-        }  # fmt: skip
+            "devices": list(self.devices),
+            "policy": self.policy.to_dict(),
+            "state": self.state,
+            "wave": self.wave,
+            "wave_started": self.wave_started,
+            "status": dict(self.status),
+            "reasons": dict(self.reasons),
+            "rolled_back": list(self.rolled_back),
+            "abort_reason": self.abort_reason,
+            "waves": [list(w) for w in self.waves],
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RolloutPlan:
         pol = dict(data["policy"])
         pol["waves"] = tuple(pol.get("waves", ()))
         return cls(
-            devices=list(data["devices"]), policy=RolloutPolicy(**pol), state=data["state"],
-            wave=int(data["wave"]), wave_started=data.get("wave_started"),
-            status=dict(data["status"]), reasons=dict(data.get("reasons", {})),
-            rolled_back=list(data.get("rolled_back", [])), abort_reason=data.get("abort_reason"),
+            devices=list(data["devices"]),
+            policy=RolloutPolicy(**pol),
+            state=data["state"],
+            wave=int(data["wave"]),
+            wave_started=data.get("wave_started"),
+            status=dict(data["status"]),
+            reasons=dict(data.get("reasons", {})),
+            rolled_back=list(data.get("rolled_back", [])),
+            abort_reason=data.get("abort_reason"),
             waves=[list(w) for w in data["waves"]],
-        )  # fmt: skip
+        )

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 from agent.errors import ProtocolError
 from agent.mqtt.types import IncomingMessage
-from agent.wire.topics import ParsedTopic, parse_topic
-from deploy.push import BrokerAddress
+from agent.wire.topics import FLEET_KINDS, ParsedTopic, host_subscriptions, parse_topic
+from deploy.mqtt import BrokerAddress, connect
 
 if TYPE_CHECKING:
     from deploy.fleet.registry import Registry
@@ -70,19 +70,13 @@ class FleetWatcher:
         self.prefix = prefix
         self.devices: dict[str, DeviceView] = {}
         self.inbox: queue.Queue[IncomingMessage] = queue.Queue()
-        self.transport = broker.client(
-            "fleet", [f"{prefix}/dev/+/{kind}" for kind in ("state", "telemetry", "events")],
-            self.inbox.put,
-        )  # fmt: skip
+        topics = host_subscriptions(prefix, kinds=FLEET_KINDS)
+        self.transport = broker.client("fleet", topics, self.inbox.put)
 
     @contextmanager
     def running(self) -> Iterator[FleetWatcher]:
-        self.transport.start()
+        connect(self.transport)
         try:
-            if not self.transport.wait_connected(10):
-                from agent.errors import EdgeloopError
-
-                raise EdgeloopError("cannot connect to the broker", code="broker")
             yield self
         finally:
             self.transport.stop(final=None)
@@ -185,9 +179,12 @@ REGISTRY_COLUMNS = (
 
 
 def target_status(
-    registry: Registry, device: Device, variant: Variant | None, targets: Targets | None,
+    registry: Registry,
+    device: Device,
+    variant: Variant | None,
+    targets: Targets | None,
     rule: EnoughRule | None = None,
-) -> tuple[str, list[str]]:  # fmt: skip
+) -> tuple[str, list[str]]:
     """(status, missed metrics) of the device's current variant on its class:
     ``meets``, ``misses: <what>``, ``measuring (<why>)``, or ``-`` when unknown.
 

@@ -14,23 +14,77 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from deploy.fleet.registry import Registry
-from deploy.fleet.registry_types import ModelRow, Variant
+from deploy.fleet.registry_types import HardwareClass, ModelRow, Variant
 from deploy.fleet.rollout import Deployer, RolloutOutcome, RolloutRunner
 from deploy.fleet.rollout_plan import RolloutPolicy
-from deploy.loop.optimizer import Decision, EnoughRule, build_context, decide, record
+from deploy.loop.candidates import build_candidates, float_accuracy
+from deploy.loop.learning import Priors, observations_from_registry
+from deploy.loop.optimizer import ClassContext, Decision, EnoughRule, decide, enough_telemetry
 from deploy.loop.targets import Targets
 from deploy.push import PushResult
 
 log = logging.getLogger(__name__)
 
+DEFAULT_RULE = EnoughRule()
 DEFAULT_RECIPES = ("fp32", "fp16", "dynamic-int8", "int8", "int16x8", "selective", "edgetpu")
+
+
+# ---- the registry reads and writes around a decision -------------------------------------------
+def build_context(
+    reg: Registry,
+    model: str,
+    class_id: str,
+    targets: Targets,
+    *,
+    current: str | None = None,
+    forced: Iterable[str] = (),
+    rule: EnoughRule = DEFAULT_RULE,
+    since: float | None = None,
+    runtime_version: str | None = None,
+) -> ClassContext:
+    """Read what :func:`decide` needs from the registry."""
+    hw = reg.hardware_class(class_id) or HardwareClass.from_id(class_id)
+    ct = targets.for_class(class_id)
+    variants = reg.variants_for(model)
+    row = reg.model(model)
+    facc = float_accuracy(variants, row.float_metrics if row else {})
+    cands, excluded = build_candidates(
+        variants,
+        facc,
+        ct,
+        hw,
+        rolled_back=reg.rolled_back_variants(class_id, model),
+        forced=forced,
+        runtime_version=runtime_version,
+    )
+    measured = {c.variant: reg.class_stats(class_id, c.variant, since) for c in cands}
+    obs = observations_from_registry(reg, judge=lambda s: enough_telemetry(s, rule)[0])
+    priors = Priors(obs, reg.hardware_classes())
+    return ClassContext(
+        model, hw, ct, tuple(cands), tuple(excluded), measured, priors, current, rule
+    )
+
+
+def record(
+    reg: Registry, decision: Decision, model: str, class_id: str, *, ts: float | None = None
+) -> int:
+    """Store ``decision`` with its evidence; returns the decision id."""
+    return reg.record_decision(
+        model,
+        class_id,
+        action=decision.action,
+        variant=decision.variant,
+        reason=decision.reason,
+        evidence=decision.evidence,
+        ts=time.time() if ts is None else ts,
+    )
 
 
 def prepare_variants(
@@ -50,9 +104,12 @@ def prepare_variants(
     from deploy.convert import Converter
 
     conv = Converter(
-        source, calibration=calibration, validation=validation, backend=backend,
+        source,
+        calibration=calibration,
+        validation=validation,
+        backend=backend,
         progress=progress,
-    )  # fmt: skip
+    )
     results = conv.convert_all(list(recipes), out_dir)
     float_acc = None
     for r in results:
@@ -105,11 +162,15 @@ class ClassRun:
 
     def summary(self) -> dict[str, Any]:
         return {
-            "class": self.class_id, "canary": self.canary, "devices": self.devices,
-            "state": self.state, "variant": self.final_variant or self.current,
-            "trials": self.trials, "note": self.note,
+            "class": self.class_id,
+            "canary": self.canary,
+            "devices": self.devices,
+            "state": self.state,
+            "variant": self.final_variant or self.current,
+            "trials": self.trials,
+            "note": self.note,
             "rollout": self.rollout.to_dict() if self.rollout else None,
-        }  # fmt: skip
+        }
 
 
 @dataclass
@@ -199,9 +260,14 @@ class ClosedLoop:
         if not self._follow_canary(run):
             return
         ctx = build_context(
-            self.registry, self.model, run.class_id, self.targets, current=run.current,
-            rule=self.settings.rule, since=since,
-        )  # fmt: skip
+            self.registry,
+            self.model,
+            run.class_id,
+            self.targets,
+            current=run.current,
+            rule=self.settings.rule,
+            since=since,
+        )
         decision = decide(ctx)
         last = run.decisions[-1] if run.decisions else None
         if (
@@ -271,8 +337,13 @@ class ClosedLoop:
         run.release = rel
         v = self.registry.variant_by_sha(str(model.get("sha256") or ""))
         if v is not None and v.model == self.model and v.id != run.current:
-            log.info("%s: the canary %s serves %s (release %d): following it",
-                     run.class_id, run.canary, v.id, rel)  # fmt: skip
+            log.info(
+                "%s: the canary %s serves %s (release %d): following it",
+                run.class_id,
+                run.canary,
+                v.id,
+                rel,
+            )
             run.current = v.id
         return True
 

@@ -165,8 +165,12 @@ class Priors:
             return Estimate(1.0, "exact", f"{BASE} is the reference")
         own = self.learned_ratio(cid, recipe, metric)
         if own:
-            return Estimate(own[0], "class", f"{describe_ratio(recipe, metric, own[0])} measured "
-                            f"on {cid} ({own[1]} model(s))", own[1])  # fmt: skip
+            return Estimate(
+                own[0],
+                "class",
+                f"{describe_ratio(recipe, metric, own[0])} measured on {cid} ({own[1]} model(s))",
+                own[1],
+            )
         for other, _score, why in self.similar_classes(cid):
             got = self.learned_ratio(other, recipe, metric)
             if got:
@@ -189,8 +193,9 @@ class Priors:
         if own is not None:
             return Estimate(own, "measured", f"{recipe} measured on {cid}")
         sources = [(cid, "")]
-        sources += [(o, f" ({why})") for o, s, why in self.similar_classes(cid)
-                    if s >= ABSOLUTE_MIN_SCORE]  # fmt: skip
+        sources += [
+            (o, f" ({why})") for o, s, why in self.similar_classes(cid) if s >= ABSOLUTE_MIN_SCORE
+        ]
         mine = self.ratio(cid, recipe, metric)
         for src, why in sources:
             recipes = sorted({r for (c, m, r) in self._obs if c == src and m == model})
@@ -222,9 +227,11 @@ class Priors:
 
 
 def observations_from_registry(
-    reg: Registry, *, judge: Callable[[Stats], bool] = lambda s: s.windows > 0,
+    reg: Registry,
+    *,
+    judge: Callable[[Stats], bool] = lambda s: s.windows > 0,
     since: float | None = None,
-) -> list[Observation]:  # fmt: skip
+) -> list[Observation]:
     """One Observation per (model, class, variant) whose roll-up ``judge`` accepts."""
     out = []
     classes = [c.id for c in reg.hardware_classes()]
@@ -233,6 +240,15 @@ def observations_from_registry(
             for cid in classes:
                 st = reg.class_stats(cid, v.id, since)
                 if st.windows and judge(st):
-                    out.append(Observation(model, cid, v.id, v.recipe, st.p95_ms,
-                                           st.peak_memory_mb, st.mj_per_inference))  # fmt: skip
+                    out.append(
+                        Observation(
+                            model,
+                            cid,
+                            v.id,
+                            v.recipe,
+                            st.p95_ms,
+                            st.peak_memory_mb,
+                            st.mj_per_inference,
+                        )
+                    )
     return out

@@ -13,22 +13,21 @@ hardware class, the class's measured telemetry and the learned priors, what happ
 The decision's ``reason`` is a sentence saying how it was chosen; ``evidence`` holds every number
 used (targets, measurements, each candidate's predictions with their sources, exclusions), so
 the report can show the decision log and a later reader can check it. See docs/loop.md.
+
+No I/O here: the driver (deploy.loop.driver.build_context) reads the registry into a
+:class:`ClassContext` and records the decision.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from deploy.fleet.registry_types import HardwareClass, Stats
-from deploy.loop.candidates import Candidate, Exclusion, build_candidates, float_accuracy
-from deploy.loop.learning import DEVICE_METRICS, Estimate, Priors, observations_from_registry
-from deploy.loop.targets import LABELS, UNITS, ClassTargets, Targets, Violation
-
-if TYPE_CHECKING:
-    from deploy.fleet.registry import Registry
+from deploy.loop.candidates import Candidate, Exclusion
+from deploy.loop.learning import DEVICE_METRICS, Estimate, Priors
+from deploy.loop.targets import LABELS, UNITS, ClassTargets, Violation
 
 ACTIONS = ("deploy", "wait", "promote", "infeasible")
 IMPROVEMENT = 0.95  # a fallback choice must be predicted >= 5 % better on every violated metric
@@ -116,7 +115,9 @@ def _fmt(metric: str, value: float) -> str:
     return f"{value:.3g} {UNITS[metric]}"
 
 
-def _option(ctx: ClassContext, cand: Candidate, judged: Mapping[str, Stats], anchor: str | None) -> _Option:  # fmt: skip  # noqa: E501
+def _option(
+    ctx: ClassContext, cand: Candidate, judged: Mapping[str, Stats], anchor: str | None
+) -> _Option:
     values: dict[str, Estimate | None] = {"size_mb": Estimate(cand.size_mb, "exact", "file size")}
     st = judged.get(cand.variant)
     for metric in DEVICE_METRICS:
@@ -147,11 +148,14 @@ def decide(ctx: ClassContext) -> Decision:
     """The next step for ``ctx.model`` on ``ctx.hw`` (pure; record it with :func:`record`)."""
     judged = _judged(ctx)
     ev: dict[str, Any] = {
-        "model": ctx.model, "class": ctx.hw.id, "targets": ctx.targets.to_dict(),
-        "rule": ctx.rule.to_dict(), "excluded": [e.to_dict() for e in ctx.excluded],
+        "model": ctx.model,
+        "class": ctx.hw.id,
+        "targets": ctx.targets.to_dict(),
+        "rule": ctx.rule.to_dict(),
+        "excluded": [e.to_dict() for e in ctx.excluded],
         "candidates": [c.to_dict() for c in ctx.candidates],
         "measured": {v: s.to_dict() for v, s in ctx.measured.items()},
-    }  # fmt: skip
+    }
     if not ctx.candidates:
         why = "; ".join(f"{e.recipe}: {e.reason}" for e in ctx.excluded) or "no variants"
         text = f"no candidate for {ctx.hw.id} passed the host gates ({why})"
@@ -169,8 +173,9 @@ def decide(ctx: ClassContext) -> Decision:
     ok, why = enough_telemetry(st, ctx.rule)
     cand = cands[cur]
     if not ok or st is None:
-        return Decision("wait", cur, f"waiting for telemetry of {cand.recipe} on {ctx.hw.id}: "
-                        f"{why}", ev)  # fmt: skip
+        return Decision(
+            "wait", cur, f"waiting for telemetry of {cand.recipe} on {ctx.hw.id}: {why}", ev
+        )
     current = _option(ctx, cand, judged, None)
     ev["current"] = {"variant": cur, **current.to_dict()}
     if not current.violations:
@@ -184,8 +189,11 @@ def _promote(ctx: ClassContext, cur: _Option, ev: dict[str, Any]) -> Decision:
         value, target = cur.value(metric), ctx.targets.get(metric)
         if value is not None and target is not None:
             met.append(f"{LABELS[metric]} {_fmt(metric, value)} <= {_fmt(metric, target)}")
-    unknown = [LABELS[m] for m in ctx.targets.set_metrics()
-               if m != "max_accuracy_drop" and cur.value(m) is None]  # fmt: skip
+    unknown = [
+        LABELS[m]
+        for m in ctx.targets.set_metrics()
+        if m != "max_accuracy_drop" and cur.value(m) is None
+    ]
     text = f"{cur.cand.recipe} meets every target on {ctx.hw.id} ({', '.join(met) or 'no targets'})"
     if unknown:
         text += f"; not measurable here: {', '.join(unknown)}"
@@ -210,14 +218,18 @@ def _first_guess(ctx: ClassContext, judged: Mapping[str, Stats], ev: dict[str, A
             best = min(seen, key=lambda o: max(v.measured / v.target for v in o.violations))
             return _next_choice(ctx, judged, best, ev)
         o = fresh[0]
-        text = (f"no candidate is predicted to meet every target on {ctx.hw.id}; deploying the "
-                f"most accurate, {o.cand.recipe}, to measure it")  # fmt: skip
+        text = (
+            f"no candidate is predicted to meet every target on {ctx.hw.id}; deploying the "
+            f"most accurate, {o.cand.recipe}, to measure it"
+        )
         return Decision("deploy", o.cand.variant, text, ev | {"basis": "fallback"})
     known = [m for m in DEVICE_METRICS if o.values.get(m) is not None and ctx.targets.get(m)]
     if not known and not skipped:
-        text = (f"first guess for {ctx.hw.id}: nothing measured or learned predicts this model "
-                f"there yet, so the most accurate candidate, {o.cand.recipe}, goes first "
-                f"({_cost(o.cand)})")  # fmt: skip
+        text = (
+            f"first guess for {ctx.hw.id}: nothing measured or learned predicts this model "
+            f"there yet, so the most accurate candidate, {o.cand.recipe}, goes first "
+            f"({_cost(o.cand)})"
+        )
         return Decision("deploy", o.cand.variant, text, ev | {"basis": "most-accurate"})
     parts = []
     for metric in known or [m for m in DEVICE_METRICS if o.values.get(m) is not None][:1]:
@@ -232,7 +244,9 @@ def _first_guess(ctx: ClassContext, judged: Mapping[str, Stats], ev: dict[str, A
     return Decision("deploy", o.cand.variant, f"{text}; {_cost(o.cand)}", ev | {"basis": "priors"})
 
 
-def _next_choice(ctx: ClassContext, judged: Mapping[str, Stats], cur: _Option, ev: dict[str, Any]) -> Decision:  # fmt: skip  # noqa: E501
+def _next_choice(
+    ctx: ClassContext, judged: Mapping[str, Stats], cur: _Option, ev: dict[str, Any]
+) -> Decision:
     anchor = cur.cand.recipe
     options = [_option(ctx, c, judged, anchor) for c in ctx.candidates]
     ev["predictions"] = {o.cand.variant: o.to_dict() for o in options}
@@ -263,14 +277,22 @@ def _next_choice(ctx: ClassContext, judged: Mapping[str, Stats], cur: _Option, e
             improvers.append((max(ratios), o.cand.cost, o))
     if improvers:
         _, _, o = min(improvers, key=lambda t: (t[0], t[1]))
-        text = (f"{cur.cand.recipe} on {ctx.hw.id}: {missed}; no candidate is predicted to meet "
-                f"every target, {o.cand.recipe} comes closest (predicted "
-                + ", ".join(f"{LABELS[v.metric]} {_fmt(v.metric, o.value(v.metric) or 0.0)}"
-                            for v in cur.violations)
-                + f"), {_cost(o.cand)}")  # fmt: skip
+        text = (
+            f"{cur.cand.recipe} on {ctx.hw.id}: {missed}; no candidate is predicted to meet "
+            f"every target, {o.cand.recipe} comes closest (predicted "
+            + ", ".join(
+                f"{LABELS[v.metric]} {_fmt(v.metric, o.value(v.metric) or 0.0)}"
+                for v in cur.violations
+            )
+            + f"), {_cost(o.cand)}"
+        )
         return Decision("deploy", o.cand.variant, text, ev | {"basis": "closest"})
-    return _infeasible(ctx, options, f"{cur.cand.recipe} on {ctx.hw.id}: {missed}; no candidate "
-                       "left is expected to fix it", ev)  # fmt: skip
+    return _infeasible(
+        ctx,
+        options,
+        f"{cur.cand.recipe} on {ctx.hw.id}: {missed}; no candidate left is expected to fix it",
+        ev,
+    )
 
 
 def pareto_front(
@@ -290,62 +312,38 @@ def pareto_front(
     return [p for p, k in zip(pts, keys, strict=True) if not any(dominates(o, k) for o in keys)]
 
 
-def _infeasible(ctx: ClassContext, options: list[_Option], why: str, ev: dict[str, Any]) -> Decision:  # fmt: skip  # noqa: E501
-    points = [{"variant": o.cand.variant, "recipe": o.cand.recipe,
-               "accuracy_drop": o.cand.accuracy_drop,
-               **{m: o.value(m) for m in DEVICE_METRICS},
-               "basis": {m: (e.basis if (e := o.values.get(m)) else None) for m in DEVICE_METRICS},
-               "violations": [v.describe() for v in o.violations]} for o in options]  # fmt: skip
+def _infeasible(
+    ctx: ClassContext, options: list[_Option], why: str, ev: dict[str, Any]
+) -> Decision:
+    points = [
+        {
+            "variant": o.cand.variant,
+            "recipe": o.cand.recipe,
+            "accuracy_drop": o.cand.accuracy_drop,
+            **{m: o.value(m) for m in DEVICE_METRICS},
+            "basis": {m: (e.basis if (e := o.values.get(m)) else None) for m in DEVICE_METRICS},
+            "violations": [v.describe() for v in o.violations],
+        }
+        for o in options
+    ]
     # The front shown is over accuracy and the device metrics this class has targets for: a
     # metric nobody constrained would fill it with variants differing only there (often by a
     # default prior). The full four-metric front is kept in the evidence too.
     dims = ["accuracy_drop"] + [m for m in DEVICE_METRICS if ctx.targets.get(m) is not None]
     front = pareto_front(points, dims)
     listing = ", ".join(
-        f"{p['recipe']} (" + ", ".join(
+        f"{p['recipe']} ("
+        + ", ".join(
             f"{LABELS.get(m, 'accuracy drop')} "
-            + ("?" if p[m] is None else f"{p[m]:.3g}" + (" points" if m == "accuracy_drop"
-                                                          else f" {UNITS[m]}"))
-            for m in dims) + ")"
+            + (
+                "?"
+                if p[m] is None
+                else f"{p[m]:.3g}" + (" points" if m == "accuracy_drop" else f" {UNITS[m]}")
+            )
+            for m in dims
+        )
+        + ")"
         for p in front
-    )  # fmt: skip
+    )
     extra = {"pareto": front, "pareto_metrics": dims, "pareto_all": pareto_front(points)}
     return Decision("infeasible", None, f"{why}; Pareto front: {listing}", ev | extra)
-
-
-def build_context(
-    reg: Registry,
-    model: str,
-    class_id: str,
-    targets: Targets,
-    *,
-    current: str | None = None,
-    forced: Iterable[str] = (),
-    rule: EnoughRule = EnoughRule(),
-    since: float | None = None,
-    runtime_version: str | None = None,
-) -> ClassContext:
-    """Read what :func:`decide` needs from the registry."""
-    hw = reg.hardware_class(class_id) or HardwareClass.from_id(class_id)
-    ct = targets.for_class(class_id)
-    variants = reg.variants_for(model)
-    row = reg.model(model)
-    facc = float_accuracy(variants, row.float_metrics if row else {})
-    cands, excluded = build_candidates(
-        variants, facc, ct, hw, rolled_back=reg.rolled_back_variants(class_id, model),
-        forced=forced, runtime_version=runtime_version,
-    )  # fmt: skip
-    measured = {c.variant: reg.class_stats(class_id, c.variant, since) for c in cands}
-    obs = observations_from_registry(reg, judge=lambda s: enough_telemetry(s, rule)[0])
-    priors = Priors(obs, reg.hardware_classes())
-    return ClassContext(
-        model, hw, ct, tuple(cands), tuple(excluded), measured, priors, current, rule
-    )
-
-
-def record(reg: Registry, decision: Decision, model: str, class_id: str, *, ts: float | None = None) -> int:  # fmt: skip  # noqa: E501
-    """Store ``decision`` with its evidence; returns the decision id."""
-    return reg.record_decision(
-        model, class_id, action=decision.action, variant=decision.variant,
-        reason=decision.reason, evidence=decision.evidence, ts=time.time() if ts is None else ts,
-    )  # fmt: skip

@@ -183,14 +183,21 @@ class LoopService:
             if self.on_trigger:
                 self.on_trigger(t)
         settings = LoopSettings(
-            poll_s=self.settings.poll_s, max_trials=self.settings.max_trials,
-            timeout_s=self.settings.timeout_s, rule=self.settings.rule,
-            policy=self.settings.policy, since=self.clock(),
-        )  # fmt: skip
+            poll_s=self.settings.poll_s,
+            max_trials=self.settings.max_trials,
+            timeout_s=self.settings.timeout_s,
+            rule=self.settings.rule,
+            policy=self.settings.policy,
+            since=self.clock(),
+        )
         loop = StoppableLoop(
-            self.registry, self.deployer, self.targets, settings,
-            on_decision=self.on_decision, stop=self.stop,
-        )  # fmt: skip
+            self.registry,
+            self.deployer,
+            self.targets,
+            settings,
+            on_decision=self.on_decision,
+            stop=self.stop,
+        )
         runs = loop.run(only=[t.class_id for t in triggers])
         self.cycles += 1
         end = self.clock()

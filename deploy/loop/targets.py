@@ -31,10 +31,20 @@ from typing import Any
 from agent.errors import ConfigError
 
 METRICS = ("p95_ms", "peak_memory_mb", "mj_per_inference", "size_mb", "max_accuracy_drop")
-UNITS = {"p95_ms": "ms", "peak_memory_mb": "MB", "mj_per_inference": "mJ", "size_mb": "MB",
-         "max_accuracy_drop": "points"}  # fmt: skip
-LABELS = {"p95_ms": "p95", "peak_memory_mb": "peak memory", "mj_per_inference": "energy",
-          "size_mb": "size", "max_accuracy_drop": "accuracy drop"}  # fmt: skip
+UNITS = {
+    "p95_ms": "ms",
+    "peak_memory_mb": "MB",
+    "mj_per_inference": "mJ",
+    "size_mb": "MB",
+    "max_accuracy_drop": "points",
+}
+LABELS = {
+    "p95_ms": "p95",
+    "peak_memory_mb": "peak memory",
+    "mj_per_inference": "energy",
+    "size_mb": "size",
+    "max_accuracy_drop": "accuracy drop",
+}
 # The measured quantity each target bounds (max_accuracy_drop bounds "accuracy_drop").
 MEASURE_OF = {m: m for m in METRICS} | {"max_accuracy_drop": "accuracy_drop"}
 
@@ -108,8 +118,9 @@ class Targets:
         section = self.classes.get(cls) or self.classes.get(hw)
         if section is None:
             return replace(self.defaults, class_id=cls)
-        merged = {m: section.get(m) if m in section.overridden else self.defaults.get(m)
-                  for m in METRICS}  # fmt: skip
+        merged = {
+            m: section.get(m) if m in section.overridden else self.defaults.get(m) for m in METRICS
+        }
         return ClassTargets(class_id=cls, overridden=section.overridden, **merged)
 
     def to_dict(self) -> dict[str, Any]:

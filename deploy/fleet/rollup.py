@@ -79,10 +79,11 @@ def window_from_record(device: str, class_id: str | None, record: Mapping[str, A
         mj_per_inference=mj,
         energy_measured=None if mj is None else int(bool(measured)),
         temp_c=_num(record.get("temp_c")),
-        throttled=throttled if isinstance(throttled, int) and not isinstance(throttled, bool)
+        throttled=throttled
+        if isinstance(throttled, int) and not isinstance(throttled, bool)
         else None,
         window_s=_num(record.get("window_s")),
-    )  # fmt: skip
+    )
 
 
 def weighted_median(pairs: Sequence[tuple[float, int]]) -> float | None:
@@ -106,8 +107,11 @@ def rollup(class_id: str, variant: str, rows: Sequence[WindowRow], *, recent: in
     p95s = [(r.p95_ms, r.inferences) for r in served if r.p95_ms is not None]
     mems = [r.rss_mb if r.rss_mb is not None else r.peak_rss_mb for r in rows]
     peaks = [r.peak_rss_mb for r in rows if r.peak_rss_mb is not None]
-    energy = [(r.mj_per_inference, r.inferences, r.energy_measured) for r in served
-              if r.mj_per_inference is not None]  # fmt: skip
+    energy = [
+        (r.mj_per_inference, r.inferences, r.energy_measured)
+        for r in served
+        if r.mj_per_inference is not None
+    ]
     energy_n = sum(n for _, n, _ in energy)
     temps = [r.temp_c for r in rows if r.temp_c is not None]
     return Stats(

@@ -1,0 +1,79 @@
+"""`edge-deploy push`: sign and install one model on one device."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from agent.cliutil import EXIT_FAILED, EXIT_OK
+from agent.errors import EdgeloopError
+from deploy.cli.common import broker, broker_options, gates
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from deploy.keys import load_private
+    from deploy.push import push_model
+
+    model = Path(args.model)
+    if not model.is_file():
+        raise EdgeloopError(f"{model}: no such file", hint="give the path of a .tflite model")
+    if not 1 <= args.chunk_kib <= 4096:
+        raise EdgeloopError(
+            f"--chunk-kib {args.chunk_kib}: must be 1..4096",
+            hint="64 (the default) stays under AWS IoT's 128 KB message limit; Mosquitto, "
+            "EMQX and HiveMQ take larger messages",
+        )
+    result = push_model(
+        model,
+        args.device,
+        broker(args),
+        load_private(args.keys),
+        name=args.name or model.stem,
+        version=args.version,
+        release=args.release,
+        prefix=args.prefix,
+        recipe=args.recipe,
+        delegate=args.delegate,
+        gates=gates(args),
+        timeout_s=args.timeout,
+        progress=None if args.json else sys.stderr,
+        chunk_size=args.chunk_kib * 1024,
+    )
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        sent = f"{result.bytes_sent / 2**20:.2f} MiB in {result.chunks_sent} chunks"
+        print(
+            f"{args.device}: {result.outcome}"
+            + (f" ({result.code})" if result.code and result.code != result.outcome else "")
+            + f": {result.message}; {sent}; {result.seconds:.1f}s"
+        )
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("push", help="sign and install a model on one device")
+    p.add_argument("model")
+    p.add_argument("--device", required=True)
+    p.add_argument("--keys", required=True, help="key directory (edge-deploy keys init)")
+    p.add_argument("--name", default=None, help="model name (default: file stem)")
+    p.add_argument("--version", default="1")
+    p.add_argument("--release", type=int, default=None, help="default: now in milliseconds")
+    p.add_argument("--recipe", default="unknown")
+    p.add_argument("--delegate", default="auto")
+    p.add_argument("--p95-gate", type=float, default=None, help="trial gate on p95 (ms)")
+    p.add_argument("--min-inferences", type=int, default=None)
+    p.add_argument("--min-seconds", type=float, default=None)
+    p.add_argument("--timeout", type=float, default=600.0)
+    p.add_argument(
+        "--chunk-kib",
+        type=int,
+        default=64,
+        help="chunk size in KiB (default 64: under AWS IoT's 128 KB message limit)",
+    )
+    p.add_argument("--json", action="store_true")
+    broker_options(p)
+    p.set_defaults(func=cmd_push)
