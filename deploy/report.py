@@ -137,7 +137,7 @@ def _timeline_plot(registry: Registry, model: str, cid: str, variants: list[Vari
 
 def _devices_table(registry: Registry, model: str, cid: str, targets: Targets | None) -> str:
     """The class's devices: what each serves and how that stands against the targets."""
-    from deploy.fleet.view import registry_rows
+    from deploy.loop.status import registry_rows
 
     e = html.escape
     rows = [r for r in registry_rows(registry, targets) if r["class"] == cid]

@@ -22,7 +22,8 @@ def cmd_fleet(args: argparse.Namespace) -> int:
         rows = watcher.rows()
     columns: Sequence[tuple[str, int]] = COLUMNS
     if args.registry is not None:
-        from deploy.fleet.view import merge_live, registry_rows
+        from deploy.fleet.view import merge_live
+        from deploy.loop.status import registry_rows
 
         targets = read_targets(args.targets)
         registry = open_registry(args.registry)

@@ -4,9 +4,8 @@ Devices publish a retained birth on ``{p}/dev/{id}/state`` (re-published after e
 window with a ``last_window`` summary), so a fresh subscriber learns the whole fleet at once.
 ``watch`` prints events and telemetry as they arrive.
 
-With a registry (:func:`registry_rows`) each device also gets its registry hardware class, the
-status of its current variant against the targets (from the class's telemetry roll-up of that
-variant) and the optimizer's last decision for the class.
+The same rows from the registry, with each device's status against its targets and the
+optimizer's last decision, are built by :func:`deploy.loop.status.registry_rows`.
 """
 
 from __future__ import annotations
@@ -17,18 +16,12 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from agent.errors import ProtocolError
 from agent.mqtt.types import IncomingMessage
 from agent.wire.topics import FLEET_KINDS, ParsedTopic, host_subscriptions, parse_topic
 from deploy.mqtt import BrokerAddress, connect
-
-if TYPE_CHECKING:
-    from deploy.fleet.registry import Registry
-    from deploy.fleet.registry_types import Device, Variant
-    from deploy.loop.optimizer import EnoughRule
-    from deploy.loop.targets import Targets
 
 
 @dataclass
@@ -176,76 +169,6 @@ REGISTRY_COLUMNS = (
     ("optimizer", 22),
     ("last_seen_s", 11),
 )
-
-
-def target_status(
-    registry: Registry,
-    device: Device,
-    variant: Variant | None,
-    targets: Targets | None,
-    rule: EnoughRule | None = None,
-) -> tuple[str, list[str]]:
-    """(status, missed metrics) of the device's current variant on its class:
-    ``meets``, ``misses: <what>``, ``measuring (<why>)``, or ``-`` when unknown.
-
-    The variant's size and host accuracy drop are checked at once; device metrics (p95, memory,
-    energy) only once the class's roll-up of the variant is enough to judge."""
-    from deploy.loop.candidates import accuracy_drop, float_accuracy
-    from deploy.loop.optimizer import EnoughRule, enough_telemetry
-
-    if targets is None or variant is None or not device.hardware_class:
-        return "-", []
-    ct = targets.for_class(device.hardware_class)
-    if not ct.set_metrics():
-        return "no targets", []
-    row = registry.model(variant.model)
-    facc = float_accuracy(registry.variants_for(variant.model), row.float_metrics if row else {})
-    drop, _basis = accuracy_drop(variant, facc)
-    static = ct.check({"size_mb": variant.size_mb, "accuracy_drop": drop})
-    stats = registry.class_stats(device.hardware_class, variant.id)
-    enough, why = enough_telemetry(stats, rule or EnoughRule())
-    missed = static + (ct.check(stats.metrics()) if enough else [])
-    if missed:
-        return "misses: " + "; ".join(m.describe() for m in missed), [m.metric for m in missed]
-    if not enough and any(m in ct.set_metrics() for m in stats.metrics()):
-        return f"measuring ({why})", []
-    unknown = ct.unknown(stats.metrics() | {"size_mb": variant.size_mb, "accuracy_drop": drop})
-    return "meets" + (f" ({', '.join(unknown)} not measured)" if unknown else ""), []
-
-
-def registry_rows(
-    registry: Registry, targets: Targets | None = None, rule: EnoughRule | None = None
-) -> list[dict[str, Any]]:
-    """One row per registry device: the live-view columns from its stored state, plus
-    ``class`` (registry class id), ``targets`` / ``missed`` and ``optimizer`` (the last
-    decision for the device's model on its class: action and recipe)."""
-    now = time.time()
-    rows = []
-    for d in registry.devices():
-        view = DeviceView(d.id, d.online, dict(d.state), None, d.last_seen)
-        row = view.row(now)
-        sha = ((d.state.get("model") or {}).get("sha256")) or None
-        variant = registry.variant_by_sha(str(sha)) if sha else None
-        status, missed = target_status(registry, d, variant, targets, rule)
-        optimizer = "-"
-        model = variant.model if variant else (d.state.get("model") or {}).get("name")
-        if model and d.hardware_class:
-            decisions = registry.decisions(str(model), d.hardware_class)
-            if decisions:
-                last = decisions[-1]
-                chosen = registry.variant(last.variant) if last.variant else None
-                optimizer = f"{last.action} {chosen.recipe if chosen else ''}".strip()
-        row |= {
-            "class": d.hardware_class,
-            "model": model or "-",
-            "variant": variant.recipe if variant else row["variant"],
-            "variant_id": variant.id if variant else None,
-            "targets": status,
-            "missed": missed,
-            "optimizer": optimizer,
-        }
-        rows.append(row)
-    return rows
 
 
 def merge_live(rows: list[dict[str, Any]], live: list[dict[str, Any]]) -> list[dict[str, Any]]:
