@@ -11,7 +11,6 @@ core loop, the inference worker and the MQTT thread all make progress.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import queue
@@ -19,8 +18,8 @@ import signal
 import threading
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ import psutil
 
 from agent import __version__
 from agent.board import hardware
+from agent.commands import Commands
 from agent.config import AgentConfig
 from agent.delivery.install import Gates, Installer, ReplyTo
 from agent.delivery.store import ModelStore, Pointer, StoreLimits
@@ -37,29 +37,29 @@ from agent.mqtt.transport import Transport
 from agent.mqtt.types import IncomingMessage, TlsConfig, TransportConfig, WillConfig
 from agent.runtime import get_backend
 from agent.runtime.delegates import LoadedModel, load_model
-from agent.serving.server import (
-    JSON_CONTENT_TYPE,
-    InferenceJob,
-    LatencyWindow,
-    LoadGenerator,
-    Server,
-    decode_request,
-)
+from agent.serving.requests import handle_infer
+from agent.serving.server import JSON_CONTENT_TYPE, LatencyWindow, LoadGenerator, Server
 from agent.serving.telemetry import TelemetryBuilder
 from agent.system.crashpoints import crash_point
 from agent.system.memtrim import release_free_memory
 from agent.system.sdnotify import Notifier
 from agent.wire.chunks import compact_ranges
-from agent.wire.codec import canonical_json
 from agent.wire.manifest import Manifest, load_trust_keys
-from agent.wire.messages import Command, Event, EventKind, ModelRef, NeedRequest, ReplyStatus, State
+from agent.wire.messages import (
+    CommandReply,
+    Event,
+    EventKind,
+    ModelRef,
+    NeedRequest,
+    ReplyStatus,
+    State,
+)
 from agent.wire.reasons import Reason
 from agent.wire.topics import Topics
 
 log = logging.getLogger(__name__)
 
 TICK_S = 0.2
-SEEN_COMMANDS = 256
 
 
 class Agent:
@@ -97,7 +97,6 @@ class Agent:
         self.trial_loaded: LoadedModel | None = None
         self._proc = psutil.Process()
         self._stop = threading.Event()
-        self._seen: OrderedDict[str, None] = OrderedDict()
         self._birth = b""
         self._birth_lock = threading.Lock()
         self._idle_window = LatencyWindow()
@@ -112,6 +111,10 @@ class Agent:
         h = cfg.health
         self.installer = Installer(
             self,
+            store=self.store,
+            trust_keys=self.trust_keys,
+            runtime=(self.runtime_name, self.runtime_version),
+            has_edgetpu=self.has_edgetpu,
             default_gates=Gates(
                 h.min_inferences, h.min_seconds, h.max_seconds, h.p95_ms, h.max_rss_mb
             ),
@@ -121,6 +124,14 @@ class Agent:
             window_bytes=cfg.limits.transfer_window_kb * 1024,
         )
         self.loadgen = LoadGenerator(self._serving, cfg.loadgen.rate_hz)
+        self.commands = Commands(
+            self,
+            store=self.store,
+            installer=self.installer,
+            loadgen=self.loadgen,
+            hw_root=cfg.hw_root,
+            meter=self.energy,
+        )
         self.transport = Transport(self._transport_config(), self._on_message, self._on_connected)
         self.drainer = OutboxDrainer(self.outbox, self.transport)
 
@@ -231,8 +242,7 @@ class Agent:
         for server in (self.server, self.trial_server):
             if server is not None and now - server.last_progress > limit:
                 return False
-        thread = getattr(self.transport, "_thread", None)
-        return thread is None or thread.is_alive()
+        return self.transport.running
 
     def _shutdown(self) -> None:
         self.notifier.stopping()
@@ -266,7 +276,7 @@ class Agent:
         cur = self.store.current()
         while cur is not None:
             try:
-                self.loaded, self.server = self._load(cur, self.cfg.runtime.delegate)
+                self.loaded, self.server = self._load(cur)
                 break
             except EdgeloopError as exc:
                 log.error("current model %s does not load (%s): rolling back", cur.name, exc)
@@ -278,7 +288,8 @@ class Agent:
         self.installer.resume_staged()
         self.state_changed()
 
-    def _load(self, ptr: Pointer, delegate: str) -> tuple[LoadedModel, Server]:
+    def _load(self, ptr: Pointer) -> tuple[LoadedModel, Server]:
+        delegate = self.cfg.runtime.delegate
         manifest_delegate = ptr.manifest.variant.delegate
         if manifest_delegate and manifest_delegate != "auto":
             delegate = manifest_delegate
@@ -346,16 +357,12 @@ class Agent:
     ) -> None:
         if to is None or not to.topic:
             return
-        body = {
-            "id": to.cmd_id,
-            "verb": to.verb,
-            "status": str(status),
-            "message": message,
-            "data": data,
-        } | ({"code": str(code)} if code else {})
+        body = CommandReply(
+            to.cmd_id, to.verb, str(status), str(code) if code else None, message, data
+        )
         self.transport.publish(
             to.topic,
-            canonical_json(body),
+            body.to_json(),
             qos=1,
             correlation_data=to.correlation,
             content_type=JSON_CONTENT_TYPE,
@@ -367,7 +374,7 @@ class Agent:
 
     def state_changed(self) -> None:
         with self._birth_lock:
-            self._birth = self._state().to_json()
+            self._birth = self.state().to_json()
             payload = self._birth
         if self.transport.connected:
             self.transport.publish(self.topics.state, payload, qos=1, retain=True)
@@ -376,7 +383,7 @@ class Agent:
         with self._birth_lock:
             return self.topics.state, self._birth
 
-    def _state(self) -> State:
+    def state(self) -> State:
         model = None
         cur = self.store.current()
         if cur is not None:
@@ -411,7 +418,7 @@ class Agent:
             if parsed.kind == "chunks" and parsed.arg:
                 self.installer.on_chunk(parsed.arg, msg.payload)
             elif parsed.kind == "cmd" and parsed.arg:
-                self._handle_command(parsed.arg, msg)
+                self.commands.handle(parsed.arg, msg)
             elif parsed.kind == "infer":
                 self._handle_infer(msg)
         except (ProtocolError, EdgeloopError) as exc:
@@ -421,147 +428,28 @@ class Agent:
                 to = ReplyTo("?", "?", msg.response_topic, msg.correlation_data)
                 self.reply(to, ReplyStatus.REJECTED, exc.code, exc.message)
 
-    def _handle_command(self, verb: str, msg: IncomingMessage) -> None:
-        cmd = Command.from_json(msg.payload, verb)
-        if verb == "deploy":
-            _check_deploy_args(cmd.args)
-        to = ReplyTo(cmd.id, verb, msg.response_topic, msg.correlation_data)
-        if cmd.id in self._seen and verb != "deploy":  # deploy dedups by release (P4, P16)
-            self.reply(to, ReplyStatus.DUPLICATE, None, "command already handled")
-            return
-        self._seen[cmd.id] = None
-        while len(self._seen) > SEEN_COMMANDS:
-            self._seen.popitem(last=False)
-        handlers: dict[str, Callable[[], None]] = {
-            "deploy": lambda: self.installer.on_deploy(cmd, to),
-            "rollback": lambda: self._cmd_rollback(to),
-            "bench": lambda: self._cmd_bench(cmd, to),
-            "config": lambda: self._cmd_config(cmd, to),
-            "rebirth": lambda: self._cmd_rebirth(to),
-            "state": lambda: self.reply(
-                to, ReplyStatus.OK, None, "", state=self._state().to_dict()
-            ),
-        }
-        handlers[verb]()
-
-    def _cmd_rollback(self, to: ReplyTo) -> None:
-        if self.installer.abort_for_rollback():
-            self.reply(to, ReplyStatus.OK, None, "install abandoned")
-            return
-        try:
-            ptr = self.store.rollback()
-        except StoreError as exc:
-            self.reply(to, ReplyStatus.REJECTED, exc.code, exc.message)
-            return
-        assert ptr is not None
-        loaded, server = self._load(ptr, self.cfg.runtime.delegate)
+    # ---- CommandHost -----------------------------------------------------------------------
+    def serve(self, ptr: Pointer) -> None:
+        loaded, server = self._load(ptr)
         old, self.server, self.loaded = self.server, server, loaded
         if old is not None:
             old.stop()
-        self.event(
-            EventKind.ROLLED_BACK,
-            "rollback_command",
-            "rolled back to last good",
-            sha256=ptr.sha256,
-            name=ptr.name,
-            version=ptr.version,
-            release=ptr.release,
-        )
-        self.reply(to, ReplyStatus.OK, None, "rolled back", sha256=ptr.sha256)
-        self.state_changed()
 
-    def _cmd_bench(self, cmd: Command, to: ReplyTo) -> None:
-        cur = self.store.current()
-        if cur is None:
-            self.reply(to, ReplyStatus.REJECTED, "no_model", "no model installed")
-            return
-        from agent.serving.bench import benchmark
+    def serving_delegate(self) -> str | None:
+        return self.loaded.delegate if self.loaded else None
 
-        args = cmd.args
-        path = self.store.model_path(cur.sha256)
-        delegate = str(args.get("delegate") or (self.loaded.delegate if self.loaded else "auto"))
-        self.reply(to, ReplyStatus.ACCEPTED, None, "benchmark started")
-
-        def done(result: Any, exc: BaseException | None) -> None:
-            if exc is not None:
-                code = exc.code if isinstance(exc, EdgeloopError) else "bench_failed"
-                self.reply(to, ReplyStatus.ERROR, code, str(exc))
-                self.event(EventKind.BENCH_RESULT, code, str(exc), cmd_id=cmd.id)
-                return
-            data = result.to_dict()
-            self.reply(to, ReplyStatus.OK, None, "benchmark done", result=data)
-            self.event(EventKind.BENCH_RESULT, cmd_id=cmd.id, sha256=cur.sha256, result=data)
-
-        self.background(
-            "bench",
-            lambda: benchmark(
-                path,
-                delegate,
-                threads=args.get("threads"),
-                runs=int(args.get("runs") or 50),
-                hw_root=self.cfg.hw_root,
-                meter=self.energy,
-            ),
-            done,
-        )
-
-    def _cmd_config(self, cmd: Command, to: ReplyTo) -> None:
-        args = cmd.args
-        if "telemetry_interval_s" in args:
-            self._telemetry_interval = float(args["telemetry_interval_s"])
-            self._next_telemetry = time.monotonic() + self._telemetry_interval
-        loadgen = args.get("loadgen")
-        if isinstance(loadgen, dict):
-            enabled = bool(loadgen.get("enabled", True))
-            self.loadgen.set_rate(float(loadgen.get("rate_hz", 0)) if enabled else 0.0)
-        applied = {
-            "telemetry_interval_s": self._telemetry_interval,
-            "loadgen_rate_hz": self.loadgen.rate_hz,
-        }
-        self.reply(to, ReplyStatus.OK, None, "applied", **applied)
-
-    def _cmd_rebirth(self, to: ReplyTo) -> None:
-        self.state_changed()
-        self.reply(to, ReplyStatus.OK, None, "state published")
+    def set_telemetry_interval(self, seconds: float | None) -> float:
+        if seconds is not None:
+            self._telemetry_interval = seconds
+            self._next_telemetry = time.monotonic() + seconds
+        return self._telemetry_interval
 
     def _handle_infer(self, msg: IncomingMessage) -> None:
-        server = self._serving()
-        to = msg.response_topic
-        corr = msg.correlation_data
-
-        def reply(body: dict[str, Any] | None, raw: bytes | None, ctype: str) -> None:
-            if not to:
-                return
-            payload = raw if raw is not None else json.dumps(body).encode()
-            self.transport.publish(to, payload, qos=1, correlation_data=corr, content_type=ctype)
-
-        if server is None:
-            reply(
-                {"ok": False, "code": "no_model", "message": "no model installed"},
-                None,
-                JSON_CONTENT_TYPE,
-            )
-            return
         limit = self.cfg.limits.max_payload_kb * 1024
-        try:
-            if len(msg.payload) > limit:
-                raise ProtocolError(
-                    f"inference request of {len(msg.payload)} bytes exceeds {limit} bytes",
-                    code=Reason.TOO_LARGE,
-                    hint="raise limits.max_payload_kb or send a smaller .npy",
-                )
-            inputs, as_npy = decode_request(msg.payload, msg.content_type)
-        except EdgeloopError as exc:  # reply in the inference format, then the event
-            reply({"ok": False, **exc.to_dict()}, None, JSON_CONTENT_TYPE)
+        exc = handle_infer(self._serving(), msg, limit, self.transport.publish)
+        if exc is not None:
             log.warning("rejected input on %s: %s", msg.topic, exc)
             self.event(EventKind.INPUT_REJECTED, exc.code, exc.message, topic=msg.topic[:200])
-            return
-        if not server.submit(InferenceJob(inputs, reply, as_npy)):
-            reply(
-                {"ok": False, "code": Reason.BUSY, "message": "inference queue full"},
-                None,
-                JSON_CONTENT_TYPE,
-            )
 
     # ---- telemetry ---------------------------------------------------------------------------
     def _emit_telemetry(self) -> None:
@@ -576,30 +464,23 @@ class Agent:
         record = self.telemetry.build(
             seq=0,
             snap=snap,
-            model=dict(server.meta) if server else None,
+            model=ModelRef.from_meta(server.meta) if server else None,
             outbox_dropped=self.outbox.dropped,
-            extra={
-                "boot_id": self.boot_id,
-                "trial": server is not None and server is self.trial_server,
-                "warmup": warmup,
-                "threads": loaded.threads if loaded else None,
-            },
+            boot_id=self.boot_id,
+            trial=server is not None and server is self.trial_server,
+            warmup=warmup,
+            threads=loaded.threads if loaded else None,
         )
         self._last_window = {
-            k: record.get(k) for k in ("ts", "inferences", "latency_ms", "throughput", "energy")
+            "ts": record.ts,
+            "inferences": record.inferences,
+            "latency_ms": record.latency_ms,
+            "throughput": record.throughput,
+            "energy": record.energy,
         }
         crash_point("before_telemetry")
-        self.outbox.append(self.topics.telemetry, lambda seq: canonical_json(record | {"seq": seq}))
+        self.outbox.append(self.topics.telemetry, lambda seq: replace(record, seq=seq).to_json())
         self.state_changed()
-
-
-def _check_deploy_args(args: dict[str, Any]) -> None:
-    """The unsigned deploy arguments next to the manifest: wrong types are malformed input."""
-    gates, delegate = args.get("gates"), args.get("delegate")
-    if gates is not None and not isinstance(gates, dict):
-        raise ProtocolError("cmd/deploy: args.gates must be an object")
-    if delegate is not None and not (isinstance(delegate, str) and len(delegate) <= 512):
-        raise ProtocolError("cmd/deploy: args.delegate must be a string")
 
 
 def run_agent(cfg: AgentConfig) -> int:

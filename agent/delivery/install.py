@@ -84,18 +84,9 @@ class Gates:
 
 
 class InstallHost(Protocol):
-    """What the installer needs from the agent core."""
-
-    @property
-    def store(self) -> ModelStore: ...
-    @property
-    def trust_keys(self) -> Mapping[str, Any]: ...
-    @property
-    def runtime_name(self) -> str: ...
-    @property
-    def runtime_version(self) -> str: ...
-    @property
-    def has_edgetpu(self) -> bool: ...
+    """What the installer asks of the agent core: outputs (events, replies, chunk requests,
+    the retained state), a worker thread for the probe, and the trial's serving slot. What it
+    only reads (the store, trust keys, runtime, board) is handed to :class:`Installer`."""
 
     def event(self, kind: str, code: str = "ok", message: str = "", **data: Any) -> None: ...
     def progress(self, data: dict[str, Any]) -> None: ...
@@ -169,6 +160,10 @@ class Installer:
         self,
         host: InstallHost,
         *,
+        store: ModelStore,
+        trust_keys: Mapping[str, Any],
+        runtime: tuple[str, str],
+        has_edgetpu: bool,
         default_gates: Gates,
         default_delegate: str,
         window_bytes: int = DEFAULT_WINDOW_BYTES,
@@ -178,6 +173,10 @@ class Installer:
         reconnect_grace_s: float = 0.5,
     ) -> None:
         self.host = host
+        self.store = store
+        self.trust_keys = trust_keys
+        self.runtime_name, self.runtime_version = runtime
+        self.has_edgetpu = has_edgetpu
         self.default_gates = default_gates
         self.default_delegate = default_delegate
         self.window_bytes = window_bytes
@@ -201,10 +200,10 @@ class Installer:
 
     # ---- accept ----------------------------------------------------------------------------
     def on_deploy(self, cmd: Command, reply: ReplyTo | None) -> None:
-        store = self.host.store
+        store = self.store
         try:
             manifest = verify_manifest(
-                cmd.args.get("manifest", {}), self.host.trust_keys, now=store.trusted_now()
+                cmd.args.get("manifest", {}), self.trust_keys, now=store.trusted_now()
             )
         except ManifestError as exc:
             self._reject(reply, exc.code, exc.message, None)
@@ -270,7 +269,7 @@ class Installer:
         """After a restart: continue a transfer left in staging (only missing chunks move)."""
         if self.active is not None:
             return
-        for manifest in self.host.store.staged():
+        for manifest in self.store.staged():
             delegate = manifest.variant.delegate or self.default_delegate
             self.active = Install(manifest, None, self.default_gates, delegate)
             log.info("resuming the transfer of %s r%d", manifest.name, manifest.release)
@@ -282,11 +281,11 @@ class Installer:
         req = manifest.requirements
         problems = []
         if (req.accelerator == "edgetpu" or manifest.variant.delegate == "edgetpu") and not (
-            self.host.has_edgetpu
+            self.has_edgetpu
         ):
             problems.append("the model needs an Edge TPU and this board has none")
         problems += operator_problems(
-            manifest, self.host.runtime_name, self.host.runtime_version, delegate
+            manifest, self.runtime_name, self.runtime_version, delegate
         )
         return problems
 
@@ -310,7 +309,7 @@ class Installer:
         if a.first_chunk is None:
             a.first_chunk = a.last_rx
         try:
-            fresh = self.host.store.write_chunk(sha256, frame.index, frame.data)
+            fresh = self.store.write_chunk(sha256, frame.index, frame.data)
         except StoreError as exc:
             if exc.code == Reason.BAD_CHUNK:
                 self._bad_chunk(a, frame.index)
@@ -350,7 +349,7 @@ class Installer:
         a = self.active
         if a is None or a.phase != "downloading":
             return
-        store = self.host.store
+        store = self.store
         try:
             # bytes already verified in models/ (a new release of last_good, a re-push after a
             # crash between finish and trial): there is no staging and nothing to fetch. Only
@@ -384,7 +383,7 @@ class Installer:
         room = window - len(a.inflight)
         # from where the last request ended: a chunk lost on the way is asked for again by
         # the timeout (force, from 0), a corrupt one at once (_bad_chunk), so no rescan here
-        want = self.host.store.next_missing(a.manifest.sha256, a.scan_from, room, a.inflight)
+        want = self.store.next_missing(a.manifest.sha256, a.scan_from, room, a.inflight)
         if want:
             a.scan_from = want[-1] + 1
             now = time.monotonic()
@@ -417,7 +416,7 @@ class Installer:
 
     # ---- verify, probe ---------------------------------------------------------------------
     def _finish_transfer(self, a: Install) -> None:
-        store, m = self.host.store, a.manifest
+        store, m = self.store, a.manifest
         # where the time went: waiting for the first chunk, moving the bytes, then the checks
         now = time.monotonic()
         timing: dict[str, Any] = {"transfer_s": round(now - a.started, 4)}
@@ -431,9 +430,9 @@ class Installer:
             info = modelfile.inspect_operators(path)
             compat.ensure_compatible(
                 info,
-                self.host.runtime_name,
-                self.host.runtime_version,
-                "edgetpu" if info.is_edgetpu and self.host.has_edgetpu else "cpu",
+                self.runtime_name,
+                self.runtime_version,
+                "edgetpu" if info.is_edgetpu and self.has_edgetpu else "cpu",
             )
         except (StoreError, IncompatibleModelError, EdgeloopError) as exc:
             self._fail_install(a, exc.code, exc.message)
@@ -477,10 +476,10 @@ class Installer:
             )
             return
         try:
-            self.host.store.set_trial(a.manifest.sha256, a.manifest)
+            self.store.set_trial(a.manifest.sha256, a.manifest)
             server = self.host.start_trial(path, a.manifest, a.delegate)
         except EdgeloopError as load_error:
-            self.host.store.abort_trial()
+            self.store.abort_trial()
             self._fail_install(a, Reason.PROBE_FAILED, load_error.message)
             return
         a.phase = "trial"
@@ -499,7 +498,7 @@ class Installer:
 
     def _fail_install(self, a: Install, code: str, message: str, **data: Any) -> None:
         log.warning("install of %s failed (%s): %s", a.manifest.name, code, message)
-        self.host.store.abort(a.manifest.sha256)
+        self.store.abort(a.manifest.sha256)
         self.active = None
         self.host.state_changed()
         self.host.reply(a.reply, ReplyStatus.ERROR, code, message, **_ref(a.manifest))
@@ -545,7 +544,7 @@ class Installer:
 
     def _commit(self, a: Install, inferences: int, p95: float) -> None:
         crash_point("before_trial_commit")
-        self.host.store.commit_trial()
+        self.store.commit_trial()
         self.host.end_trial(commit=True)
         self.active = None
         self.host.state_changed()  # retained state first: a host acting on the reply sees it
@@ -557,11 +556,11 @@ class Installer:
         }
         self.host.reply(a.reply, ReplyStatus.OK, "committed", "committed", **data)
         self.host.event(EventKind.COMMITTED, **data)
-        self.host.store.gc()
+        self.store.gc()
 
     def _rollback_trial(self, a: Install, reason: str) -> None:
         log.warning("trial of %s failed: %s; rolling back", a.manifest.name, reason)
-        self.host.store.abort_trial()
+        self.store.abort_trial()
         self.host.end_trial(commit=False)
         self.active = None
         self.host.state_changed()
@@ -578,7 +577,7 @@ class Installer:
         if a.phase == "trial":
             self._rollback_trial(a, "rollback command")
         else:
-            self.host.store.abort(a.manifest.sha256)
+            self.store.abort(a.manifest.sha256)
             self.active = None
             self.host.event(
                 EventKind.ROLLED_BACK, "rollback_command", "install abandoned", **_ref(a.manifest)

@@ -69,9 +69,13 @@ class Pointer:
     release: int
     manifest: Manifest
 
-    def to_dict(self) -> dict[str, Any]:
+    def ref(self) -> dict[str, Any]:
+        """sha256, name, version, release: how events name a model."""
         return {"sha256": self.sha256, "name": self.name, "version": self.version,
-                "release": self.release, "manifest": self.manifest.to_dict()}  # fmt: skip
+                "release": self.release}  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.ref(), "manifest": self.manifest.to_dict()}
 
     @classmethod
     def of(cls, manifest: Manifest) -> Pointer:

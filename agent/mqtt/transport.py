@@ -170,6 +170,12 @@ class Transport:
         self._thread.start()
 
     @property
+    def running(self) -> bool:
+        """False once the network thread has died (never started counts as running: the
+        watchdog then only watches the other loops)."""
+        return self._thread is None or self._thread.is_alive()
+
+    @property
     def connected(self) -> bool:
         return self._connected.is_set()
 
