@@ -12,28 +12,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from agent.delivery.install import Installer, ReplyTo
+from agent.delivery.install import Installer, Outputs
 from agent.delivery.store import ModelStore, Pointer
 from agent.errors import EdgeloopError, ProtocolError, StoreError
 from agent.mqtt.types import IncomingMessage
 from agent.serving.server import LoadGenerator
-from agent.wire.messages import Command, EventKind, ReplyStatus, State
+from agent.wire.messages import Command, EventKind, ReplyStatus, ReplyTo, State
 
 SEEN_COMMANDS = 256
 
 
 class CommandHost(Protocol):
-    """What the verbs need from the agent core."""
+    """What the verbs need from the agent core (replies and events go to :class:`Outputs`)."""
 
-    def event(self, kind: str, code: str = "ok", message: str = "", **data: Any) -> None: ...
-    def reply(
-        self,
-        to: ReplyTo | None,
-        status: str,
-        code: str | None = None,
-        message: str = "",
-        **data: Any,
-    ) -> None: ...
     def background(
         self, name: str, fn: Callable[[], Any], done: Callable[[Any, BaseException | None], None]
     ) -> None: ...
@@ -53,6 +44,7 @@ class Commands:
     def __init__(
         self,
         host: CommandHost,
+        out: Outputs,
         *,
         store: ModelStore,
         installer: Installer,
@@ -61,6 +53,7 @@ class Commands:
         meter: Any,
     ) -> None:
         self.host = host
+        self.out = out
         self.store = store
         self.installer = installer
         self.loadgen = loadgen
@@ -75,7 +68,7 @@ class Commands:
             check_deploy_args(cmd.args)
         to = ReplyTo(cmd.id, verb, msg.response_topic, msg.correlation_data)
         if cmd.id in self._seen and verb != "deploy":  # deploy dedups by release (P4, P16)
-            self.host.reply(to, ReplyStatus.DUPLICATE, None, "command already handled")
+            self.out.reply(to, ReplyStatus.DUPLICATE, None, "command already handled")
             return
         self._seen[cmd.id] = None
         while len(self._seen) > SEEN_COMMANDS:
@@ -86,7 +79,7 @@ class Commands:
             "bench": lambda: self.bench(cmd, to),
             "config": lambda: self.config(cmd, to),
             "rebirth": lambda: self.rebirth(to),
-            "state": lambda: self.host.reply(
+            "state": lambda: self.out.reply(
                 to, ReplyStatus.OK, None, "", state=self.host.state().to_dict()
             ),
         }
@@ -94,45 +87,45 @@ class Commands:
 
     def rollback(self, to: ReplyTo) -> None:
         if self.installer.abort_for_rollback():
-            self.host.reply(to, ReplyStatus.OK, None, "install abandoned")
+            self.out.reply(to, ReplyStatus.OK, None, "install abandoned")
             return
         try:
             ptr = self.store.rollback()
         except StoreError as exc:
-            self.host.reply(to, ReplyStatus.REJECTED, exc.code, exc.message)
+            self.out.reply(to, ReplyStatus.REJECTED, exc.code, exc.message)
             return
         assert ptr is not None
         self.host.serve(ptr)
-        self.host.event(
+        self.out.event(
             EventKind.ROLLED_BACK,
             "rollback_command",
             "rolled back to last good",
             **ptr.ref(),
         )
-        self.host.reply(to, ReplyStatus.OK, None, "rolled back", sha256=ptr.sha256)
+        self.out.reply(to, ReplyStatus.OK, None, "rolled back", sha256=ptr.sha256)
         self.host.state_changed()
 
     def bench(self, cmd: Command, to: ReplyTo) -> None:
         cur = self.store.current()
         if cur is None:
-            self.host.reply(to, ReplyStatus.REJECTED, "no_model", "no model installed")
+            self.out.reply(to, ReplyStatus.REJECTED, "no_model", "no model installed")
             return
         from agent.serving.bench import benchmark
 
         args = cmd.args
         path = self.store.model_path(cur.sha256)
         delegate = str(args.get("delegate") or self.host.serving_delegate() or "auto")
-        self.host.reply(to, ReplyStatus.ACCEPTED, None, "benchmark started")
+        self.out.reply(to, ReplyStatus.ACCEPTED, None, "benchmark started")
 
         def done(result: Any, exc: BaseException | None) -> None:
             if exc is not None:
                 code = exc.code if isinstance(exc, EdgeloopError) else "bench_failed"
-                self.host.reply(to, ReplyStatus.ERROR, code, str(exc))
-                self.host.event(EventKind.BENCH_RESULT, code, str(exc), cmd_id=cmd.id)
+                self.out.reply(to, ReplyStatus.ERROR, code, str(exc))
+                self.out.event(EventKind.BENCH_RESULT, code, str(exc), cmd_id=cmd.id)
                 return
             data = result.to_dict()
-            self.host.reply(to, ReplyStatus.OK, None, "benchmark done", result=data)
-            self.host.event(EventKind.BENCH_RESULT, cmd_id=cmd.id, sha256=cur.sha256, result=data)
+            self.out.reply(to, ReplyStatus.OK, None, "benchmark done", result=data)
+            self.out.event(EventKind.BENCH_RESULT, cmd_id=cmd.id, sha256=cur.sha256, result=data)
 
         self.host.background(
             "bench",
@@ -159,11 +152,11 @@ class Commands:
             "telemetry_interval_s": interval,
             "loadgen_rate_hz": self.loadgen.rate_hz,
         }
-        self.host.reply(to, ReplyStatus.OK, None, "applied", **applied)
+        self.out.reply(to, ReplyStatus.OK, None, "applied", **applied)
 
     def rebirth(self, to: ReplyTo) -> None:
         self.host.state_changed()
-        self.host.reply(to, ReplyStatus.OK, None, "state published")
+        self.out.reply(to, ReplyStatus.OK, None, "state published")
 
 
 def check_deploy_args(args: dict[str, Any]) -> None:

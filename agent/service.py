@@ -1,12 +1,11 @@
-"""The device daemon's core: one thread owns all state and consumes an event queue.
+"""The device daemon's core: composition and the one event loop that owns all state.
 
 paho callbacks only enqueue (agent.mqtt.transport); the inference worker (agent.serving.server),
-the load
-generator, the energy sampler, the outbox drainer and background jobs (the sandboxed probe, an
-on-demand benchmark) run on their own threads and report back through the same queue. The
-install state machine (agent.delivery.install) runs here. systemd's watchdog is pinged only while
-the
-core loop, the inference worker and the MQTT thread all make progress.
+the load generator, the energy sampler, the outbox drainer and background jobs (the sandboxed
+probe, an on-demand benchmark) run on their own threads and report back through the same queue.
+The install state machine (agent.delivery.install) and the command verbs (agent.commands) run
+here; what they send goes out through agent.mqtt.publisher. systemd's watchdog is pinged only
+while the core loop, the inference worker and the MQTT thread all make progress.
 """
 
 from __future__ import annotations
@@ -29,29 +28,27 @@ from agent import __version__
 from agent.board import hardware
 from agent.commands import Commands
 from agent.config import AgentConfig
-from agent.delivery.install import Gates, Installer, ReplyTo
+from agent.delivery.install import Gates, Installer
 from agent.delivery.store import ModelStore, Pointer, StoreLimits
 from agent.errors import EdgeloopError, ProtocolError, StoreError
 from agent.mqtt.outbox import Outbox, OutboxDrainer
+from agent.mqtt.publisher import Publisher
 from agent.mqtt.transport import Transport
-from agent.mqtt.types import IncomingMessage, TlsConfig, TransportConfig, WillConfig
+from agent.mqtt.types import IncomingMessage, TransportConfig
 from agent.runtime import get_backend
 from agent.runtime.delegates import LoadedModel, load_model
 from agent.serving.requests import handle_infer
-from agent.serving.server import JSON_CONTENT_TYPE, LatencyWindow, LoadGenerator, Server
-from agent.serving.telemetry import TelemetryBuilder
+from agent.serving.server import LatencyWindow, LoadGenerator, Server
+from agent.serving.telemetry import TelemetryBuilder, open_energy
 from agent.system.crashpoints import crash_point
 from agent.system.memtrim import release_free_memory
 from agent.system.sdnotify import Notifier
-from agent.wire.chunks import compact_ranges
 from agent.wire.manifest import Manifest, load_trust_keys
 from agent.wire.messages import (
-    CommandReply,
-    Event,
     EventKind,
     ModelRef,
-    NeedRequest,
     ReplyStatus,
+    ReplyTo,
     State,
 )
 from agent.wire.reasons import Reason
@@ -97,8 +94,7 @@ class Agent:
         self.trial_loaded: LoadedModel | None = None
         self._proc = psutil.Process()
         self._stop = threading.Event()
-        self._birth = b""
-        self._birth_lock = threading.Lock()
+        self.out = Publisher(self.outbox, self.topics)
         self._idle_window = LatencyWindow()
         self._last_window: dict[str, Any] | None = None
         self._last_window_sha: str | None = None
@@ -106,18 +102,18 @@ class Agent:
         self._next_telemetry = time.monotonic() + self._telemetry_interval
         self._loop_progress = time.monotonic()
         self.notifier = Notifier()
-        self.energy = self._open_energy()
+        meter = cfg.energy.meter
+        self.energy = open_energy(meter, cfg.energy.idle_baseline_s) if meter else None
         self.telemetry = TelemetryBuilder(cfg.hw_root, self.energy)
         h = cfg.health
         self.installer = Installer(
             self,
+            self.out,
             store=self.store,
             trust_keys=self.trust_keys,
             runtime=(self.runtime_name, self.runtime_version),
             has_edgetpu=self.has_edgetpu,
-            default_gates=Gates(
-                h.min_inferences, h.min_seconds, h.max_seconds, h.p95_ms, h.max_rss_mb
-            ),
+            default_gates=Gates.from_config(h),
             default_delegate=cfg.runtime.delegate,
             probe_timeout_s=h.probe_timeout_s,
             probe_memory_mb=h.probe_memory_mb,
@@ -126,48 +122,23 @@ class Agent:
         self.loadgen = LoadGenerator(self._serving, cfg.loadgen.rate_hz)
         self.commands = Commands(
             self,
+            self.out,
             store=self.store,
             installer=self.installer,
             loadgen=self.loadgen,
             hw_root=cfg.hw_root,
             meter=self.energy,
         )
-        self.transport = Transport(self._transport_config(), self._on_message, self._on_connected)
-        self.drainer = OutboxDrainer(self.outbox, self.transport)
-
-    # ---- setup ---------------------------------------------------------------------------
-    def _transport_config(self) -> TransportConfig:
-        b = self.cfg.broker
-        tls = TlsConfig(b.tls_ca, b.tls_cert, b.tls_key) if b.tls_ca else None
-        return TransportConfig(
-            host=b.host,
-            port=b.port,
-            client_id=f"edgeloop-{self.cfg.device_id}",
-            username=b.username or None,
-            password=b.password or None,
-            tls=tls,
-            keepalive=b.keepalive_s,
-            session_expiry_s=b.session_expiry_s,
-            clean_start=False,
-            will=WillConfig(self.topics.state),
-            birth=self._birth_message,
-            subscriptions=[(f, 1) for f in self.topics.device_subscriptions()],
-            reconnect_min_s=b.reconnect_min_s,
-            reconnect_max_s=b.reconnect_max_s,
+        tc = TransportConfig.for_device(
+            cfg.broker,
+            cfg.device_id,
+            will_topic=self.topics.state,
+            birth=self.out.birth_message,
+            subscriptions=self.topics.device_subscriptions(),
         )
-
-    def _open_energy(self) -> Any:
-        spec = self.cfg.energy.meter
-        if not spec:
-            return None
-        try:
-            from agent.energy import EnergySampler, open_meter
-
-            sampler = EnergySampler(open_meter(spec), baseline_s=self.cfg.energy.idle_baseline_s)
-            return sampler.start()
-        except EdgeloopError as exc:
-            log.error("energy meter %s unavailable: %s (telemetry goes on without it)", spec, exc)
-            return None
+        self.transport = Transport(tc, self._on_message, self._on_connected)
+        self.out.transport = self.transport
+        self.drainer = OutboxDrainer(self.outbox, self.transport)
 
     # ---- thread-safe entry points (other threads only enqueue) --------------------------
     def _on_message(self, msg: IncomingMessage) -> None:
@@ -262,17 +233,14 @@ class Agent:
     def _recover(self) -> None:
         rec = self.store.recover()
         if rec.rolled_back is not None:
-            self.event(
+            self.out.event(
                 EventKind.ROLLED_BACK,
                 Reason.CRASHED_IN_TRIAL,
                 "the agent stopped during the trial; rolled back at start",
-                sha256=rec.rolled_back.sha256,
-                name=rec.rolled_back.name,
-                version=rec.rolled_back.version,
-                release=rec.rolled_back.release,
+                **rec.rolled_back.ref(),
             )
         if rec.actions:
-            self.event(EventKind.RECOVERED, "ok", ", ".join(rec.actions), **rec.to_dict())
+            self.out.event(EventKind.RECOVERED, "ok", ", ".join(rec.actions), **rec.to_dict())
         cur = self.store.current()
         while cur is not None:
             try:
@@ -280,7 +248,8 @@ class Agent:
                 break
             except EdgeloopError as exc:
                 log.error("current model %s does not load (%s): rolling back", cur.name, exc)
-                self.event(EventKind.ROLLED_BACK, exc.code, f"current model failed to load: {exc}")
+                why = f"current model failed to load: {exc}"
+                self.out.event(EventKind.ROLLED_BACK, exc.code, why)
                 try:
                     cur = self.store.rollback()
                 except StoreError:
@@ -303,15 +272,8 @@ class Agent:
             hardware=self.hardware,
             backend=self.backend,
         )
-        meta = {
-            "sha256": m.sha256,
-            "name": m.name,
-            "version": m.version,
-            "release": m.release,
-            "variant": m.variant.to_dict(),
-            "delegate": loaded.delegate,
-        }
-        return loaded, Server(loaded.interpreter, meta)
+        ref = ModelRef(m.sha256, m.name, m.version, m.release, m.variant.to_dict(), loaded.delegate)
+        return loaded, Server(loaded.interpreter, ref.to_dict())
 
     # ---- InstallHost --------------------------------------------------------------------
     def start_trial(self, path: Path, manifest: Manifest, delegate: str) -> Server:
@@ -334,67 +296,14 @@ class Agent:
     def _serving(self) -> Server | None:
         return self.trial_server or self.server
 
-    def event(self, kind: str, code: str = "ok", message: str = "", **data: Any) -> None:
-        body = {k: v for k, v in data.items() if v is not None}
-        ts = round(time.time(), 3)
-        # seq = the outbox's durable sequence number: one gapless series per device across
-        # events and telemetry, monotonic across restarts (the host dedups by device + seq).
-        self.outbox.append(
-            self.topics.events, lambda seq: Event(kind, code, message, body, ts, seq).to_json()
-        )
-
-    def progress(self, data: dict[str, Any]) -> None:
-        ev = Event(EventKind.INSTALL_PROGRESS, "ok", "", data, ts=round(time.time(), 3))
-        self.transport.publish(self.topics.events, ev.to_json(), qos=0)
-
-    def reply(
-        self,
-        to: ReplyTo | None,
-        status: str,
-        code: str | None = None,
-        message: str = "",
-        **data: Any,
-    ) -> None:
-        if to is None or not to.topic:
-            return
-        body = CommandReply(
-            to.cmd_id, to.verb, str(status), str(code) if code else None, message, data
-        )
-        self.transport.publish(
-            to.topic,
-            body.to_json(),
-            qos=1,
-            correlation_data=to.correlation,
-            content_type=JSON_CONTENT_TYPE,
-        )
-
-    def request_chunks(self, sha256: str, indexes: list[int]) -> None:
-        need = NeedRequest.from_ranges(sha256, compact_ranges(indexes))
-        self.transport.publish(self.topics.need, need.to_json(), qos=1)
-
     def state_changed(self) -> None:
-        with self._birth_lock:
-            self._birth = self.state().to_json()
-            payload = self._birth
-        if self.transport.connected:
-            self.transport.publish(self.topics.state, payload, qos=1, retain=True)
-
-    def _birth_message(self) -> tuple[str, bytes]:
-        with self._birth_lock:
-            return self.topics.state, self._birth
+        self.out.publish_state(self.state())
 
     def state(self) -> State:
-        model = None
-        cur = self.store.current()
+        model, cur = None, self.store.current()
         if cur is not None:
-            model = ModelRef(
-                cur.sha256,
-                cur.name,
-                cur.version,
-                cur.release,
-                cur.manifest.variant.to_dict(),
-                self.loaded.delegate if self.loaded else None,
-            )
+            variant, delegate = cur.manifest.variant.to_dict(), self.serving_delegate()
+            model = ModelRef(cur.sha256, cur.name, cur.version, cur.release, variant, delegate)
         install = self.installer.state()
         if self.loaded is not None:
             install = install | {"loaded": self.loaded.to_dict()}
@@ -422,11 +331,10 @@ class Agent:
             elif parsed.kind == "infer":
                 self._handle_infer(msg)
         except (ProtocolError, EdgeloopError) as exc:
-            log.warning("rejected input on %s: %s", msg.topic, exc)
-            self.event(EventKind.INPUT_REJECTED, exc.code, exc.message, topic=msg.topic[:200])
+            self._rejected(msg, exc)
             if msg.response_topic:
                 to = ReplyTo("?", "?", msg.response_topic, msg.correlation_data)
-                self.reply(to, ReplyStatus.REJECTED, exc.code, exc.message)
+                self.out.reply(to, ReplyStatus.REJECTED, exc.code, exc.message)
 
     # ---- CommandHost -----------------------------------------------------------------------
     def serve(self, ptr: Pointer) -> None:
@@ -448,8 +356,11 @@ class Agent:
         limit = self.cfg.limits.max_payload_kb * 1024
         exc = handle_infer(self._serving(), msg, limit, self.transport.publish)
         if exc is not None:
-            log.warning("rejected input on %s: %s", msg.topic, exc)
-            self.event(EventKind.INPUT_REJECTED, exc.code, exc.message, topic=msg.topic[:200])
+            self._rejected(msg, exc)
+
+    def _rejected(self, msg: IncomingMessage, exc: EdgeloopError) -> None:
+        log.warning("rejected input on %s: %s", msg.topic, exc)
+        self.out.event(EventKind.INPUT_REJECTED, exc.code, exc.message, topic=msg.topic[:200])
 
     # ---- telemetry ---------------------------------------------------------------------------
     def _emit_telemetry(self) -> None:
@@ -471,13 +382,7 @@ class Agent:
             warmup=warmup,
             threads=loaded.threads if loaded else None,
         )
-        self._last_window = {
-            "ts": record.ts,
-            "inferences": record.inferences,
-            "latency_ms": record.latency_ms,
-            "throughput": record.throughput,
-            "energy": record.energy,
-        }
+        self._last_window = record.summary()
         crash_point("before_telemetry")
         self.outbox.append(self.topics.telemetry, lambda seq: replace(record, seq=seq).to_json())
         self.state_changed()

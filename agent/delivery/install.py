@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from agent.config import LimitsConfig
+from agent.config import HealthConfig, LimitsConfig
 from agent.delivery.store import ModelStore
 from agent.errors import EdgeloopError, IncompatibleModelError, ManifestError, StoreError
 from agent.serving.server import LatencyWindow, Server
@@ -28,7 +28,7 @@ from agent.serving.stats import summarize
 from agent.system.crashpoints import crash_point
 from agent.wire.chunks import decode_chunk
 from agent.wire.manifest import Manifest, verify_manifest
-from agent.wire.messages import Command, EventKind, ReplyStatus
+from agent.wire.messages import Command, EventKind, ReplyStatus, ReplyTo
 from agent.wire.reasons import Reason
 
 if TYPE_CHECKING:  # the install-only modules load on the first deploy (idle RSS, ~5 MB)
@@ -45,16 +45,6 @@ MAX_BAD_CHUNK = 5  # the same chunk failing its hash this often ends the install
 
 
 @dataclass(frozen=True)
-class ReplyTo:
-    """Where the reply to a command goes (MQTT5 response topic + correlation data)."""
-
-    cmd_id: str
-    verb: str
-    topic: str | None
-    correlation: bytes | None
-
-
-@dataclass(frozen=True)
 class Gates:
     """Health gates of a trial (config defaults, overridable per deploy)."""
 
@@ -63,6 +53,10 @@ class Gates:
     max_seconds: float
     p95_ms: float | None
     max_rss_mb: float | None
+
+    @classmethod
+    def from_config(cls, h: HealthConfig) -> Gates:
+        return cls(h.min_inferences, h.min_seconds, h.max_seconds, h.p95_ms, h.max_rss_mb)
 
     @classmethod
     def merge(cls, base: Gates, override: Mapping[str, Any]) -> Gates:
@@ -83,10 +77,8 @@ class Gates:
         return dict(self.__dict__)
 
 
-class InstallHost(Protocol):
-    """What the installer asks of the agent core: outputs (events, replies, chunk requests,
-    the retained state), a worker thread for the probe, and the trial's serving slot. What it
-    only reads (the store, trust keys, runtime, board) is handed to :class:`Installer`."""
+class Outputs(Protocol):
+    """Where the installer's messages go, one way (agent.mqtt.publisher.Publisher)."""
 
     def event(self, kind: str, code: str = "ok", message: str = "", **data: Any) -> None: ...
     def progress(self, data: dict[str, Any]) -> None: ...
@@ -99,6 +91,13 @@ class InstallHost(Protocol):
         **data: Any,
     ) -> None: ...
     def request_chunks(self, sha256: str, indexes: list[int]) -> None: ...
+
+
+class InstallHost(Protocol):
+    """What the installer asks of the agent core: a worker thread for the probe, the trial's
+    serving slot, the process's RSS, and a republish of the retained state. Messages go to
+    :class:`Outputs`; what it only reads (store, trust keys, runtime, board) is handed in."""
+
     def background(
         self, name: str, fn: Callable[[], Any], done: Callable[[Any, BaseException | None], None]
     ) -> None: ...
@@ -159,6 +158,7 @@ class Installer:
     def __init__(
         self,
         host: InstallHost,
+        out: Outputs,
         *,
         store: ModelStore,
         trust_keys: Mapping[str, Any],
@@ -173,6 +173,7 @@ class Installer:
         reconnect_grace_s: float = 0.5,
     ) -> None:
         self.host = host
+        self.out = out
         self.store = store
         self.trust_keys = trust_keys
         self.runtime_name, self.runtime_version = runtime
@@ -211,7 +212,7 @@ class Installer:
         a = self.active
         if a is not None:
             if a.manifest.sha256 == manifest.sha256 and a.manifest.release == manifest.release:
-                self.host.reply(reply, ReplyStatus.DUPLICATE, Reason.REPLAYED, "already installing")
+                self.out.reply(reply, ReplyStatus.DUPLICATE, Reason.REPLAYED, "already installing")
                 if a.phase == "downloading":  # a re-sent deploy also nudges the transfer
                     self._request_more(a, force=True)
             else:
@@ -226,7 +227,7 @@ class Installer:
         if verdict == "replayed" and manifest.sha256 not in staged:
             cur = store.current()
             msg = "already installed" if cur and cur.sha256 == manifest.sha256 else "replayed"
-            self.host.reply(reply, ReplyStatus.DUPLICATE, Reason.REPLAYED, msg, **_ref(manifest))
+            self.out.reply(reply, ReplyStatus.DUPLICATE, Reason.REPLAYED, msg, **_ref(manifest))
             return
         delegate = str(manifest.variant.delegate or "auto")
         override = cmd.args.get("delegate")
@@ -260,8 +261,8 @@ class Installer:
         store.record_release(manifest)
         gates = Gates.merge(self.default_gates, cmd.args.get("gates") or {})
         self.active = Install(manifest, reply, gates, delegate)
-        self.host.reply(reply, ReplyStatus.ACCEPTED, None, "accepted", **_ref(manifest))
-        self.host.event(EventKind.INSTALL_ACCEPTED, cmd_id=cmd.id, **_ref(manifest))
+        self.out.reply(reply, ReplyStatus.ACCEPTED, None, "accepted", **_ref(manifest))
+        self.out.event(EventKind.INSTALL_ACCEPTED, cmd_id=cmd.id, **_ref(manifest))
         self._continue()  # the first requests go out before the state is republished
         self.host.state_changed()
 
@@ -273,7 +274,7 @@ class Installer:
             delegate = manifest.variant.delegate or self.default_delegate
             self.active = Install(manifest, None, self.default_gates, delegate)
             log.info("resuming the transfer of %s r%d", manifest.name, manifest.release)
-            self.host.event(EventKind.INSTALL_PROGRESS, "resumed", **_ref(manifest))
+            self.out.event(EventKind.INSTALL_PROGRESS, "resumed", **_ref(manifest))
             self._continue()
             return
 
@@ -284,16 +285,14 @@ class Installer:
             self.has_edgetpu
         ):
             problems.append("the model needs an Edge TPU and this board has none")
-        problems += operator_problems(
-            manifest, self.runtime_name, self.runtime_version, delegate
-        )
+        problems += operator_problems(manifest, self.runtime_name, self.runtime_version, delegate)
         return problems
 
     def _reject(self, reply: ReplyTo | None, code: str, message: str, m: Manifest | None) -> None:
         log.warning("deploy rejected (%s): %s", code, message)
         ref = _ref(m) if m else {}
-        self.host.reply(reply, ReplyStatus.REJECTED, code, message, **ref)
-        self.host.event(
+        self.out.reply(reply, ReplyStatus.REJECTED, code, message, **ref)
+        self.out.event(
             EventKind.REJECTED, code, message, cmd_id=reply.cmd_id if reply else None, **ref
         )
 
@@ -331,7 +330,7 @@ class Installer:
             return
         log.warning("chunk %d of %s failed its hash: asking again", index, a.manifest.sha256)
         a.inflight[index] = time.monotonic()
-        self.host.request_chunks(a.manifest.sha256, [index])
+        self.out.request_chunks(a.manifest.sha256, [index])
 
     def on_connected(self) -> None:
         """Back online. Chunks requested before the link went down were lost with it (QoS 0
@@ -369,7 +368,7 @@ class Installer:
         now = time.monotonic()
         if now - a.last_progress > 1.0:
             a.last_progress = now
-            self.host.progress(
+            self.out.progress(
                 {**a.summary(), "received_bytes": a.received_bytes, "size": a.manifest.size}
             )
 
@@ -388,7 +387,7 @@ class Installer:
             a.scan_from = want[-1] + 1
             now = time.monotonic()
             a.inflight.update((i, now) for i in want)
-            self.host.request_chunks(a.manifest.sha256, want)
+            self.out.request_chunks(a.manifest.sha256, want)
 
     def window_chunks(self, m: Manifest) -> int:
         """Chunks requested and not yet received, at most: ``window_bytes`` worth, >= 4."""
@@ -406,7 +405,7 @@ class Installer:
                 if lost:
                     log.info("asking again for %d chunks lost with the connection", len(lost))
                     a.inflight.update((i, now) for i in lost)
-                    self.host.request_chunks(a.manifest.sha256, lost)
+                    self.out.request_chunks(a.manifest.sha256, lost)
         elif a.phase == "downloading" and a.inflight and now - a.last_rx > self.chunk_timeout_s:
             log.info("no chunk for %.1fs: asking again for the missing ones", now - a.last_rx)
             a.last_rx = now
@@ -438,7 +437,7 @@ class Installer:
             self._fail_install(a, exc.code, exc.message)
             return
         a.phase = "probing"
-        self.host.event(
+        self.out.event(
             EventKind.INSTALL_VERIFIED,
             **_ref(m),
             seconds=_since(a.started),
@@ -487,7 +486,7 @@ class Installer:
         a.trial_server = server
         a.trial_window = LatencyWindow()
         server.attach(a.trial_window)
-        self.host.event(
+        self.out.event(
             EventKind.TRIAL_STARTED,
             **_ref(a.manifest),
             gates=a.gates.to_dict(),
@@ -501,8 +500,8 @@ class Installer:
         self.store.abort(a.manifest.sha256)
         self.active = None
         self.host.state_changed()
-        self.host.reply(a.reply, ReplyStatus.ERROR, code, message, **_ref(a.manifest))
-        self.host.event(
+        self.out.reply(a.reply, ReplyStatus.ERROR, code, message, **_ref(a.manifest))
+        self.out.event(
             EventKind.REJECTED
             if code in (Reason.BAD_MODEL, Reason.BAD_CHUNK)
             else EventKind.ROLLED_BACK,
@@ -554,8 +553,8 @@ class Installer:
             "p95_ms": round(p95, 3),
             "seconds": _since(a.started),
         }
-        self.host.reply(a.reply, ReplyStatus.OK, "committed", "committed", **data)
-        self.host.event(EventKind.COMMITTED, **data)
+        self.out.reply(a.reply, ReplyStatus.OK, "committed", "committed", **data)
+        self.out.event(EventKind.COMMITTED, **data)
         self.store.gc()
 
     def _rollback_trial(self, a: Install, reason: str) -> None:
@@ -564,10 +563,8 @@ class Installer:
         self.host.end_trial(commit=False)
         self.active = None
         self.host.state_changed()
-        self.host.reply(
-            a.reply, ReplyStatus.ERROR, Reason.HEALTH_FAILED, reason, **_ref(a.manifest)
-        )
-        self.host.event(EventKind.ROLLED_BACK, Reason.HEALTH_FAILED, reason, **_ref(a.manifest))
+        self.out.reply(a.reply, ReplyStatus.ERROR, Reason.HEALTH_FAILED, reason, **_ref(a.manifest))
+        self.out.event(EventKind.ROLLED_BACK, Reason.HEALTH_FAILED, reason, **_ref(a.manifest))
 
     def abort_for_rollback(self) -> bool:
         """The rollback command arrived: drop whatever install is running. True if one was."""
@@ -579,7 +576,7 @@ class Installer:
         else:
             self.store.abort(a.manifest.sha256)
             self.active = None
-            self.host.event(
+            self.out.event(
                 EventKind.ROLLED_BACK, "rollback_command", "install abandoned", **_ref(a.manifest)
             )
             self.host.state_changed()

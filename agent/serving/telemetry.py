@@ -17,6 +17,7 @@ from typing import Any, Protocol, cast
 import psutil
 
 from agent.board import thermal
+from agent.errors import EdgeloopError
 from agent.serving.server import WindowSnapshot
 from agent.serving.stats import summarize
 from agent.wire.messages import ModelRef, Telemetry
@@ -26,6 +27,18 @@ log = logging.getLogger(__name__)
 
 class EnergySource(Protocol):
     def window(self, t0: float, t1: float, inferences: int) -> Any: ...
+
+
+def open_energy(spec: str, baseline_s: float) -> Any:
+    """The running energy sampler of the meter ``spec``, or None (logged) when it is
+    unavailable: telemetry goes on without energy. agent.energy loads only when configured."""
+    try:
+        from agent.energy import EnergySampler, open_meter
+
+        return EnergySampler(open_meter(spec), baseline_s=baseline_s).start()
+    except EdgeloopError as exc:
+        log.error("energy meter %s unavailable: %s (telemetry goes on without it)", spec, exc)
+        return None
 
 
 def _round(value: float | None, digits: int = 3) -> float | None:

@@ -163,6 +163,16 @@ def _check_args(verb: str, a: _Reader) -> None:
                 raise ProtocolError("cmd/config: loadgen.rate_hz must be within [0, 10000]")
 
 
+@dataclass(frozen=True)
+class ReplyTo:
+    """Where the reply to a command goes (MQTT5 response topic + correlation data)."""
+
+    cmd_id: str
+    verb: str
+    topic: str | None
+    correlation: bytes | None
+
+
 class ReplyStatus(StrEnum):
     OK = "ok"  # done (rollback, config, rebirth, state, bench result)
     ACCEPTED = "accepted"  # started (deploy accepted, bench started); events follow
@@ -435,6 +445,11 @@ class Telemetry:
     @property
     def sha256(self) -> str | None:
         return self.model.sha256 if self.model else None
+
+    def summary(self) -> dict[str, Any]:
+        """The latest window as the state's ``last_window`` carries it (fleet view)."""
+        keys = ("ts", "inferences", "latency_ms", "throughput", "energy")
+        return {k: getattr(self, k) for k in keys}
 
     def _energy_num(self, key: str) -> float | None:
         value = (self.energy or {}).get(key)
