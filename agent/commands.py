@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from agent.delivery.install import Installer, Outputs
+from agent.delivery.install import CoreHost, Installer, Outputs
 from agent.delivery.store import ModelStore, Pointer
 from agent.errors import EdgeloopError, ProtocolError, StoreError
 from agent.mqtt.types import IncomingMessage
@@ -22,13 +22,9 @@ from agent.wire.messages import Command, EventKind, ReplyStatus, ReplyTo, State
 SEEN_COMMANDS = 256
 
 
-class CommandHost(Protocol):
+class CommandHost(CoreHost, Protocol):
     """What the verbs need from the agent core (replies and events go to :class:`Outputs`)."""
 
-    def background(
-        self, name: str, fn: Callable[[], Any], done: Callable[[Any, BaseException | None], None]
-    ) -> None: ...
-    def state_changed(self) -> None: ...
     def state(self) -> State: ...
     def serve(self, ptr: Pointer) -> None:
         """Load ``ptr`` and make it the serving model (the old server stops)."""

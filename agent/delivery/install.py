@@ -93,18 +93,25 @@ class Outputs(Protocol):
     def request_chunks(self, sha256: str, indexes: list[int]) -> None: ...
 
 
-class InstallHost(Protocol):
-    """What the installer asks of the agent core: a worker thread for the probe, the trial's
-    serving slot, the process's RSS, and a republish of the retained state. Messages go to
-    :class:`Outputs`; what it only reads (store, trust keys, runtime, board) is handed in."""
+class CoreHost(Protocol):
+    """What the core thread offers the installer and the command verbs (agent.commands)."""
 
     def background(
         self, name: str, fn: Callable[[], Any], done: Callable[[Any, BaseException | None], None]
     ) -> None: ...
+    def state_changed(self) -> None:
+        """Republish the retained state (the install phase or the serving model changed)."""
+        ...
+
+
+class InstallHost(CoreHost, Protocol):
+    """What the installer asks of the agent core besides :class:`CoreHost`: the trial's
+    serving slot and the process's RSS. Messages go to :class:`Outputs`; what it only reads
+    (store, trust keys, runtime, board) is handed in."""
+
     def start_trial(self, path: Path, manifest: Manifest, delegate: str) -> Server: ...
     def end_trial(self, commit: bool) -> None: ...
     def rss_mb(self) -> float: ...
-    def state_changed(self) -> None: ...
 
 
 @dataclass
@@ -239,12 +246,13 @@ class Installer:
                 override in ("auto", "cpu", "edgetpu") or override.startswith("edgetpu:")
             ):
                 self._reject(
-                    reply, Reason.INVALID,
+                    reply,
+                    Reason.INVALID,
                     f"delegate {override!r:.80} is not allowed in a command "
                     "(use auto, cpu or edgetpu[:device]; external delegates only via the "
                     "signed manifest or the agent config)",
                     manifest,
-                )  # fmt: skip
+                )
                 return
             delegate = override
         if delegate == "auto" and not override:
