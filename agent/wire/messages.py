@@ -16,7 +16,7 @@ from typing import Any
 
 from agent.errors import ProtocolError
 from agent.wire.codec import MAX_COMMAND_BYTES, MAX_EVENT_BYTES, MAX_NEED_BYTES, canonical_json
-from agent.wire.reader import _drop_none, _load, _Reader
+from agent.wire.reader import Reader, drop_none, read_message
 from agent.wire.reasons import Reason
 from agent.wire.status import LATENCY_KEYS, ModelRef, State, Telemetry
 from agent.wire.topics import VERBS, valid_sha256
@@ -62,23 +62,23 @@ class Command:
                 code=Reason.UNKNOWN_VERB,
                 hint=f"use one of {', '.join(sorted(VERBS))}",
             )
-        r = _load(data, MAX_COMMAND_BYTES, f"cmd/{verb}")
+        r = read_message(data, MAX_COMMAND_BYTES, f"cmd/{verb}")
         cmd = cls(
             verb, r.get_str("id", max_len=128), r.get_dict("args", default={}), r.opt_num("ts")
         )
         if not cmd.id:
             raise ProtocolError(f"cmd/{verb}: field 'id' must not be empty")
-        _check_args(verb, _Reader(cmd.args, f"cmd/{verb} args"))
+        _check_args(verb, Reader(cmd.args, f"cmd/{verb} args"))
         return cmd
 
     def to_dict(self) -> dict[str, Any]:
-        return _drop_none({"id": self.id, "args": self.args, "ts": self.ts})
+        return drop_none({"id": self.id, "args": self.args, "ts": self.ts})
 
     def to_json(self) -> bytes:
         return canonical_json(self.to_dict())
 
 
-def _check_args(verb: str, a: _Reader) -> None:
+def _check_args(verb: str, a: Reader) -> None:
     if verb == "deploy":
         a.get_dict("manifest")  # verified byte-for-byte by agent.wire.manifest.verify_manifest
     elif verb == "bench":
@@ -91,7 +91,7 @@ def _check_args(verb: str, a: _Reader) -> None:
             raise ProtocolError("cmd/config: telemetry_interval_s must be within [0.5, 3600]")
         loadgen = a.opt_dict("loadgen")
         if loadgen is not None:
-            lg = _Reader(loadgen, "cmd/config loadgen")
+            lg = Reader(loadgen, "cmd/config loadgen")
             lg.get_bool("enabled", default=False)
             rate = lg.get_num("rate_hz", default=0)
             if not 0 <= rate <= 10_000:
@@ -129,7 +129,7 @@ class CommandReply:
 
     @classmethod
     def from_json(cls, data: bytes) -> CommandReply:
-        r = _load(data, MAX_EVENT_BYTES, "command reply")
+        r = read_message(data, MAX_EVENT_BYTES, "command reply")
         status = r.get_str("status", max_len=16)
         if status not in set(ReplyStatus):
             raise ProtocolError(f"command reply: unknown status {status!r}")
@@ -143,7 +143,7 @@ class CommandReply:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return _drop_none(
+        return drop_none(
             {
                 "id": self.id,
                 "verb": self.verb,
@@ -176,7 +176,7 @@ class NeedRequest:
 
     @classmethod
     def from_json(cls, data: bytes) -> NeedRequest:
-        r = _load(data, MAX_NEED_BYTES, "need")
+        r = read_message(data, MAX_NEED_BYTES, "need")
         sha = r.get_str("sha256", max_len=64)
         if not valid_sha256(sha):
             raise ProtocolError("need: field 'sha256' must be 64 lower-case hex characters")
@@ -231,7 +231,7 @@ class Event:
 
     @classmethod
     def from_json(cls, data: bytes) -> Event:
-        r = _load(data, MAX_EVENT_BYTES, "event")
+        r = read_message(data, MAX_EVENT_BYTES, "event")
         kind = r.get_str("kind", max_len=32)
         if kind not in set(EventKind):
             raise ProtocolError(f"event: unknown kind {kind!r}")
@@ -245,7 +245,7 @@ class Event:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return _drop_none(
+        return drop_none(
             {
                 "kind": self.kind,
                 "code": self.code,

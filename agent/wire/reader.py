@@ -13,7 +13,7 @@ from agent.errors import ProtocolError
 from agent.wire.codec import parse_json_object
 
 
-class _Reader:
+class Reader:
     """Typed access to one JSON object; every failure is a ProtocolError naming the field."""
 
     def __init__(self, obj: Any, what: str) -> None:
@@ -77,9 +77,9 @@ class _Reader:
         return value
 
 
-def _load(data: bytes, max_bytes: int, what: str) -> _Reader:
-    return _Reader(parse_json_object(data, max_bytes=max_bytes, what=what), what)
+def read_message(data: bytes, max_bytes: int, what: str) -> Reader:
+    return Reader(parse_json_object(data, max_bytes=max_bytes, what=what), what)
 
 
-def _drop_none(d: Mapping[str, Any]) -> dict[str, Any]:
+def drop_none(d: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in d.items() if v is not None}

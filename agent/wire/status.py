@@ -12,7 +12,7 @@ from typing import Any
 
 from agent.errors import ProtocolError
 from agent.wire.codec import MAX_STATE_BYTES, MAX_TELEMETRY_BYTES, canonical_json
-from agent.wire.reader import _drop_none, _load, _Reader
+from agent.wire.reader import Reader, drop_none, read_message
 from agent.wire.topics import valid_sha256
 
 
@@ -27,7 +27,7 @@ class ModelRef:
 
     @classmethod
     def from_obj(cls, obj: Any, what: str) -> ModelRef:
-        r = _Reader(obj, what)
+        r = Reader(obj, what)
         sha = r.get_str("sha256", max_len=64)
         if not valid_sha256(sha):
             raise ProtocolError(f"{what}: field 'sha256' must be 64 lower-case hex characters")
@@ -59,7 +59,7 @@ class ModelRef:
         return recipe if isinstance(recipe, str) else None
 
     def to_dict(self) -> dict[str, Any]:
-        return _drop_none(asdict(self))
+        return drop_none(asdict(self))
 
 
 LATENCY_KEYS = ("p50", "p90", "p95", "p99", "max", "mean")
@@ -102,17 +102,17 @@ class Telemetry:
 
     @classmethod
     def from_json(cls, data: bytes) -> Telemetry:
-        return cls.from_dict(_load(data, MAX_TELEMETRY_BYTES, "telemetry").obj)
+        return cls.from_dict(read_message(data, MAX_TELEMETRY_BYTES, "telemetry").obj)
 
     @classmethod
     def from_dict(cls, obj: Any) -> Telemetry:
         """A record already parsed (e.g. from the registry); ProtocolError when malformed."""
-        r = _Reader(obj, "telemetry")
+        r = Reader(obj, "telemetry")
         model = r.obj.get("model")
         lat = r.opt_dict("latency_ms")
         latency = None
         if lat is not None:
-            lr = _Reader(lat, "telemetry latency_ms")
+            lr = Reader(lat, "telemetry latency_ms")
             latency = {k: lr.get_num(k) for k in LATENCY_KEYS if k in lat}
         return cls(
             seq=r.get_int("seq"),
@@ -206,12 +206,12 @@ class State:
 
     @classmethod
     def from_json(cls, data: bytes) -> State:
-        return cls.from_dict(_load(data, MAX_STATE_BYTES, "state").obj)
+        return cls.from_dict(read_message(data, MAX_STATE_BYTES, "state").obj)
 
     @classmethod
     def from_dict(cls, obj: Any) -> State:
         """A state already parsed (e.g. the registry's copy); ProtocolError when malformed."""
-        r = _Reader(obj, "state")
+        r = Reader(obj, "state")
         model = r.obj.get("model")
         return cls(
             online=r.get_bool("online"),
@@ -241,7 +241,7 @@ class State:
     def to_dict(self) -> dict[str, Any]:
         out = {k: getattr(self, k) for k in self.__dataclass_fields__}
         out["model"] = None if self.model is None else self.model.to_dict()
-        return _drop_none(out)
+        return drop_none(out)
 
     def to_json(self) -> bytes:
         return canonical_json(self.to_dict())
