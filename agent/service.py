@@ -1,17 +1,15 @@
-"""The device daemon's core: one thread owns all state and consumes an event queue.
+"""The device daemon's core: composition and the one event loop that owns all state.
 
 paho callbacks only enqueue (agent.mqtt.transport); the inference worker (agent.serving.server),
-the load
-generator, the energy sampler, the outbox drainer and background jobs (the sandboxed probe, an
-on-demand benchmark) run on their own threads and report back through the same queue. The
-install state machine (agent.delivery.install) runs here. systemd's watchdog is pinged only while
-the
-core loop, the inference worker and the MQTT thread all make progress.
+the load generator, the energy sampler, the outbox drainer and background jobs (the sandboxed
+probe, an on-demand benchmark) run on their own threads and report back through the same queue.
+The install state machine (agent.delivery.install) and the command verbs (agent.commands) run
+here; what they send goes out through agent.mqtt.publisher. systemd's watchdog is pinged only
+while the core loop, the inference worker and the MQTT thread all make progress.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import queue
@@ -19,8 +17,8 @@ import signal
 import threading
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,38 +26,37 @@ import psutil
 
 from agent import __version__
 from agent.board import hardware
+from agent.commands import Commands
 from agent.config import AgentConfig
-from agent.delivery.install import Gates, Installer, ReplyTo
+from agent.delivery.install import Gates, Installer
 from agent.delivery.store import ModelStore, Pointer, StoreLimits
 from agent.errors import EdgeloopError, ProtocolError, StoreError
 from agent.mqtt.outbox import Outbox, OutboxDrainer
+from agent.mqtt.publisher import Publisher
 from agent.mqtt.transport import Transport
-from agent.mqtt.types import IncomingMessage, TlsConfig, TransportConfig, WillConfig
+from agent.mqtt.types import IncomingMessage, TransportConfig
 from agent.runtime import get_backend
 from agent.runtime.delegates import LoadedModel, load_model
-from agent.serving.server import (
-    JSON_CONTENT_TYPE,
-    InferenceJob,
-    LatencyWindow,
-    LoadGenerator,
-    Server,
-    decode_request,
-)
-from agent.serving.telemetry import TelemetryBuilder
+from agent.serving.requests import handle_infer
+from agent.serving.server import LatencyWindow, LoadGenerator, Server
+from agent.serving.telemetry import TelemetryBuilder, open_energy
 from agent.system.crashpoints import crash_point
 from agent.system.memtrim import release_free_memory
 from agent.system.sdnotify import Notifier
-from agent.wire.chunks import compact_ranges
-from agent.wire.codec import canonical_json
 from agent.wire.manifest import Manifest, load_trust_keys
-from agent.wire.messages import Command, Event, EventKind, ModelRef, NeedRequest, ReplyStatus, State
+from agent.wire.messages import (
+    EventKind,
+    ModelRef,
+    ReplyStatus,
+    ReplyTo,
+    State,
+)
 from agent.wire.reasons import Reason
 from agent.wire.topics import Topics
 
 log = logging.getLogger(__name__)
 
 TICK_S = 0.2
-SEEN_COMMANDS = 256
 
 
 class Agent:
@@ -97,9 +94,7 @@ class Agent:
         self.trial_loaded: LoadedModel | None = None
         self._proc = psutil.Process()
         self._stop = threading.Event()
-        self._seen: OrderedDict[str, None] = OrderedDict()
-        self._birth = b""
-        self._birth_lock = threading.Lock()
+        self.out = Publisher(self.outbox, self.topics)
         self._idle_window = LatencyWindow()
         self._last_window: dict[str, Any] | None = None
         self._last_window_sha: str | None = None
@@ -107,56 +102,43 @@ class Agent:
         self._next_telemetry = time.monotonic() + self._telemetry_interval
         self._loop_progress = time.monotonic()
         self.notifier = Notifier()
-        self.energy = self._open_energy()
+        meter = cfg.energy.meter
+        self.energy = open_energy(meter, cfg.energy.idle_baseline_s) if meter else None
         self.telemetry = TelemetryBuilder(cfg.hw_root, self.energy)
         h = cfg.health
         self.installer = Installer(
             self,
-            default_gates=Gates(
-                h.min_inferences, h.min_seconds, h.max_seconds, h.p95_ms, h.max_rss_mb
-            ),
+            self.out,
+            store=self.store,
+            trust_keys=self.trust_keys,
+            runtime=(self.runtime_name, self.runtime_version),
+            has_edgetpu=self.has_edgetpu,
+            default_gates=Gates.from_config(h),
             default_delegate=cfg.runtime.delegate,
             probe_timeout_s=h.probe_timeout_s,
             probe_memory_mb=h.probe_memory_mb,
             window_bytes=cfg.limits.transfer_window_kb * 1024,
         )
         self.loadgen = LoadGenerator(self._serving, cfg.loadgen.rate_hz)
-        self.transport = Transport(self._transport_config(), self._on_message, self._on_connected)
-        self.drainer = OutboxDrainer(self.outbox, self.transport)
-
-    # ---- setup ---------------------------------------------------------------------------
-    def _transport_config(self) -> TransportConfig:
-        b = self.cfg.broker
-        tls = TlsConfig(b.tls_ca, b.tls_cert, b.tls_key) if b.tls_ca else None
-        return TransportConfig(
-            host=b.host,
-            port=b.port,
-            client_id=f"edgeloop-{self.cfg.device_id}",
-            username=b.username or None,
-            password=b.password or None,
-            tls=tls,
-            keepalive=b.keepalive_s,
-            session_expiry_s=b.session_expiry_s,
-            clean_start=False,
-            will=WillConfig(self.topics.state),
-            birth=self._birth_message,
-            subscriptions=[(f, 1) for f in self.topics.device_subscriptions()],
-            reconnect_min_s=b.reconnect_min_s,
-            reconnect_max_s=b.reconnect_max_s,
+        self.commands = Commands(
+            self,
+            self.out,
+            store=self.store,
+            installer=self.installer,
+            loadgen=self.loadgen,
+            hw_root=cfg.hw_root,
+            meter=self.energy,
         )
-
-    def _open_energy(self) -> Any:
-        spec = self.cfg.energy.meter
-        if not spec:
-            return None
-        try:
-            from agent.energy import EnergySampler, open_meter
-
-            sampler = EnergySampler(open_meter(spec), baseline_s=self.cfg.energy.idle_baseline_s)
-            return sampler.start()
-        except EdgeloopError as exc:
-            log.error("energy meter %s unavailable: %s (telemetry goes on without it)", spec, exc)
-            return None
+        tc = TransportConfig.for_device(
+            cfg.broker,
+            cfg.device_id,
+            will_topic=self.topics.state,
+            birth=self.out.birth_message,
+            subscriptions=self.topics.device_subscriptions(),
+        )
+        self.transport = Transport(tc, self._on_message, self._on_connected)
+        self.out.transport = self.transport
+        self.drainer = OutboxDrainer(self.outbox, self.transport)
 
     # ---- thread-safe entry points (other threads only enqueue) --------------------------
     def _on_message(self, msg: IncomingMessage) -> None:
@@ -231,8 +213,7 @@ class Agent:
         for server in (self.server, self.trial_server):
             if server is not None and now - server.last_progress > limit:
                 return False
-        thread = getattr(self.transport, "_thread", None)
-        return thread is None or thread.is_alive()
+        return self.transport.running
 
     def _shutdown(self) -> None:
         self.notifier.stopping()
@@ -252,25 +233,23 @@ class Agent:
     def _recover(self) -> None:
         rec = self.store.recover()
         if rec.rolled_back is not None:
-            self.event(
+            self.out.event(
                 EventKind.ROLLED_BACK,
                 Reason.CRASHED_IN_TRIAL,
                 "the agent stopped during the trial; rolled back at start",
-                sha256=rec.rolled_back.sha256,
-                name=rec.rolled_back.name,
-                version=rec.rolled_back.version,
-                release=rec.rolled_back.release,
+                **rec.rolled_back.ref(),
             )
         if rec.actions:
-            self.event(EventKind.RECOVERED, "ok", ", ".join(rec.actions), **rec.to_dict())
+            self.out.event(EventKind.RECOVERED, "ok", ", ".join(rec.actions), **rec.to_dict())
         cur = self.store.current()
         while cur is not None:
             try:
-                self.loaded, self.server = self._load(cur, self.cfg.runtime.delegate)
+                self.loaded, self.server = self._load(cur)
                 break
             except EdgeloopError as exc:
                 log.error("current model %s does not load (%s): rolling back", cur.name, exc)
-                self.event(EventKind.ROLLED_BACK, exc.code, f"current model failed to load: {exc}")
+                why = f"current model failed to load: {exc}"
+                self.out.event(EventKind.ROLLED_BACK, exc.code, why)
                 try:
                     cur = self.store.rollback()
                 except StoreError:
@@ -278,7 +257,8 @@ class Agent:
         self.installer.resume_staged()
         self.state_changed()
 
-    def _load(self, ptr: Pointer, delegate: str) -> tuple[LoadedModel, Server]:
+    def _load(self, ptr: Pointer) -> tuple[LoadedModel, Server]:
+        delegate = self.cfg.runtime.delegate
         manifest_delegate = ptr.manifest.variant.delegate
         if manifest_delegate and manifest_delegate != "auto":
             delegate = manifest_delegate
@@ -292,15 +272,8 @@ class Agent:
             hardware=self.hardware,
             backend=self.backend,
         )
-        meta = {
-            "sha256": m.sha256,
-            "name": m.name,
-            "version": m.version,
-            "release": m.release,
-            "variant": m.variant.to_dict(),
-            "delegate": loaded.delegate,
-        }
-        return loaded, Server(loaded.interpreter, meta)
+        ref = ModelRef(m.sha256, m.name, m.version, m.release, m.variant.to_dict(), loaded.delegate)
+        return loaded, Server(loaded.interpreter, ref.to_dict())
 
     # ---- InstallHost --------------------------------------------------------------------
     def start_trial(self, path: Path, manifest: Manifest, delegate: str) -> Server:
@@ -323,71 +296,14 @@ class Agent:
     def _serving(self) -> Server | None:
         return self.trial_server or self.server
 
-    def event(self, kind: str, code: str = "ok", message: str = "", **data: Any) -> None:
-        body = {k: v for k, v in data.items() if v is not None}
-        ts = round(time.time(), 3)
-        # seq = the outbox's durable sequence number: one gapless series per device across
-        # events and telemetry, monotonic across restarts (the host dedups by device + seq).
-        self.outbox.append(
-            self.topics.events, lambda seq: Event(kind, code, message, body, ts, seq).to_json()
-        )
-
-    def progress(self, data: dict[str, Any]) -> None:
-        ev = Event(EventKind.INSTALL_PROGRESS, "ok", "", data, ts=round(time.time(), 3))
-        self.transport.publish(self.topics.events, ev.to_json(), qos=0)
-
-    def reply(
-        self,
-        to: ReplyTo | None,
-        status: str,
-        code: str | None = None,
-        message: str = "",
-        **data: Any,
-    ) -> None:
-        if to is None or not to.topic:
-            return
-        body = {
-            "id": to.cmd_id,
-            "verb": to.verb,
-            "status": str(status),
-            "message": message,
-            "data": data,
-        } | ({"code": str(code)} if code else {})
-        self.transport.publish(
-            to.topic,
-            canonical_json(body),
-            qos=1,
-            correlation_data=to.correlation,
-            content_type=JSON_CONTENT_TYPE,
-        )
-
-    def request_chunks(self, sha256: str, indexes: list[int]) -> None:
-        need = NeedRequest.from_ranges(sha256, compact_ranges(indexes))
-        self.transport.publish(self.topics.need, need.to_json(), qos=1)
-
     def state_changed(self) -> None:
-        with self._birth_lock:
-            self._birth = self._state().to_json()
-            payload = self._birth
-        if self.transport.connected:
-            self.transport.publish(self.topics.state, payload, qos=1, retain=True)
+        self.out.publish_state(self.state())
 
-    def _birth_message(self) -> tuple[str, bytes]:
-        with self._birth_lock:
-            return self.topics.state, self._birth
-
-    def _state(self) -> State:
-        model = None
-        cur = self.store.current()
+    def state(self) -> State:
+        model, cur = None, self.store.current()
         if cur is not None:
-            model = ModelRef(
-                cur.sha256,
-                cur.name,
-                cur.version,
-                cur.release,
-                cur.manifest.variant.to_dict(),
-                self.loaded.delegate if self.loaded else None,
-            )
+            variant, delegate = cur.manifest.variant.to_dict(), self.serving_delegate()
+            model = ModelRef(cur.sha256, cur.name, cur.version, cur.release, variant, delegate)
         install = self.installer.state()
         if self.loaded is not None:
             install = install | {"loaded": self.loaded.to_dict()}
@@ -411,157 +327,40 @@ class Agent:
             if parsed.kind == "chunks" and parsed.arg:
                 self.installer.on_chunk(parsed.arg, msg.payload)
             elif parsed.kind == "cmd" and parsed.arg:
-                self._handle_command(parsed.arg, msg)
+                self.commands.handle(parsed.arg, msg)
             elif parsed.kind == "infer":
                 self._handle_infer(msg)
         except (ProtocolError, EdgeloopError) as exc:
-            log.warning("rejected input on %s: %s", msg.topic, exc)
-            self.event(EventKind.INPUT_REJECTED, exc.code, exc.message, topic=msg.topic[:200])
+            self._rejected(msg, exc)
             if msg.response_topic:
                 to = ReplyTo("?", "?", msg.response_topic, msg.correlation_data)
-                self.reply(to, ReplyStatus.REJECTED, exc.code, exc.message)
+                self.out.reply(to, ReplyStatus.REJECTED, exc.code, exc.message)
 
-    def _handle_command(self, verb: str, msg: IncomingMessage) -> None:
-        cmd = Command.from_json(msg.payload, verb)
-        if verb == "deploy":
-            _check_deploy_args(cmd.args)
-        to = ReplyTo(cmd.id, verb, msg.response_topic, msg.correlation_data)
-        if cmd.id in self._seen and verb != "deploy":  # deploy dedups by release (P4, P16)
-            self.reply(to, ReplyStatus.DUPLICATE, None, "command already handled")
-            return
-        self._seen[cmd.id] = None
-        while len(self._seen) > SEEN_COMMANDS:
-            self._seen.popitem(last=False)
-        handlers: dict[str, Callable[[], None]] = {
-            "deploy": lambda: self.installer.on_deploy(cmd, to),
-            "rollback": lambda: self._cmd_rollback(to),
-            "bench": lambda: self._cmd_bench(cmd, to),
-            "config": lambda: self._cmd_config(cmd, to),
-            "rebirth": lambda: self._cmd_rebirth(to),
-            "state": lambda: self.reply(
-                to, ReplyStatus.OK, None, "", state=self._state().to_dict()
-            ),
-        }
-        handlers[verb]()
-
-    def _cmd_rollback(self, to: ReplyTo) -> None:
-        if self.installer.abort_for_rollback():
-            self.reply(to, ReplyStatus.OK, None, "install abandoned")
-            return
-        try:
-            ptr = self.store.rollback()
-        except StoreError as exc:
-            self.reply(to, ReplyStatus.REJECTED, exc.code, exc.message)
-            return
-        assert ptr is not None
-        loaded, server = self._load(ptr, self.cfg.runtime.delegate)
+    # ---- CommandHost -----------------------------------------------------------------------
+    def serve(self, ptr: Pointer) -> None:
+        loaded, server = self._load(ptr)
         old, self.server, self.loaded = self.server, server, loaded
         if old is not None:
             old.stop()
-        self.event(
-            EventKind.ROLLED_BACK,
-            "rollback_command",
-            "rolled back to last good",
-            sha256=ptr.sha256,
-            name=ptr.name,
-            version=ptr.version,
-            release=ptr.release,
-        )
-        self.reply(to, ReplyStatus.OK, None, "rolled back", sha256=ptr.sha256)
-        self.state_changed()
 
-    def _cmd_bench(self, cmd: Command, to: ReplyTo) -> None:
-        cur = self.store.current()
-        if cur is None:
-            self.reply(to, ReplyStatus.REJECTED, "no_model", "no model installed")
-            return
-        from agent.serving.bench import benchmark
+    def serving_delegate(self) -> str | None:
+        return self.loaded.delegate if self.loaded else None
 
-        args = cmd.args
-        path = self.store.model_path(cur.sha256)
-        delegate = str(args.get("delegate") or (self.loaded.delegate if self.loaded else "auto"))
-        self.reply(to, ReplyStatus.ACCEPTED, None, "benchmark started")
-
-        def done(result: Any, exc: BaseException | None) -> None:
-            if exc is not None:
-                code = exc.code if isinstance(exc, EdgeloopError) else "bench_failed"
-                self.reply(to, ReplyStatus.ERROR, code, str(exc))
-                self.event(EventKind.BENCH_RESULT, code, str(exc), cmd_id=cmd.id)
-                return
-            data = result.to_dict()
-            self.reply(to, ReplyStatus.OK, None, "benchmark done", result=data)
-            self.event(EventKind.BENCH_RESULT, cmd_id=cmd.id, sha256=cur.sha256, result=data)
-
-        self.background(
-            "bench",
-            lambda: benchmark(
-                path,
-                delegate,
-                threads=args.get("threads"),
-                runs=int(args.get("runs") or 50),
-                hw_root=self.cfg.hw_root,
-                meter=self.energy,
-            ),
-            done,
-        )
-
-    def _cmd_config(self, cmd: Command, to: ReplyTo) -> None:
-        args = cmd.args
-        if "telemetry_interval_s" in args:
-            self._telemetry_interval = float(args["telemetry_interval_s"])
-            self._next_telemetry = time.monotonic() + self._telemetry_interval
-        loadgen = args.get("loadgen")
-        if isinstance(loadgen, dict):
-            enabled = bool(loadgen.get("enabled", True))
-            self.loadgen.set_rate(float(loadgen.get("rate_hz", 0)) if enabled else 0.0)
-        applied = {
-            "telemetry_interval_s": self._telemetry_interval,
-            "loadgen_rate_hz": self.loadgen.rate_hz,
-        }
-        self.reply(to, ReplyStatus.OK, None, "applied", **applied)
-
-    def _cmd_rebirth(self, to: ReplyTo) -> None:
-        self.state_changed()
-        self.reply(to, ReplyStatus.OK, None, "state published")
+    def set_telemetry_interval(self, seconds: float | None) -> float:
+        if seconds is not None:
+            self._telemetry_interval = seconds
+            self._next_telemetry = time.monotonic() + seconds
+        return self._telemetry_interval
 
     def _handle_infer(self, msg: IncomingMessage) -> None:
-        server = self._serving()
-        to = msg.response_topic
-        corr = msg.correlation_data
-
-        def reply(body: dict[str, Any] | None, raw: bytes | None, ctype: str) -> None:
-            if not to:
-                return
-            payload = raw if raw is not None else json.dumps(body).encode()
-            self.transport.publish(to, payload, qos=1, correlation_data=corr, content_type=ctype)
-
-        if server is None:
-            reply(
-                {"ok": False, "code": "no_model", "message": "no model installed"},
-                None,
-                JSON_CONTENT_TYPE,
-            )
-            return
         limit = self.cfg.limits.max_payload_kb * 1024
-        try:
-            if len(msg.payload) > limit:
-                raise ProtocolError(
-                    f"inference request of {len(msg.payload)} bytes exceeds {limit} bytes",
-                    code=Reason.TOO_LARGE,
-                    hint="raise limits.max_payload_kb or send a smaller .npy",
-                )
-            inputs, as_npy = decode_request(msg.payload, msg.content_type)
-        except EdgeloopError as exc:  # reply in the inference format, then the event
-            reply({"ok": False, **exc.to_dict()}, None, JSON_CONTENT_TYPE)
-            log.warning("rejected input on %s: %s", msg.topic, exc)
-            self.event(EventKind.INPUT_REJECTED, exc.code, exc.message, topic=msg.topic[:200])
-            return
-        if not server.submit(InferenceJob(inputs, reply, as_npy)):
-            reply(
-                {"ok": False, "code": Reason.BUSY, "message": "inference queue full"},
-                None,
-                JSON_CONTENT_TYPE,
-            )
+        exc = handle_infer(self._serving(), msg, limit, self.transport.publish)
+        if exc is not None:
+            self._rejected(msg, exc)
+
+    def _rejected(self, msg: IncomingMessage, exc: EdgeloopError) -> None:
+        log.warning("rejected input on %s: %s", msg.topic, exc)
+        self.out.event(EventKind.INPUT_REJECTED, exc.code, exc.message, topic=msg.topic[:200])
 
     # ---- telemetry ---------------------------------------------------------------------------
     def _emit_telemetry(self) -> None:
@@ -576,30 +375,17 @@ class Agent:
         record = self.telemetry.build(
             seq=0,
             snap=snap,
-            model=dict(server.meta) if server else None,
+            model=ModelRef.from_meta(server.meta) if server else None,
             outbox_dropped=self.outbox.dropped,
-            extra={
-                "boot_id": self.boot_id,
-                "trial": server is not None and server is self.trial_server,
-                "warmup": warmup,
-                "threads": loaded.threads if loaded else None,
-            },
+            boot_id=self.boot_id,
+            trial=server is not None and server is self.trial_server,
+            warmup=warmup,
+            threads=loaded.threads if loaded else None,
         )
-        self._last_window = {
-            k: record.get(k) for k in ("ts", "inferences", "latency_ms", "throughput", "energy")
-        }
+        self._last_window = record.summary()
         crash_point("before_telemetry")
-        self.outbox.append(self.topics.telemetry, lambda seq: canonical_json(record | {"seq": seq}))
+        self.outbox.append(self.topics.telemetry, lambda seq: replace(record, seq=seq).to_json())
         self.state_changed()
-
-
-def _check_deploy_args(args: dict[str, Any]) -> None:
-    """The unsigned deploy arguments next to the manifest: wrong types are malformed input."""
-    gates, delegate = args.get("gates"), args.get("delegate")
-    if gates is not None and not isinstance(gates, dict):
-        raise ProtocolError("cmd/deploy: args.gates must be an object")
-    if delegate is not None and not (isinstance(delegate, str) and len(delegate) <= 512):
-        raise ProtocolError("cmd/deploy: args.delegate must be a string")
 
 
 def run_agent(cfg: AgentConfig) -> int:

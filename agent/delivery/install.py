@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from agent.config import LimitsConfig
+from agent.config import HealthConfig, LimitsConfig
 from agent.delivery.store import ModelStore
 from agent.errors import EdgeloopError, IncompatibleModelError, ManifestError, StoreError
 from agent.serving.server import LatencyWindow, Server
@@ -28,7 +28,7 @@ from agent.serving.stats import summarize
 from agent.system.crashpoints import crash_point
 from agent.wire.chunks import decode_chunk
 from agent.wire.manifest import Manifest, verify_manifest
-from agent.wire.messages import Command, EventKind, ReplyStatus
+from agent.wire.messages import Command, EventKind, ReplyStatus, ReplyTo
 from agent.wire.reasons import Reason
 
 if TYPE_CHECKING:  # the install-only modules load on the first deploy (idle RSS, ~5 MB)
@@ -45,16 +45,6 @@ MAX_BAD_CHUNK = 5  # the same chunk failing its hash this often ends the install
 
 
 @dataclass(frozen=True)
-class ReplyTo:
-    """Where the reply to a command goes (MQTT5 response topic + correlation data)."""
-
-    cmd_id: str
-    verb: str
-    topic: str | None
-    correlation: bytes | None
-
-
-@dataclass(frozen=True)
 class Gates:
     """Health gates of a trial (config defaults, overridable per deploy)."""
 
@@ -63,6 +53,10 @@ class Gates:
     max_seconds: float
     p95_ms: float | None
     max_rss_mb: float | None
+
+    @classmethod
+    def from_config(cls, h: HealthConfig) -> Gates:
+        return cls(h.min_inferences, h.min_seconds, h.max_seconds, h.p95_ms, h.max_rss_mb)
 
     @classmethod
     def merge(cls, base: Gates, override: Mapping[str, Any]) -> Gates:
@@ -83,19 +77,8 @@ class Gates:
         return dict(self.__dict__)
 
 
-class InstallHost(Protocol):
-    """What the installer needs from the agent core."""
-
-    @property
-    def store(self) -> ModelStore: ...
-    @property
-    def trust_keys(self) -> Mapping[str, Any]: ...
-    @property
-    def runtime_name(self) -> str: ...
-    @property
-    def runtime_version(self) -> str: ...
-    @property
-    def has_edgetpu(self) -> bool: ...
+class Outputs(Protocol):
+    """Where the installer's messages go, one way (agent.mqtt.publisher.Publisher)."""
 
     def event(self, kind: str, code: str = "ok", message: str = "", **data: Any) -> None: ...
     def progress(self, data: dict[str, Any]) -> None: ...
@@ -108,13 +91,27 @@ class InstallHost(Protocol):
         **data: Any,
     ) -> None: ...
     def request_chunks(self, sha256: str, indexes: list[int]) -> None: ...
+
+
+class CoreHost(Protocol):
+    """What the core thread offers the installer and the command verbs (agent.commands)."""
+
     def background(
         self, name: str, fn: Callable[[], Any], done: Callable[[Any, BaseException | None], None]
     ) -> None: ...
+    def state_changed(self) -> None:
+        """Republish the retained state (the install phase or the serving model changed)."""
+        ...
+
+
+class InstallHost(CoreHost, Protocol):
+    """What the installer asks of the agent core besides :class:`CoreHost`: the trial's
+    serving slot and the process's RSS. Messages go to :class:`Outputs`; what it only reads
+    (store, trust keys, runtime, board) is handed in."""
+
     def start_trial(self, path: Path, manifest: Manifest, delegate: str) -> Server: ...
     def end_trial(self, commit: bool) -> None: ...
     def rss_mb(self) -> float: ...
-    def state_changed(self) -> None: ...
 
 
 @dataclass
@@ -168,7 +165,12 @@ class Installer:
     def __init__(
         self,
         host: InstallHost,
+        out: Outputs,
         *,
+        store: ModelStore,
+        trust_keys: Mapping[str, Any],
+        runtime: tuple[str, str],
+        has_edgetpu: bool,
         default_gates: Gates,
         default_delegate: str,
         window_bytes: int = DEFAULT_WINDOW_BYTES,
@@ -178,6 +180,11 @@ class Installer:
         reconnect_grace_s: float = 0.5,
     ) -> None:
         self.host = host
+        self.out = out
+        self.store = store
+        self.trust_keys = trust_keys
+        self.runtime_name, self.runtime_version = runtime
+        self.has_edgetpu = has_edgetpu
         self.default_gates = default_gates
         self.default_delegate = default_delegate
         self.window_bytes = window_bytes
@@ -201,10 +208,10 @@ class Installer:
 
     # ---- accept ----------------------------------------------------------------------------
     def on_deploy(self, cmd: Command, reply: ReplyTo | None) -> None:
-        store = self.host.store
+        store = self.store
         try:
             manifest = verify_manifest(
-                cmd.args.get("manifest", {}), self.host.trust_keys, now=store.trusted_now()
+                cmd.args.get("manifest", {}), self.trust_keys, now=store.trusted_now()
             )
         except ManifestError as exc:
             self._reject(reply, exc.code, exc.message, None)
@@ -212,7 +219,7 @@ class Installer:
         a = self.active
         if a is not None:
             if a.manifest.sha256 == manifest.sha256 and a.manifest.release == manifest.release:
-                self.host.reply(reply, ReplyStatus.DUPLICATE, Reason.REPLAYED, "already installing")
+                self.out.reply(reply, ReplyStatus.DUPLICATE, Reason.REPLAYED, "already installing")
                 if a.phase == "downloading":  # a re-sent deploy also nudges the transfer
                     self._request_more(a, force=True)
             else:
@@ -227,7 +234,7 @@ class Installer:
         if verdict == "replayed" and manifest.sha256 not in staged:
             cur = store.current()
             msg = "already installed" if cur and cur.sha256 == manifest.sha256 else "replayed"
-            self.host.reply(reply, ReplyStatus.DUPLICATE, Reason.REPLAYED, msg, **_ref(manifest))
+            self.out.reply(reply, ReplyStatus.DUPLICATE, Reason.REPLAYED, msg, **_ref(manifest))
             return
         delegate = str(manifest.variant.delegate or "auto")
         override = cmd.args.get("delegate")
@@ -239,12 +246,13 @@ class Installer:
                 override in ("auto", "cpu", "edgetpu") or override.startswith("edgetpu:")
             ):
                 self._reject(
-                    reply, Reason.INVALID,
+                    reply,
+                    Reason.INVALID,
                     f"delegate {override!r:.80} is not allowed in a command "
                     "(use auto, cpu or edgetpu[:device]; external delegates only via the "
                     "signed manifest or the agent config)",
                     manifest,
-                )  # fmt: skip
+                )
                 return
             delegate = override
         if delegate == "auto" and not override:
@@ -261,8 +269,8 @@ class Installer:
         store.record_release(manifest)
         gates = Gates.merge(self.default_gates, cmd.args.get("gates") or {})
         self.active = Install(manifest, reply, gates, delegate)
-        self.host.reply(reply, ReplyStatus.ACCEPTED, None, "accepted", **_ref(manifest))
-        self.host.event(EventKind.INSTALL_ACCEPTED, cmd_id=cmd.id, **_ref(manifest))
+        self.out.reply(reply, ReplyStatus.ACCEPTED, None, "accepted", **_ref(manifest))
+        self.out.event(EventKind.INSTALL_ACCEPTED, cmd_id=cmd.id, **_ref(manifest))
         self._continue()  # the first requests go out before the state is republished
         self.host.state_changed()
 
@@ -270,11 +278,11 @@ class Installer:
         """After a restart: continue a transfer left in staging (only missing chunks move)."""
         if self.active is not None:
             return
-        for manifest in self.host.store.staged():
+        for manifest in self.store.staged():
             delegate = manifest.variant.delegate or self.default_delegate
             self.active = Install(manifest, None, self.default_gates, delegate)
             log.info("resuming the transfer of %s r%d", manifest.name, manifest.release)
-            self.host.event(EventKind.INSTALL_PROGRESS, "resumed", **_ref(manifest))
+            self.out.event(EventKind.INSTALL_PROGRESS, "resumed", **_ref(manifest))
             self._continue()
             return
 
@@ -282,19 +290,17 @@ class Installer:
         req = manifest.requirements
         problems = []
         if (req.accelerator == "edgetpu" or manifest.variant.delegate == "edgetpu") and not (
-            self.host.has_edgetpu
+            self.has_edgetpu
         ):
             problems.append("the model needs an Edge TPU and this board has none")
-        problems += operator_problems(
-            manifest, self.host.runtime_name, self.host.runtime_version, delegate
-        )
+        problems += operator_problems(manifest, self.runtime_name, self.runtime_version, delegate)
         return problems
 
     def _reject(self, reply: ReplyTo | None, code: str, message: str, m: Manifest | None) -> None:
         log.warning("deploy rejected (%s): %s", code, message)
         ref = _ref(m) if m else {}
-        self.host.reply(reply, ReplyStatus.REJECTED, code, message, **ref)
-        self.host.event(
+        self.out.reply(reply, ReplyStatus.REJECTED, code, message, **ref)
+        self.out.event(
             EventKind.REJECTED, code, message, cmd_id=reply.cmd_id if reply else None, **ref
         )
 
@@ -310,7 +316,7 @@ class Installer:
         if a.first_chunk is None:
             a.first_chunk = a.last_rx
         try:
-            fresh = self.host.store.write_chunk(sha256, frame.index, frame.data)
+            fresh = self.store.write_chunk(sha256, frame.index, frame.data)
         except StoreError as exc:
             if exc.code == Reason.BAD_CHUNK:
                 self._bad_chunk(a, frame.index)
@@ -332,7 +338,7 @@ class Installer:
             return
         log.warning("chunk %d of %s failed its hash: asking again", index, a.manifest.sha256)
         a.inflight[index] = time.monotonic()
-        self.host.request_chunks(a.manifest.sha256, [index])
+        self.out.request_chunks(a.manifest.sha256, [index])
 
     def on_connected(self) -> None:
         """Back online. Chunks requested before the link went down were lost with it (QoS 0
@@ -350,7 +356,7 @@ class Installer:
         a = self.active
         if a is None or a.phase != "downloading":
             return
-        store = self.host.store
+        store = self.store
         try:
             # bytes already verified in models/ (a new release of last_good, a re-push after a
             # crash between finish and trial): there is no staging and nothing to fetch. Only
@@ -370,7 +376,7 @@ class Installer:
         now = time.monotonic()
         if now - a.last_progress > 1.0:
             a.last_progress = now
-            self.host.progress(
+            self.out.progress(
                 {**a.summary(), "received_bytes": a.received_bytes, "size": a.manifest.size}
             )
 
@@ -384,12 +390,12 @@ class Installer:
         room = window - len(a.inflight)
         # from where the last request ended: a chunk lost on the way is asked for again by
         # the timeout (force, from 0), a corrupt one at once (_bad_chunk), so no rescan here
-        want = self.host.store.next_missing(a.manifest.sha256, a.scan_from, room, a.inflight)
+        want = self.store.next_missing(a.manifest.sha256, a.scan_from, room, a.inflight)
         if want:
             a.scan_from = want[-1] + 1
             now = time.monotonic()
             a.inflight.update((i, now) for i in want)
-            self.host.request_chunks(a.manifest.sha256, want)
+            self.out.request_chunks(a.manifest.sha256, want)
 
     def window_chunks(self, m: Manifest) -> int:
         """Chunks requested and not yet received, at most: ``window_bytes`` worth, >= 4."""
@@ -407,7 +413,7 @@ class Installer:
                 if lost:
                     log.info("asking again for %d chunks lost with the connection", len(lost))
                     a.inflight.update((i, now) for i in lost)
-                    self.host.request_chunks(a.manifest.sha256, lost)
+                    self.out.request_chunks(a.manifest.sha256, lost)
         elif a.phase == "downloading" and a.inflight and now - a.last_rx > self.chunk_timeout_s:
             log.info("no chunk for %.1fs: asking again for the missing ones", now - a.last_rx)
             a.last_rx = now
@@ -417,7 +423,7 @@ class Installer:
 
     # ---- verify, probe ---------------------------------------------------------------------
     def _finish_transfer(self, a: Install) -> None:
-        store, m = self.host.store, a.manifest
+        store, m = self.store, a.manifest
         # where the time went: waiting for the first chunk, moving the bytes, then the checks
         now = time.monotonic()
         timing: dict[str, Any] = {"transfer_s": round(now - a.started, 4)}
@@ -431,15 +437,15 @@ class Installer:
             info = modelfile.inspect_operators(path)
             compat.ensure_compatible(
                 info,
-                self.host.runtime_name,
-                self.host.runtime_version,
-                "edgetpu" if info.is_edgetpu and self.host.has_edgetpu else "cpu",
+                self.runtime_name,
+                self.runtime_version,
+                "edgetpu" if info.is_edgetpu and self.has_edgetpu else "cpu",
             )
         except (StoreError, IncompatibleModelError, EdgeloopError) as exc:
             self._fail_install(a, exc.code, exc.message)
             return
         a.phase = "probing"
-        self.host.event(
+        self.out.event(
             EventKind.INSTALL_VERIFIED,
             **_ref(m),
             seconds=_since(a.started),
@@ -477,10 +483,10 @@ class Installer:
             )
             return
         try:
-            self.host.store.set_trial(a.manifest.sha256, a.manifest)
+            self.store.set_trial(a.manifest.sha256, a.manifest)
             server = self.host.start_trial(path, a.manifest, a.delegate)
         except EdgeloopError as load_error:
-            self.host.store.abort_trial()
+            self.store.abort_trial()
             self._fail_install(a, Reason.PROBE_FAILED, load_error.message)
             return
         a.phase = "trial"
@@ -488,7 +494,7 @@ class Installer:
         a.trial_server = server
         a.trial_window = LatencyWindow()
         server.attach(a.trial_window)
-        self.host.event(
+        self.out.event(
             EventKind.TRIAL_STARTED,
             **_ref(a.manifest),
             gates=a.gates.to_dict(),
@@ -499,11 +505,11 @@ class Installer:
 
     def _fail_install(self, a: Install, code: str, message: str, **data: Any) -> None:
         log.warning("install of %s failed (%s): %s", a.manifest.name, code, message)
-        self.host.store.abort(a.manifest.sha256)
+        self.store.abort(a.manifest.sha256)
         self.active = None
         self.host.state_changed()
-        self.host.reply(a.reply, ReplyStatus.ERROR, code, message, **_ref(a.manifest))
-        self.host.event(
+        self.out.reply(a.reply, ReplyStatus.ERROR, code, message, **_ref(a.manifest))
+        self.out.event(
             EventKind.REJECTED
             if code in (Reason.BAD_MODEL, Reason.BAD_CHUNK)
             else EventKind.ROLLED_BACK,
@@ -545,7 +551,7 @@ class Installer:
 
     def _commit(self, a: Install, inferences: int, p95: float) -> None:
         crash_point("before_trial_commit")
-        self.host.store.commit_trial()
+        self.store.commit_trial()
         self.host.end_trial(commit=True)
         self.active = None
         self.host.state_changed()  # retained state first: a host acting on the reply sees it
@@ -555,20 +561,18 @@ class Installer:
             "p95_ms": round(p95, 3),
             "seconds": _since(a.started),
         }
-        self.host.reply(a.reply, ReplyStatus.OK, "committed", "committed", **data)
-        self.host.event(EventKind.COMMITTED, **data)
-        self.host.store.gc()
+        self.out.reply(a.reply, ReplyStatus.OK, "committed", "committed", **data)
+        self.out.event(EventKind.COMMITTED, **data)
+        self.store.gc()
 
     def _rollback_trial(self, a: Install, reason: str) -> None:
         log.warning("trial of %s failed: %s; rolling back", a.manifest.name, reason)
-        self.host.store.abort_trial()
+        self.store.abort_trial()
         self.host.end_trial(commit=False)
         self.active = None
         self.host.state_changed()
-        self.host.reply(
-            a.reply, ReplyStatus.ERROR, Reason.HEALTH_FAILED, reason, **_ref(a.manifest)
-        )
-        self.host.event(EventKind.ROLLED_BACK, Reason.HEALTH_FAILED, reason, **_ref(a.manifest))
+        self.out.reply(a.reply, ReplyStatus.ERROR, Reason.HEALTH_FAILED, reason, **_ref(a.manifest))
+        self.out.event(EventKind.ROLLED_BACK, Reason.HEALTH_FAILED, reason, **_ref(a.manifest))
 
     def abort_for_rollback(self) -> bool:
         """The rollback command arrived: drop whatever install is running. True if one was."""
@@ -578,9 +582,9 @@ class Installer:
         if a.phase == "trial":
             self._rollback_trial(a, "rollback command")
         else:
-            self.host.store.abort(a.manifest.sha256)
+            self.store.abort(a.manifest.sha256)
             self.active = None
-            self.host.event(
+            self.out.event(
                 EventKind.ROLLED_BACK, "rollback_command", "install abandoned", **_ref(a.manifest)
             )
             self.host.state_changed()

@@ -69,9 +69,17 @@ class Pointer:
     release: int
     manifest: Manifest
 
+    def ref(self) -> dict[str, Any]:
+        """sha256, name, version, release: how events name a model."""
+        return {
+            "sha256": self.sha256,
+            "name": self.name,
+            "version": self.version,
+            "release": self.release,
+        }
+
     def to_dict(self) -> dict[str, Any]:
-        return {"sha256": self.sha256, "name": self.name, "version": self.version,
-                "release": self.release, "manifest": self.manifest.to_dict()}  # fmt: skip
+        return {**self.ref(), "manifest": self.manifest.to_dict()}
 
     @classmethod
     def of(cls, manifest: Manifest) -> Pointer:
@@ -266,8 +274,9 @@ class ModelStore:
         return self.pointer("current")
 
     def _set(self, which: str, ptr: Pointer) -> None:
-        atomic_write(self.pointers / which, canonical_json(ptr.to_dict()), tmp_dir=self.tmp,
-                     label=which)  # fmt: skip
+        atomic_write(
+            self.pointers / which, canonical_json(ptr.to_dict()), tmp_dir=self.tmp, label=which
+        )
 
     def installed_manifest(self, sha256: str) -> Manifest | None:
         try:

@@ -248,8 +248,10 @@ class EnergySampler:
             log.info(
                 "no start-up idle baseline for %s: inferences ran in its first %.1f s; idle_w "
                 "waits for a window of >= %.1f s without inferences",
-                self.source, self.baseline_s, self.auto_idle_min_s,
-            )  # fmt: skip
+                self.source,
+                self.baseline_s,
+                self.auto_idle_min_s,
+            )
             return
         if self._samples[-1].t < end:
             return
@@ -393,8 +395,10 @@ class EnergySampler:
             log.info(
                 "idle baseline for %s discarded: inferences ran during it (%.3f W); idle_w "
                 "waits for a window of >= %.1f s without inferences",
-                self.source, self._idle_w or 0.0, self.auto_idle_min_s,
-            )  # fmt: skip
+                self.source,
+                self._idle_w or 0.0,
+                self.auto_idle_min_s,
+            )
             self._idle_w, self._idle_source = None, ""
 
     def _missing_reason(self, t0: float, t1: float, duration: float, coverage: float) -> str | None:

@@ -52,6 +52,7 @@ SCALE: dict[str, tuple[float, float]] = {
     "UM25C": (0.001, 0.0001),
     "UM34C": (0.01, 0.001),
 }
+# fmt: skip below: a table of 32 byte offsets; one per line would hide it over 34 lines
 _UM34C_CHECKSUM_POSITIONS = (
     1, 3, 7, 9, 15, 17, 19, 23, 31, 39, 41, 45, 49, 53, 55, 57, 59, 63, 67, 69, 73, 79, 83, 89,
     97, 99, 109, 111, 113, 119, 121, 127,

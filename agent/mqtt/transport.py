@@ -170,6 +170,12 @@ class Transport:
         self._thread.start()
 
     @property
+    def running(self) -> bool:
+        """False once the network thread has died (never started counts as running: the
+        watchdog then only watches the other loops)."""
+        return self._thread is None or self._thread.is_alive()
+
+    @property
     def connected(self) -> bool:
         return self._connected.is_set()
 
@@ -203,9 +209,12 @@ class Transport:
             return handle
         props = None  # none at all for the common case (chunks, telemetry): paho packs fast
         if (
-            response_topic is not None or correlation_data is not None or user_properties
-            or message_expiry_interval is not None or content_type is not None
-        ):  # fmt: skip
+            response_topic is not None
+            or correlation_data is not None
+            or user_properties
+            or message_expiry_interval is not None
+            or content_type is not None
+        ):
             props = _properties(PacketTypes.PUBLISH)
             if response_topic is not None:
                 props.ResponseTopic = response_topic

@@ -10,7 +10,10 @@ import random
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from agent.config import BrokerConfig
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +62,34 @@ class TransportConfig:
     max_packet_bytes: int | None = None
     #: Declare the broker dead after this many keepalives without a byte from it (< 1.5).
     dead_after_keepalives: float = 1.25
+
+    @classmethod
+    def for_device(
+        cls,
+        b: BrokerConfig,
+        device_id: str,
+        *,
+        will_topic: str,
+        birth: Callable[[], tuple[str, bytes]],
+        subscriptions: Sequence[str],
+    ) -> TransportConfig:
+        """The agent's connection: persistent session, retained will, QoS 1 subscriptions."""
+        return cls(
+            host=b.host,
+            port=b.port,
+            client_id=f"edgeloop-{device_id}",
+            username=b.username or None,
+            password=b.password or None,
+            tls=TlsConfig(b.tls_ca, b.tls_cert, b.tls_key) if b.tls_ca else None,
+            keepalive=b.keepalive_s,
+            session_expiry_s=b.session_expiry_s,
+            clean_start=False,
+            will=WillConfig(will_topic),
+            birth=birth,
+            subscriptions=[(f, 1) for f in subscriptions],
+            reconnect_min_s=b.reconnect_min_s,
+            reconnect_max_s=b.reconnect_max_s,
+        )
 
 
 @dataclass(frozen=True)

@@ -229,9 +229,18 @@ def _load_cpu(backend: Backend, path: Path, threads: int, fallback: str | None) 
     init_ms = (time.perf_counter() - start) * 1000.0
     total, delegated = nodes.count(before, nodes.snapshot(interp), explicit=False)
     return LoadedModel(
-        interp, backend.name, backend.version, "cpu", None, threads, fallback,
-        total, delegated, init_ms, native_log=native.text,
-    )  # fmt: skip
+        interp,
+        backend.name,
+        backend.version,
+        "cpu",
+        None,
+        threads,
+        fallback,
+        total,
+        delegated,
+        init_ms,
+        native_log=native.text,
+    )
 
 
 def _load_with_delegate(backend: Backend, path: Path, threads: int, plan: _Plan) -> LoadedModel:
@@ -267,9 +276,19 @@ def _load_with_delegate(backend: Backend, path: Path, threads: int, plan: _Plan)
     total, delegated = nodes.count(before, nodes.snapshot(interp), explicit=True)
     log.info("%s loaded (%s): %s of %s nodes delegated", what, where, delegated, total)
     return LoadedModel(
-        interp, backend.name, backend.version, plan.kind, plan.device, threads, None,
-        total, delegated, init_ms, library=plan.library, native_log=native.text,
-    )  # fmt: skip
+        interp,
+        backend.name,
+        backend.version,
+        plan.kind,
+        plan.device,
+        threads,
+        None,
+        total,
+        delegated,
+        init_ms,
+        library=plan.library,
+        native_log=native.text,
+    )
 
 
 def _detect_hardware() -> HardwareInfo | None:

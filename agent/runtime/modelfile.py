@@ -187,14 +187,22 @@ def _inspect_operators(data: bytes | mmap.mmap, where: str) -> ModelInfo:
         ) from exc
     custom_ops = sorted({name for name, _v, custom in codes if custom})
     return ModelInfo(
-        size=len(data), sha256="", version=version, description="",
+        size=len(data),
+        sha256="",
+        version=version,
+        description="",
         operators=[
             OperatorInfo(name=name, version=ver, custom=custom, count=count)
             for (name, ver, custom), count in sorted(op_counts.items())
         ],
-        inputs=[], outputs=[], signatures=[], quantization="unknown",
-        is_edgetpu=EDGETPU_CUSTOM_OP in custom_ops, custom_ops=custom_ops, subgraphs=n_sub,
-    )  # fmt: skip
+        inputs=[],
+        outputs=[],
+        signatures=[],
+        quantization="unknown",
+        is_edgetpu=EDGETPU_CUSTOM_OP in custom_ops,
+        custom_ops=custom_ops,
+        subgraphs=n_sub,
+    )
 
 
 def _read(source: str | Path | bytes) -> bytes:

@@ -99,8 +99,10 @@ def parse_public_key(data: bytes) -> PublicKey:
             if lines[0].strip() != b"-----BEGIN PUBLIC KEY-----" or not lines[-1].startswith(
                 b"-----END PUBLIC KEY-----"
             ):
-                raise ValueError(f"a PEM {lines[0].strip()[11:-5].decode(errors='replace')!r}"
-                                 " block, not a PUBLIC KEY")  # fmt: skip
+                raise ValueError(
+                    f"a PEM {lines[0].strip()[11:-5].decode(errors='replace')!r}"
+                    " block, not a PUBLIC KEY"
+                )
             der = base64.b64decode(b"".join(x.strip() for x in lines[1:-1]), validate=True)
             if len(der) != len(SPKI_PREFIX) + RAW_LEN or not der.startswith(SPKI_PREFIX):
                 raise ValueError("the PEM holds a public key of another algorithm")
@@ -215,9 +217,10 @@ def _backend() -> tuple[str, Verify]:
             log.info("Ed25519 verification through %s (%s)", name, "; ".join(problems))
         return name, run
     raise RuntimeError(
-        "no working Ed25519 verifier: " + "; ".join(problems)
+        "no working Ed25519 verifier: "
+        + "; ".join(problems)
         + " (install OpenSSL >= 1.1.1 or `pip install cryptography`)"
-    )  # fmt: skip
+    )
 
 
 def backend_name() -> str:

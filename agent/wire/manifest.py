@@ -56,9 +56,22 @@ _VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
 _TOKEN_RE = re.compile(r"[A-Za-z0-9._:+-]{1,64}")
 _KEY_ID_RE = re.compile(r"[0-9a-f]{16}")
 _FIELDS = frozenset(
-    {"schema", "name", "version", "release", "sha256", "size", "chunk_size", "chunks",
-     "variant", "requirements", "created", "expires", "key_id"}
-)  # fmt: skip
+    {
+        "schema",
+        "name",
+        "version",
+        "release",
+        "sha256",
+        "size",
+        "chunk_size",
+        "chunks",
+        "variant",
+        "requirements",
+        "created",
+        "expires",
+        "key_id",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -113,12 +126,20 @@ class Manifest:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "schema": self.schema, "name": self.name, "version": self.version,
-            "release": self.release, "sha256": self.sha256, "size": self.size,
-            "chunk_size": self.chunk_size, "chunks": list(self.chunks),
-            "variant": self.variant.to_dict(), "requirements": self.requirements.to_dict(),
-            "created": self.created, "expires": self.expires, "key_id": self.key_id,
-        }  # fmt: skip
+            "schema": self.schema,
+            "name": self.name,
+            "version": self.version,
+            "release": self.release,
+            "sha256": self.sha256,
+            "size": self.size,
+            "chunk_size": self.chunk_size,
+            "chunks": list(self.chunks),
+            "variant": self.variant.to_dict(),
+            "requirements": self.requirements.to_dict(),
+            "created": self.created,
+            "expires": self.expires,
+            "key_id": self.key_id,
+        }
 
     def canonical_bytes(self) -> bytes:
         return canonical_json(self.to_dict(), allow_floats=False)
@@ -395,8 +416,16 @@ def _parse_fields(obj: Any) -> Manifest:
     if not isinstance(key_id, str) or not _KEY_ID_RE.fullmatch(key_id):
         raise _invalid("key_id must be 16 lower-case hex characters")
     return Manifest(
-        name=obj["name"], version=version, release=_int(obj, "release", 0, MAX_INT),
-        sha256=obj["sha256"], size=size, chunks=tuple(chunks), created=created, expires=expires,
-        key_id=key_id, chunk_size=chunk_size, variant=_variant(obj["variant"]),
+        name=obj["name"],
+        version=version,
+        release=_int(obj, "release", 0, MAX_INT),
+        sha256=obj["sha256"],
+        size=size,
+        chunks=tuple(chunks),
+        created=created,
+        expires=expires,
+        key_id=key_id,
+        chunk_size=chunk_size,
+        variant=_variant(obj["variant"]),
         requirements=_requirements(obj["requirements"]),
-    )  # fmt: skip
+    )
