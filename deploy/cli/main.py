@@ -223,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     from deploy.cli.loop import add_loop_parsers
 
     add_loop_parsers(sub)
+    from deploy.cli.simulate import add_simulate_parser
+
+    add_simulate_parser(sub)
 
     p = sub.add_parser("demo", help="a whole fleet on this machine (embedded broker, 3 agents)")
     p.add_argument("--workdir", default="edgeloop-demo", help="where the demo keeps its state")
