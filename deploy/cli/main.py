@@ -118,6 +118,10 @@ def cmd_fleet(args: argparse.Namespace) -> int:
         registry = open_registry(args.registry)
         try:
             rows = merge_live(registry_rows(registry, targets), rows)
+            if args.json:
+                from deploy.fleet.windows import with_window_counts
+
+                rows = with_window_counts(registry, rows)
         finally:
             registry.close()
         columns = REGISTRY_COLUMNS
@@ -226,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     from deploy.cli.simulate import add_simulate_parser
 
     add_simulate_parser(sub)
+    from deploy.cli.collect import add_collect_parser
+
+    add_collect_parser(sub)
 
     p = sub.add_parser("demo", help="a whole fleet on this machine (embedded broker, 3 agents)")
     p.add_argument("--workdir", default="edgeloop-demo", help="where the demo keeps its state")

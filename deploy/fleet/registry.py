@@ -13,6 +13,7 @@ the report) run beside the loop.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sqlite3
@@ -37,7 +38,7 @@ from deploy.fleet.registry_types import (
     Variant,
     class_id,
 )
-from deploy.loop.rollup import WindowRow, rollup, window_from_record
+from deploy.loop.rollup import WINDOW_INSERT, WindowRow, rollup, window_from_record
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,9 @@ class Registry:
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
+            if self._db.in_transaction:  # inside transaction(): one commit for the batch
+                yield self._db
+                return
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
@@ -116,6 +120,10 @@ class Registry:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+
+    def transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        """One transaction around many calls (the ingest's batches): they commit together."""
+        return self._tx()
 
     def _all(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         with self._lock:
@@ -354,13 +362,7 @@ class Registry:
         dev = self.device(device)
         w = window_from_record(device, dev.hardware_class if dev else None, record)
         with self._tx() as db:
-            cur = db.execute(
-                "INSERT OR IGNORE INTO telemetry_windows (device, seq, class_id, model_sha256, ts, "
-                "inferences, errors, p50_ms, p95_ms, rss_mb, peak_rss_mb, mj_per_inference, "
-                "energy_measured, temp_c, throttled, window_s) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                w.as_tuple(),
-            )
+            cur = db.execute(WINDOW_INSERT, w.as_tuple())
             if dev is not None:
                 db.execute("UPDATE devices SET last_seen = MAX(COALESCE(last_seen, 0), ?) "
                            "WHERE id = ?", (w.ts, device))  # fmt: skip
