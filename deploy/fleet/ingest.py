@@ -29,7 +29,7 @@ from typing import Any
 from agent.errors import EdgeloopError, ProtocolError
 from agent.mqtt.transport import Transport
 from agent.mqtt.types import IncomingMessage, TransportConfig
-from agent.wire.topics import parse_topic
+from agent.wire.topics import ParsedTopic, parse_topic
 from deploy.fleet.registry import Registry
 from deploy.loop.rollup import WINDOW_INSERT, window_from_record
 from deploy.push import BrokerAddress
@@ -85,6 +85,7 @@ class Ingest:
         self.events: deque[tuple[str, dict[str, Any]]] = deque(maxlen=10_000)
         self.inbox: queue.Queue[IncomingMessage] = queue.Queue()  # bounded by receive_maximum
         self._classes: dict[str, str | None] = {}
+        self._topics: dict[str, ParsedTopic] = {}
         share = f"$share/{share_group}/" if share_group else ""
         topics = [f"{share}{prefix}/dev/+/{kind}" for kind in ("state", "telemetry", "events")]
         self.transport = Transport(
@@ -167,7 +168,9 @@ class Ingest:
         for msg in batch:
             self.stats.received += 1
             try:
-                parsed = parse_topic(msg.topic, self.prefix)
+                parsed = self._topics.get(msg.topic)
+                if parsed is None:  # parse_topic's own cache holds 256: a fleet has more
+                    parsed = self._topics[msg.topic] = parse_topic(msg.topic, self.prefix)
                 body = json.loads(msg.payload) if msg.payload else {}
                 if not isinstance(body, dict):
                     raise ProtocolError(f"{msg.topic}: payload is not a JSON object")
