@@ -9,6 +9,8 @@
     edge-deploy fleet --broker HOST:PORT [--wait S] [--json]
     edge-deploy fleet --registry FILE [--targets FILE] [--live --broker HOST:PORT] [--json]
     edge-deploy watch --broker HOST:PORT [--seconds S] [--device ID]
+    edge-deploy collect --broker HOST:PORT --registry FILE     the ingest worker (cli/collect.py)
+    edge-deploy simulate --devices N --broker HOST:PORT        simulated devices (cli/simulate.py)
     edge-deploy demo [--workdir DIR]          a whole fleet on this machine
     edge-deploy optimize | rollout | report    the closed loop (deploy/cli_loop.py)
 
