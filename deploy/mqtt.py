@@ -42,8 +42,14 @@ class BrokerAddress:
         subscriptions: Sequence[str],
         on_message: Callable[[IncomingMessage], None],
         client_id: str | None = None,
+        *,
+        session_expiry_s: int = 0,
+        manual_ack: bool = False,
+        receive_maximum: int | None = None,
     ) -> Transport:
-        """A host-side MQTT v5 client (clean session: a host tool keeps no broker state)."""
+        """A host-side MQTT v5 client. By default a clean session (a host tool keeps no broker
+        state); an ingest worker keeps a persistent one (``session_expiry_s``) and acknowledges
+        each message itself after it is committed (``manual_ack``)."""
         return Transport(
             TransportConfig(
                 host=self.host,
@@ -51,9 +57,11 @@ class BrokerAddress:
                 client_id=client_id or new_client_id(role),
                 username=self.username,
                 password=self.password,
-                clean_start=True,
-                session_expiry_s=0,
+                clean_start=session_expiry_s == 0,
+                session_expiry_s=session_expiry_s,
                 subscriptions=[(t, 1) for t in subscriptions],
+                manual_ack=manual_ack,
+                receive_maximum=receive_maximum,
             ),
             on_message,
         )

@@ -86,6 +86,7 @@ def _incoming(msg: mqtt.MQTTMessage) -> IncomingMessage:
         message_expiry_interval=prop("MessageExpiryInterval"),
         user_properties=tuple((str(k), str(v)) for k, v in users),
         content_type=prop("ContentType"),
+        mid=int(msg.mid),
     )
 
 
@@ -228,6 +229,11 @@ class Transport:
                 props.ContentType = content_type
         return self._publish(topic, payload, qos, retain, props)
 
+    def ack(self, mid: int, qos: int) -> None:
+        """With ``manual_ack``: acknowledge a received message (after it is safely stored)."""
+        if qos > 0:
+            self._client.ack(mid, qos)
+
     def stats(self) -> TransportStats:
         return TransportStats(
             connected=self.connected,
@@ -278,7 +284,10 @@ class Transport:
     def _make_client(self) -> mqtt.Client:
         cfg = self.config
         client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=cfg.client_id, protocol=mqtt.MQTTv5
+            CallbackAPIVersion.VERSION2,
+            client_id=cfg.client_id,
+            protocol=mqtt.MQTTv5,
+            manual_ack=cfg.manual_ack,
         )
         paho_log = logging.getLogger(f"{__name__}.paho.{cfg.client_id}")
         paho_log.addFilter(self._error_capture)  # paho reports TLS/socket errors only by log
@@ -309,6 +318,8 @@ class Transport:
         client.on_socket_register_write = lambda _c, _u, _s: self._wake()
         props = _properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = cfg.session_expiry_s
+        if cfg.receive_maximum is not None:
+            props.ReceiveMaximum = cfg.receive_maximum
         client.connect_async(
             cfg.host, cfg.port, cfg.keepalive, clean_start=cfg.clean_start, properties=props
         )

@@ -62,6 +62,11 @@ class TransportConfig:
     max_packet_bytes: int | None = None
     #: Declare the broker dead after this many keepalives without a byte from it (< 1.5).
     dead_after_keepalives: float = 1.25
+    #: Acknowledge received QoS 1 messages only through Transport.ack() (a host worker acks
+    #: once the message is committed), and the MQTT5 Receive Maximum: how many unacknowledged
+    #: messages the broker may have in flight to us (None: the broker's default).
+    manual_ack: bool = False
+    receive_maximum: int | None = None
 
     @classmethod
     def for_device(
@@ -103,6 +108,7 @@ class IncomingMessage:
     message_expiry_interval: int | None = None
     user_properties: tuple[tuple[str, str], ...] = ()
     content_type: str | None = None
+    mid: int = 0  # the packet id, for Transport.ack() with manual_ack
 
     def to_dict(self) -> dict[str, Any]:
         return {

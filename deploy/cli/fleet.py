@@ -29,6 +29,10 @@ def cmd_fleet(args: argparse.Namespace) -> int:
         registry = open_registry(args.registry)
         try:
             rows = merge_live(registry_rows(registry, targets), rows)
+            if args.json:
+                from deploy.fleet.windows import with_window_counts
+
+                rows = with_window_counts(registry, rows)
         finally:
             registry.close()
         columns = REGISTRY_COLUMNS

@@ -9,6 +9,8 @@
     edge-deploy fleet --broker HOST:PORT [--wait S] [--json]
     edge-deploy fleet --registry FILE [--targets FILE] [--live --broker HOST:PORT] [--json]
     edge-deploy watch --broker HOST:PORT [--seconds S] [--device ID]
+    edge-deploy collect --broker HOST:PORT --registry FILE     the ingest worker (cli/collect.py)
+    edge-deploy simulate --devices N --broker HOST:PORT        simulated devices (cli/simulate.py)
     edge-deploy demo [--workdir DIR]          a whole fleet on this machine
     edge-deploy optimize | rollout | report    the closed loop (deploy/cli/loop.py)
 
@@ -25,7 +27,7 @@ from collections.abc import Sequence
 
 from agent.cliutil import run_main
 from deploy import __version__
-from deploy.cli import demo, fleet, keys, loop, push
+from deploy.cli import collect, demo, fleet, keys, loop, push, simulate
 from deploy.convert.cli import add_convert_parser
 
 
@@ -39,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_convert_parser(sub)
     fleet.add_parser(sub)
     loop.add_loop_parsers(sub)
+    simulate.add_simulate_parser(sub)
+    collect.add_collect_parser(sub)
     demo.add_parser(sub)
     return parser
 

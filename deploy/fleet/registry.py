@@ -35,7 +35,7 @@ from deploy.fleet.registry_types import (
     Variant,
     class_id,
 )
-from deploy.fleet.rollup import WindowRow, rollup, window_from_record
+from deploy.fleet.rollup import WINDOW_INSERT, WindowRow, rollup, window_from_record
 
 log = logging.getLogger(__name__)
 
@@ -320,13 +320,7 @@ class Registry(RegistryHistory):
         dev = self.device(device)
         w = window_from_record(device, dev.hardware_class if dev else None, record)
         with self._tx() as db:
-            cur = db.execute(
-                "INSERT OR IGNORE INTO telemetry_windows (device, seq, class_id, model_sha256, ts, "
-                "inferences, errors, p50_ms, p95_ms, rss_mb, peak_rss_mb, mj_per_inference, "
-                "energy_measured, temp_c, throttled, window_s) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                w.as_tuple(),
-            )
+            cur = db.execute(WINDOW_INSERT, w.as_tuple())
             if dev is not None:
                 db.execute(
                     "UPDATE devices SET last_seen = MAX(COALESCE(last_seen, 0), ?) WHERE id = ?",

@@ -45,6 +45,14 @@ def _num(value: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
+#: Store one WindowRow (``as_tuple()``), once per (device, seq): a redelivery is a no-op.
+WINDOW_INSERT = (
+    "INSERT OR IGNORE INTO telemetry_windows (device, seq, class_id, model_sha256, ts, "
+    "inferences, errors, p50_ms, p95_ms, rss_mb, peak_rss_mb, mj_per_inference, "
+    "energy_measured, temp_c, throttled, window_s) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+)
+
+
 def window_from_record(device: str, class_id: str | None, record: Mapping[str, Any]) -> WindowRow:
     """Reduce a telemetry record to a :class:`WindowRow`; ProtocolError without a valid seq/ts."""
     seq = record.get("seq")

@@ -1,0 +1,223 @@
+"""Ingest that keeps up and loses nothing: the host worker behind ``edge-deploy collect``.
+
+* **Acknowledged after commit.** The MQTT session is persistent (``clean_start`` false, a stable
+  client id) and paho's manual acknowledgement is on: a message is PUBACKed only once the batch
+  holding it is committed to the registry. A worker killed with a backlog loses nothing: the
+  broker redelivers what was never acknowledged when the worker's session reconnects, and the
+  registry drops what it already has (``(device, seq)`` is the key of a window).
+* **Bounded, with backpressure.** The MQTT5 Receive Maximum caps the messages in flight to the
+  worker (acknowledged ones make room), so the queue between the network thread and the writer
+  never holds more than that; beyond it, messages wait at the broker.
+* **Batched.** The writer takes up to ``batch_max`` messages or ``batch_s`` of them, applies
+  births first, then the windows, in one transaction (one fsync per batch, not per message).
+* **Shared.** With a ``share_group`` (``edge-deploy collect`` uses one by default) several
+  workers split the devices' messages through an MQTT5 shared subscription.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.errors import EdgeloopError, ProtocolError
+from agent.mqtt.types import IncomingMessage
+from agent.wire.topics import FLEET_KINDS, ParsedTopic, host_subscriptions, parse_topic
+from deploy.fleet.registry import Registry
+from deploy.fleet.rollup import WINDOW_INSERT, window_from_record
+from deploy.mqtt import BrokerAddress
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SHARE_GROUP = "edgeloop-collect"
+
+
+@dataclass
+class IngestStats:
+    received: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    skipped: int = 0  # trial / warm-up windows (not the model's steady traffic)
+    dropped: int = 0  # malformed
+    states: int = 0
+    events: int = 0
+    batches: int = 0
+    lags: deque[float] = field(default_factory=lambda: deque(maxlen=200_000))
+
+    def lag_quantile(self, q: float) -> float | None:
+        lags = sorted(self.lags)
+        return lags[min(len(lags) - 1, int(q * len(lags)))] if lags else None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in self.__dict__.items() if k != "lags"}
+        p50, p99 = self.lag_quantile(0.5), self.lag_quantile(0.99)
+        return out | {
+            "lag_p50_s": None if p50 is None else round(p50, 3),
+            "lag_p99_s": None if p99 is None else round(p99, 3),
+        }
+
+
+class Ingest:
+    def __init__(
+        self,
+        registry: Registry,
+        broker: BrokerAddress,
+        *,
+        client_id: str,
+        prefix: str = "edgeloop",
+        share_group: str | None = DEFAULT_SHARE_GROUP,
+        receive_maximum: int = 10_000,
+        batch_max: int = 5_000,
+        batch_s: float = 0.25,
+        session_expiry_s: int = 3600,
+    ) -> None:
+        self.registry = registry
+        self.prefix = prefix
+        self.batch_max, self.batch_s = batch_max, batch_s
+        self.stats = IngestStats()
+        self.events: deque[tuple[str, dict[str, Any]]] = deque(maxlen=10_000)
+        self.inbox: queue.Queue[IncomingMessage] = queue.Queue()  # bounded by receive_maximum
+        self._classes: dict[str, str | None] = {}
+        self._topics: dict[str, ParsedTopic] = {}
+        topics = host_subscriptions(prefix, share_group, kinds=FLEET_KINDS)
+        self.transport = broker.client(
+            "collect",
+            topics,
+            self.inbox.put,
+            client_id,
+            session_expiry_s=session_expiry_s,
+            manual_ack=True,
+            receive_maximum=receive_maximum,
+        )
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ingest", daemon=True)
+        self._idle = threading.Event()
+
+    def start(self, timeout: float = 10.0) -> Ingest:
+        self._thread.start()
+        self.transport.start()
+        if not self.transport.wait_connected(timeout):
+            self.stop()
+            raise EdgeloopError("the ingest worker cannot connect to the broker", code="broker")
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self.transport.stop(final=None)
+
+    def wait_idle(self, timeout: float = 10.0) -> bool:
+        """True once the queue is empty and the last batch is committed."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._idle.clear()
+            if self._idle.wait(max(0.0, deadline - time.monotonic())) and self.inbox.empty():
+                return True
+        return False
+
+    # ---- the writer thread ---------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            batch = self._take()
+            if not batch:
+                self._idle.set()
+                continue
+            try:
+                self.apply(batch)
+            except Exception:
+                # not acknowledged: the broker redelivers them after a reconnect
+                log.exception("a batch of %d messages failed; not acknowledged", len(batch))
+                continue
+            for msg in batch:
+                self.transport.ack(msg.mid, msg.qos)
+            if self.inbox.empty():
+                self._idle.set()
+
+    def _take(self) -> list[IncomingMessage]:
+        try:
+            first = self.inbox.get(timeout=0.2)
+        except queue.Empty:
+            return []
+        batch = [first]
+        deadline = time.monotonic() + self.batch_s
+        while len(batch) < self.batch_max:
+            try:
+                batch.append(self.inbox.get(timeout=max(0.0, deadline - time.monotonic())))
+            except queue.Empty:
+                break
+        return batch
+
+    def apply(self, batch: Sequence[IncomingMessage]) -> None:
+        """Store one batch in one transaction: births and deaths first, then windows."""
+        states: list[tuple[str, dict[str, Any]]] = []
+        windows: list[tuple[str, dict[str, Any]]] = []
+        for msg in batch:
+            self.stats.received += 1
+            try:
+                parsed = self._topics.get(msg.topic)
+                if parsed is None:  # parse_topic's own cache holds 256: a fleet has more
+                    parsed = self._topics[msg.topic] = parse_topic(msg.topic, self.prefix)
+                body = json.loads(msg.payload) if msg.payload else {}
+                if not isinstance(body, dict):
+                    raise ProtocolError(f"{msg.topic}: payload is not a JSON object")
+            except (ProtocolError, ValueError) as exc:
+                self.stats.dropped += 1
+                log.warning("dropped a message on %s: %s", msg.topic, exc)
+                continue
+            if parsed.kind == "state":
+                states.append((parsed.device_id, body))
+            elif parsed.kind == "telemetry":
+                windows.append((parsed.device_id, body))
+            else:
+                self.stats.events += 1
+                self.events.append((parsed.device_id, body))
+        with self.registry.transaction() as db:
+            for device, body in states:
+                dev = self.registry.upsert_device_from_state(device, body)
+                if dev.hardware_class is not None:
+                    self._classes[device] = dev.hardware_class
+                    db.execute(
+                        "UPDATE telemetry_windows SET class_id = ? WHERE device = ? AND "
+                        "class_id IS NULL",
+                        (dev.hardware_class, device),
+                    )
+                self.stats.states += 1
+            rows, seen = [], dict[str, float]()
+            for device, body in windows:
+                if body.get("trial") or body.get("warmup"):
+                    self.stats.skipped += 1
+                    continue
+                try:
+                    rows.append(window_from_record(device, self._class_of(device), body))
+                except ProtocolError as exc:
+                    self.stats.dropped += 1
+                    log.warning("dropped a window of %s: %s", device, exc)
+                    continue
+                seen[device] = max(seen.get(device, 0.0), rows[-1].ts)
+            before = db.total_changes
+            db.executemany(WINDOW_INSERT, [r.as_tuple() for r in rows])
+            stored = db.total_changes - before
+            db.executemany(
+                "UPDATE devices SET last_seen = MAX(COALESCE(last_seen, 0), ?) WHERE id = ?",
+                [(ts, d) for d, ts in seen.items()],
+            )
+        now = time.time()
+        self.stats.lags.extend(now - r.ts for r in rows)
+        self.stats.stored += stored
+        self.stats.duplicates += len(rows) - stored
+        self.stats.batches += 1
+
+    def _class_of(self, device: str) -> str | None:
+        cid = self._classes.get(device)
+        if cid is None:  # looked up again until known: the birth may reach another worker
+            dev = self.registry.device(device)
+            cid = dev.hardware_class if dev else None
+            if cid is not None:
+                self._classes[device] = cid
+        return cid
