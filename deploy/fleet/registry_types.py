@@ -6,6 +6,9 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from agent.errors import ProtocolError
+from agent.wire.messages import State
+
 ACCELERATORS = ("edgetpu",)
 
 
@@ -66,8 +69,24 @@ class Device:
     online: bool
     state: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def status(self) -> State:
+        """The retained state as the wire type both sides share (agent.wire.status.State)."""
+        return parse_state(self.state, self.online)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def parse_state(state: dict[str, Any], online: bool) -> State:
+    """``state`` (a retained birth as stored) as a :class:`State`; an empty or unreadable one
+    reads as a state with only ``online`` (nothing known about its model)."""
+    if not state:
+        return State(online=online)
+    try:
+        return State.from_dict({**state, "online": online})
+    except ProtocolError:
+        return State(online=online)
 
 
 @dataclass(frozen=True)

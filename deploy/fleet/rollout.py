@@ -72,10 +72,9 @@ class Deployer:
         may not come from this registry (``edge-deploy push`` signs with the time in ms; a
         registry restored from a backup is behind)."""
         d = self.registry.device(device)
-        model = (d.state.get("model") if d else None) or {}
-        rel = model.get("release")
-        if model.get("name") == self.model and isinstance(rel, int) and not isinstance(rel, bool):
-            return rel + 1
+        model = d.status.model if d else None
+        if model is not None and model.name == self.model and model.release is not None:
+            return model.release + 1
         return 1
 
 

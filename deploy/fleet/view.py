@@ -21,6 +21,7 @@ from typing import Any
 from agent.errors import ProtocolError
 from agent.mqtt.types import IncomingMessage
 from agent.wire.topics import FLEET_KINDS, ParsedTopic, host_subscriptions, parse_topic
+from deploy.fleet.registry_types import parse_state
 from deploy.mqtt import BrokerAddress, connect
 
 
@@ -33,25 +34,25 @@ class DeviceView:
     last_seen: float | None = None
 
     def row(self, now: float) -> dict[str, Any]:
-        st = self.state
-        model = st.get("model") or {}
-        variant = model.get("variant") or {}
-        hw = st.get("hardware") or {}
+        st = parse_state(self.state, self.online)
+        model = st.model
+        variant = model.variant if model else {}
+        hw = st.hardware or {}
         accels = hw.get("accelerators") or []
-        tel = self.telemetry or st.get("last_window") or {}
+        tel = self.telemetry or st.last_window or {}
         lat = tel.get("latency_ms") or {}
         return {
             "device": self.device_id,
             "online": self.online,
             "board": hw.get("board_id") or hw.get("board"),
-            "class": st.get("hardware_class"),
+            "class": st.hardware_class,
             "accelerator": ",".join(f"{a.get('kind')}:{a.get('device')}" for a in accels) or "-",
-            "model": f"{model.get('name')}@{model.get('version')}" if model else "-",
+            "model": f"{model.name}@{model.version}" if model else "-",
             "variant": variant.get("recipe") or variant.get("dtype") or "-",
-            "delegate": model.get("delegate") or "-",
+            "delegate": (model.delegate if model else None) or "-",
             "p95_ms": lat.get("p95"),
             "throughput": tel.get("throughput"),
-            "install": (st.get("install") or {}).get("state"),
+            "install": st.install_state,
             "last_seen_s": None if self.last_seen is None else round(now - self.last_seen, 1),
         }
 

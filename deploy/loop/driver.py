@@ -216,11 +216,10 @@ class ClosedLoop:
 
     def _serving(self, device: str) -> str | None:
         d = self.registry.device(device)
-        return ((d.state if d else {}).get("model") or {}).get("sha256")
+        return d.status.sha256 if d else None
 
     def variant_on(self, device: str) -> Variant | None:
-        d = self.registry.device(device)
-        sha = ((d.state if d else {}).get("model") or {}).get("sha256")
+        sha = self._serving(device)
         return self.registry.variant_by_sha(sha) if sha else None
 
     # ---- the loop ------------------------------------------------------------------------------
@@ -323,19 +322,20 @@ class ClosedLoop:
         (a deploy that committed after a host restart, an operator's push) becomes the current
         variant. False while the canary is installing something: nothing to decide yet."""
         d = self.registry.device(run.canary)
-        state = d.state if d else {}
-        install = state.get("install") or {}
-        if install.get("state", "idle") != "idle":
-            run.note = f"canary {run.canary} busy: {install.get('state')} r{install.get('release')}"
+        status = d.status if d else None
+        busy = status.install_state if status else None
+        if busy not in (None, "idle"):
+            release = ((status.install if status else None) or {}).get("release")
+            run.note = f"canary {run.canary} busy: {busy} r{release}"
             return False
-        model = state.get("model") or {}
-        rel = model.get("release")
-        if model.get("name") != self.model or not isinstance(rel, int):
+        model = status.model if status else None
+        rel = model.release if model else None
+        if model is None or model.name != self.model or rel is None:
             return True
         if run.release is not None and rel <= run.release:
             return True  # what this loop pushed, or older (a state not yet caught up)
         run.release = rel
-        v = self.registry.variant_by_sha(str(model.get("sha256") or ""))
+        v = self.registry.variant_by_sha(model.sha256)
         if v is not None and v.model == self.model and v.id != run.current:
             log.info(
                 "%s: the canary %s serves %s (release %d): following it",

@@ -59,8 +59,8 @@ def online_classes(registry: Registry, wanted: Iterable[str] = ()) -> dict[str, 
 def current_variant(registry: Registry, device_id: str) -> Variant | None:
     """The registry variant a device serves now (by the sha256 in its retained state)."""
     d = registry.device(device_id)
-    sha = ((d.state if d else {}).get("model") or {}).get("sha256")
-    return registry.variant_by_sha(str(sha)) if sha else None
+    sha = d.status.sha256 if d else None
+    return registry.variant_by_sha(sha) if sha else None
 
 
 def wait_for_devices(

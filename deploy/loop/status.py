@@ -58,11 +58,12 @@ def registry_rows(
     for d in registry.devices():
         view = DeviceView(d.id, d.online, dict(d.state), None, d.last_seen)
         row = view.row(now)
-        sha = ((d.state.get("model") or {}).get("sha256")) or None
+        serving = d.status.model
+        sha = serving.sha256 if serving else None
         variant = registry.variant_by_sha(str(sha)) if sha else None
         status, missed = target_status(registry, d, variant, targets, rule)
         optimizer = "-"
-        model = variant.model if variant else (d.state.get("model") or {}).get("name")
+        model = variant.model if variant else (serving.name if serving else None)
         if model and d.hardware_class:
             decisions = registry.decisions(str(model), d.hardware_class)
             if decisions:
