@@ -33,6 +33,7 @@ class WindowRow(NamedTuple):
     temp_c: float | None
     throttled: int | None
     window_s: float | None
+    energy_basis: str | None = None  # "net" | "gross": which figure mj_per_inference is
 
     def as_tuple(self) -> tuple[Any, ...]:
         return tuple(self)
@@ -58,7 +59,9 @@ def window_from_record(device: str, class_id: str | None, record: Mapping[str, A
     lat = record.get("latency_ms") if isinstance(record.get("latency_ms"), Mapping) else {}
     energy = record.get("energy") if isinstance(record.get("energy"), Mapping) else {}
     assert isinstance(model, Mapping) and isinstance(lat, Mapping) and isinstance(energy, Mapping)
-    mj = _num(energy.get("mj_per_inference"))
+    net = _num(energy.get("mj_per_inference_net"))
+    mj = net if net is not None and net >= 0 else _num(energy.get("mj_per_inference"))
+    basis = None if mj is None else "net" if mj is net else "gross"
     measured = energy.get("measured")
     inferences = record.get("inferences")
     errors = record.get("errors")
@@ -82,6 +85,7 @@ def window_from_record(device: str, class_id: str | None, record: Mapping[str, A
         throttled=throttled if isinstance(throttled, int) and not isinstance(throttled, bool)
         else None,
         window_s=_num(record.get("window_s")),
+        energy_basis=basis,
     )  # fmt: skip
 
 
@@ -106,8 +110,7 @@ def rollup(class_id: str, variant: str, rows: Sequence[WindowRow], *, recent: in
     p95s = [(r.p95_ms, r.inferences) for r in served if r.p95_ms is not None]
     mems = [r.rss_mb if r.rss_mb is not None else r.peak_rss_mb for r in rows]
     peaks = [r.peak_rss_mb for r in rows if r.peak_rss_mb is not None]
-    energy = [(r.mj_per_inference, r.inferences, r.energy_measured) for r in served
-              if r.mj_per_inference is not None]  # fmt: skip
+    energy = _energy_rows(served)
     energy_n = sum(n for _, n, _ in energy)
     temps = [r.temp_c for r in rows if r.temp_c is not None]
     return Stats(
@@ -123,8 +126,22 @@ def rollup(class_id: str, variant: str, rows: Sequence[WindowRow], *, recent: in
         peak_rss_mb=max(peaks, default=None),
         mj_per_inference=(sum(mj * n for mj, n, _ in energy) / energy_n) if energy_n else None,
         energy_measured=all(bool(m) for _, _, m in energy) if energy else None,
+        energy_basis=_energy_basis(served),
         recent_temps_c=tuple(temps[-recent:]),
         throttled_windows=sum(1 for r in rows if r.throttled and r.throttled & 0xF),
         first_ts=rows[0].ts if rows else None,
         last_ts=rows[-1].ts if rows else None,
     )
+
+
+def _energy_rows(served: Sequence[WindowRow]) -> list[tuple[float, int, int | None]]:
+    """The windows the energy roll-up uses: the net figures where any window has one (a gross
+    figure mostly measures the board idling), else the gross ones."""
+    net = any(r.energy_basis == "net" for r in served if r.mj_per_inference is not None)
+    return [(r.mj_per_inference, r.inferences, r.energy_measured) for r in served
+            if r.mj_per_inference is not None and (not net or r.energy_basis == "net")]  # fmt: skip
+
+
+def _energy_basis(served: Sequence[WindowRow]) -> str | None:
+    bases = {r.energy_basis or "gross" for r in served if r.mj_per_inference is not None}
+    return "net" if "net" in bases else "gross" if bases else None
