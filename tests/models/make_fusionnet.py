@@ -21,8 +21,9 @@ activations), keeping the fusion in float (selective) or quantization-aware trai
 learns to shrink the ink value or widen the embedding) recover it.
 
 It writes `fusionnet.keras` (Keras 3, the converter's source; classifier output only, batch 1)
-and `fusion_data.npz` (held-out `x`, `labels`, calibration `calib`, and a labelled training set
-`train_x`/`train_labels` for `--recipe qat --train`; the same split as the test models).
+`fusion_data.npz` (held-out `x`, `labels`, calibration `calib`) and `fusion_train.npz` (the
+labelled training set, `x`/`labels`, for `--recipe qat --train`); the same split as the test
+models.
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ def build_fusionnet(keras: Any, batch_size: int | None = 1, width: int = WIDTH) 
     embedding = layers.Dense(32, activation="tanh", name="embed")(h)
     # stroke area in pixels: exactly sum(x) x 16 at the start, kept there by the ink loss
     area = keras.initializers.Constant(16.0)
-    ink = layers.Dense(1, kernel_initializer=area, name="ink")(layers.Flatten(name="flat_ink")(image))
+    pixels = layers.Flatten(name="flat_ink")(image)
+    ink = layers.Dense(1, kernel_initializer=area, name="ink")(pixels)
     fused = layers.Concatenate(name="fuse")([embedding, ink])
     probs = layers.Dense(10, activation="softmax", name="probs")(fused)
     return keras.Model(image, [probs, ink], name="fusionnet_train")
@@ -89,6 +91,13 @@ def ink_pixels(x: np.ndarray) -> np.ndarray:
     return (x * 16.0).reshape(len(x), -1).sum(axis=1).astype(np.float32)
 
 
+def write_data(out: Path, data: dict[str, np.ndarray]) -> None:
+    np.savez_compressed(
+        out / "fusion_data.npz", x=data["x"], labels=data["labels"], calib=data["calib"]
+    )
+    np.savez_compressed(out / "fusion_train.npz", x=data["x_train"], labels=data["y_train"])
+
+
 def make(out: Path) -> dict[str, float]:
     _seed_everything()
     import keras
@@ -99,11 +108,7 @@ def make(out: Path) -> dict[str, float]:
     acc = float(np.mean(np.argmax(probs, axis=1) == data["labels"]))
     out.mkdir(parents=True, exist_ok=True)
     model.save(out / "fusionnet.keras")
-    np.savez_compressed(
-        out / "fusion_data.npz",
-        x=data["x"], labels=data["labels"], calib=data["calib"],
-        train_x=data["x_train"], train_labels=data["y_train"],
-    )  # fmt: skip
+    write_data(out, data)
     log.info("fusionnet held-out accuracy %.4f -> %s", acc, out)
     return {"keras_accuracy": acc}
 
