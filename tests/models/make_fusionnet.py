@@ -88,7 +88,8 @@ def classifier(keras: Any, train: Any) -> Any:
 
 def ink_pixels(x: np.ndarray) -> np.ndarray:
     """Stroke area in pixels of the 32x32 scan: each 8x8 count (x * 16) is on-pixels of a 4x4."""
-    return (x * 16.0).reshape(len(x), -1).sum(axis=1).astype(np.float32)
+    area: np.ndarray = (x * 16.0).reshape(len(x), -1).sum(axis=1).astype(np.float32)
+    return area
 
 
 def write_data(out: Path, data: dict[str, np.ndarray]) -> None:
