@@ -2,6 +2,7 @@
 digits, no downloads. Run from the repository root:
 
     python -m tests.models.make_fusionnet [--out deploy/data/fusionnet]
+    python -m tests.models.make_fusionnet --out tests/models --width 32 --name fusionnet_small
 
 The network fuses two kinds of feature in one tensor, as real models do (YOLO/SSD heads that
 concatenate box coordinates in pixels with class scores, sensor-fusion and wide-and-deep models
@@ -99,17 +100,18 @@ def write_data(out: Path, data: dict[str, np.ndarray]) -> None:
     np.savez_compressed(out / "fusion_train.npz", x=data["x_train"], labels=data["y_train"])
 
 
-def make(out: Path) -> dict[str, float]:
+def make(out: Path, width: int = WIDTH, name: str = "fusionnet") -> dict[str, float]:
     _seed_everything()
     import keras
 
     data = digits_split()
-    model = train_fusionnet(keras, data)
+    model = train_fusionnet(keras, data, width)
     probs = model.predict(data["x"], batch_size=1, verbose=0)
     acc = float(np.mean(np.argmax(probs, axis=1) == data["labels"]))
     out.mkdir(parents=True, exist_ok=True)
-    model.save(out / "fusionnet.keras")
-    write_data(out, data)
+    model.save(out / f"{name}.keras")
+    if name == "fusionnet":
+        write_data(out, data)
     log.info("fusionnet held-out accuracy %.4f -> %s", acc, out)
     return {"keras_accuracy": acc}
 
@@ -117,9 +119,11 @@ def make(out: Path) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--width", type=int, default=WIDTH)
+    parser.add_argument("--name", default="fusionnet", help="file stem (data only for fusionnet)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    print(make(args.out))
+    print(make(args.out, args.width, args.name))
     return 0
 
 
