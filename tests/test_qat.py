@@ -20,12 +20,13 @@ DATA = REPO / "deploy" / "data" / "fusionnet"
 
 
 def test_qat_recovers_what_full_int8_ptq_loses(tmp_path: Path) -> None:
-    from deploy.convert import BACKEND_CALLS, Converter, qat
+    from deploy.convert import BACKEND_CALLS, Converter
+    from deploy.convert import qat as qat_module
     from deploy.convert.cache import VariantCache
     from deploy.convert.recipes import Recipe
 
-    if qat.available():
-        pytest.skip(str(qat.available()))
+    if qat_module.available():
+        pytest.skip(str(qat_module.available()))
 
     data = DATA / "fusion_data.npz"
 
