@@ -153,6 +153,8 @@ class Stats:
     energy_basis: str | None = None
     recent_temps_c: tuple[float, ...] = ()
     throttled_windows: int = 0
+    hot_windows: int = 0  # throttled or >= rollup.HOT_C: kept apart from the device metrics
+    judged_on_hot: bool = False  # no cool window: the metrics come from hot ones
     first_ts: float | None = None
     last_ts: float | None = None
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any, NamedTuple
 
 from agent.errors import ProtocolError
@@ -103,8 +104,35 @@ def weighted_median(pairs: Sequence[tuple[float, int]]) -> float | None:
     return items[-1][0]  # pragma: no cover - unreachable
 
 
+# A window is "hot" when the board said it was throttling (the low nibble of vcgencmd's
+# get_throttled: under-voltage, frequency capped, throttled, soft temperature limit, now) or its
+# temperature reached HOT_C: 80 °C is where a Raspberry Pi 4/5 firmware starts to cap the clock.
+HOT_C = 80.0
+
+
+def is_hot(row: WindowRow) -> bool:
+    return bool(row.throttled and row.throttled & 0xF) or (
+        row.temp_c is not None and row.temp_c >= HOT_C
+    )
+
+
 def rollup(class_id: str, variant: str, rows: Sequence[WindowRow], *, recent: int = 5) -> Stats:
-    """Aggregate windows (ordered by time) of one variant on one class; see :class:`Stats`."""
+    """Aggregate windows (ordered by time) of one variant on one class; see :class:`Stats`.
+
+    Hot windows (:func:`is_hot`) are kept apart: the device metrics come from the cool windows
+    when there are any (a hot board is not the model's fault), else from the hot ones, and
+    ``judged_on_hot`` says so."""
+    cool = [r for r in rows if not is_hot(r)]
+    hot = len(rows) - len(cool)
+    stats = _rollup(class_id, variant, cool if cool else rows, recent)
+    return replace(stats, inferences=sum(r.inferences for r in rows), hot_windows=hot,
+                   judged_on_hot=bool(rows) and not cool,
+                   windows=stats.windows if cool else len([r for r in rows if r.inferences]),
+                   throttled_windows=sum(1 for r in rows if r.throttled and r.throttled & 0xF),
+                   first_ts=rows[0].ts if rows else None)  # fmt: skip
+
+
+def _rollup(class_id: str, variant: str, rows: Sequence[WindowRow], recent: int) -> Stats:
     served = [r for r in rows if r.inferences > 0]
     p50 = weighted_median([(r.p50_ms, r.inferences) for r in served if r.p50_ms is not None])
     p95s = [(r.p95_ms, r.inferences) for r in served if r.p95_ms is not None]
