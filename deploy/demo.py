@@ -230,8 +230,10 @@ def say_budget(variants: list[Variant], budget: float, say: Callable[[str], None
     for v in variants:
         if v.accuracy is not None and (fp32.accuracy - v.accuracy) * 100 > budget:
             lost = (fp32.accuracy - v.accuracy) * 100
-            say(f"  accuracy budget: {v.recipe} loses {lost:.1f} points against float "
-                f"> {budget:g}: never deployed")  # fmt: skip
+            say(
+                f"  accuracy budget: {v.recipe} loses {lost:.1f} points against float "
+                f"> {budget:g}: never deployed"
+            )
 
 
 def run_demo(

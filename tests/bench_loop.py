@@ -65,9 +65,12 @@ MODEL = "digits"
 TARGETS: dict[str, Any] = {
     "model": MODEL,
     "targets": dict(FIXED_TARGETS["targets"]),
-    "class": {"x86_64-edgetpu-pci": {"size_mb": 0.6}, "rpi4b-cpu": {"p95_ms": 0.6},
-              "rpi5-cpu": {"p95_ms": 5.0}},
-}  # fmt: skip
+    "class": {
+        "x86_64-edgetpu-pci": {"size_mb": 0.6},
+        "rpi4b-cpu": {"p95_ms": 0.6},
+        "rpi5-cpu": {"p95_ms": 5.0},
+    },
+}
 from deploy.loop.targets import parse_targets
 
 PI4 = "rpi4b-cpu/ai-edge-litert"

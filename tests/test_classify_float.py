@@ -39,8 +39,12 @@ def test_the_rfft_model_carries_complex_and_int32_tensors_and_is_float() -> None
 def test_edge_agent_inspect_calls_it_fp32() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "agent", "inspect", str(RFFT), "--json"],
-        check=False, capture_output=True, text=True, timeout=120, cwd=REPO,
-    )  # fmt: skip
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["quantization"] == "fp32"
 
@@ -78,10 +82,17 @@ def test_a_push_commits_it_and_the_manifest_says_fp32(
     agent = start_agent("pi-01")
     assert isinstance(agent, AgentProcess)
     result = push_model(
-        RFFT, "pi-01", BrokerAddress(broker.host, broker.port), load_private(keys_dir),
-        name="audio", version="1", release=1,
-        gates={"min_inferences": 10, "min_seconds": 0.3}, progress=None, timeout_s=120,
-    )  # fmt: skip
+        RFFT,
+        "pi-01",
+        BrokerAddress(broker.host, broker.port),
+        load_private(keys_dir),
+        name="audio",
+        version="1",
+        release=1,
+        gates={"min_inferences": 10, "min_seconds": 0.3},
+        progress=None,
+        timeout_s=120,
+    )
     assert result.ok and result.outcome == "committed", result
     state = agent.state()
     assert state is not None and state["model"]["sha256"] == result.sha256

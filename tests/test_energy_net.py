@@ -79,9 +79,11 @@ def test_a_usb_meter_under_idle_gives_no_net_figure_and_above_idle_a_positive_on
     profile = PowerProfile(3.0)
     with SimUM25C(tmp_path / "rfcomm0", profile):
         sampler = EnergySampler(
-            open_meter(f"um25c:{tmp_path / 'rfcomm0'}?interval=0.05"), baseline_s=0.3,
-            backoff_initial_s=0.05, backoff_max_s=0.2,
-        ).start()  # fmt: skip
+            open_meter(f"um25c:{tmp_path / 'rfcomm0'}?interval=0.05"),
+            baseline_s=0.3,
+            backoff_initial_s=0.05,
+            backoff_max_s=0.2,
+        ).start()
         try:
             assert sampler.wait_baseline(10) == pytest.approx(3.0, rel=0.01)
             profile.set(2.9)  # the board draws less than its baseline (e.g. a fan stopped)
@@ -109,9 +111,12 @@ def test_a_usb_meter_under_idle_gives_no_net_figure_and_above_idle_a_positive_on
 
 def _record(seq: int, gross: float | None, net: float | None) -> dict[str, object]:
     return {
-        "seq": seq, "ts": 100.0 + seq, "inferences": 50, "latency_ms": {"p50": 1.0, "p95": 2.0},
+        "seq": seq,
+        "ts": 100.0 + seq,
+        "inferences": 50,
+        "latency_ms": {"p50": 1.0, "p95": 2.0},
         "energy": {"mj_per_inference": gross, "mj_per_inference_net": net, "measured": False},
-    }  # fmt: skip
+    }
 
 
 def test_the_host_rolls_up_the_net_figure_where_one_exists_and_says_which():

@@ -31,12 +31,22 @@ def test_qat_recovers_what_full_int8_ptq_loses(tmp_path: Path) -> None:
     data = DATA / "fusion_data.npz"
 
     def converter() -> Converter:
-        return Converter(SMALL, calibration=data, validation=data, train=DATA / "fusion_train.npz",
-                         cache=VariantCache(tmp_path / "cache"))  # fmt: skip
+        return Converter(
+            SMALL,
+            calibration=data,
+            validation=data,
+            train=DATA / "fusion_train.npz",
+            cache=VariantCache(tmp_path / "cache"),
+        )
 
     # the narrow model needs a little more training than the packaged recipe's 3 epochs at 1e-4
-    recipe = Recipe("qat", "qat", calibration=True, io="int8",
-                    options={"epochs": 5, "learning_rate": 1e-3, "max_seconds": 60})  # fmt: skip
+    recipe = Recipe(
+        "qat",
+        "qat",
+        calibration=True,
+        io="int8",
+        options={"epochs": 5, "learning_rate": 1e-3, "max_seconds": 60},
+    )
     conv = converter()
     fp32, int8, qat = conv.convert_all(["fp32", "int8", recipe], tmp_path / "out")
     assert fp32.ok and int8.ok and qat.ok, (fp32.error, int8.error, qat.error)

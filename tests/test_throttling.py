@@ -14,18 +14,29 @@ from tests.test_optimizer import PI4, make_registry, sha, targets, vid
 
 def _window(seq: int, p95: float, *, throttled: int = 0, temp: float = 55.0) -> dict[str, object]:
     return {
-        "seq": seq, "ts": 1000.0 + seq, "inferences": 100, "model": {"sha256": sha("fp32")},
-        "latency_ms": {"p50": p95 * 0.8, "p95": p95}, "rss_mb": 60.0, "temp_c": temp,
+        "seq": seq,
+        "ts": 1000.0 + seq,
+        "inferences": 100,
+        "model": {"sha256": sha("fp32")},
+        "latency_ms": {"p50": p95 * 0.8, "p95": p95},
+        "rss_mb": 60.0,
+        "temp_c": temp,
         "throttled": throttled,
-    }  # fmt: skip
+    }
 
 
 def test_hot_windows_are_kept_apart_from_the_roll_up():
-    rows = [window_from_record("pi4-01", PI4, w) for w in (
-        _window(1, 5.0), _window(2, 5.2), _window(3, 5.1),
-        _window(4, 30.0, throttled=0x4), _window(5, 31.0, temp=HOT_C + 2),
-        _window(6, 29.0, throttled=0x2),
-    )]  # fmt: skip
+    rows = [
+        window_from_record("pi4-01", PI4, w)
+        for w in (
+            _window(1, 5.0),
+            _window(2, 5.2),
+            _window(3, 5.1),
+            _window(4, 30.0, throttled=0x4),
+            _window(5, 31.0, temp=HOT_C + 2),
+            _window(6, 29.0, throttled=0x2),
+        )
+    ]
     assert [is_hot(r) for r in rows] == [False] * 3 + [True] * 3
     st = rollup(PI4, "v", rows)
     assert st.p95_ms == 5.1 and st.p95_max_ms == 5.2  # the throttled 30 ms windows do not count

@@ -154,9 +154,11 @@ class Converter:
         meta: dict[str, Any] = {"notes": [], "details": {}}
         if backend == "tf+tfmot":
             if self.is_tflite:
-                raise EdgeloopError(f"recipe {recipe.name} trains a Keras model, not a .tflite",
-                                    hint="give the Keras source (.keras, .h5 or SavedModel)",
-                                    code="unavailable")  # fmt: skip
+                raise EdgeloopError(
+                    f"recipe {recipe.name} trains a Keras model, not a .tflite",
+                    hint="give the Keras source (.keras, .h5 or SavedModel)",
+                    code="unavailable",
+                )
             model = qat.convert(self.source, recipe, calib, train, say=say)
         elif backend == "tf":
             model = tf_backend.convert(self.source, recipe, calib, say=say)
@@ -175,8 +177,9 @@ class Converter:
     def _edgetpu(self, recipe: Recipe, backend: str) -> tuple[bytes, dict[str, Any], bool]:
         compiler = edgetpu.find_compiler()
         if compiler is None:
-            raise EdgeloopError(str(edgetpu.unavailable_reason()), hint=edgetpu.INSTALL_HINT,
-                                code="unavailable")  # fmt: skip
+            raise EdgeloopError(
+                str(edgetpu.unavailable_reason()), hint=edgetpu.INSTALL_HINT, code="unavailable"
+            )
         int8 = Recipe(f"{recipe.name}/int8", "int8", calibration=True, io=recipe.io)
         model, meta, _ = self._bytes(int8, backend)
         version = edgetpu.compiler_version(compiler) or "unknown"

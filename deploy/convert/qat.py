@@ -103,8 +103,11 @@ def _layer(tfk: Any, layer: Any) -> Any:
     for key in [k for k, v in config.items() if isinstance(v, dict) and "module" in v]:
         config.pop(key)  # initializers/regularizers: the weights are copied, defaults will do
     if type(layer).__name__ == "InputLayer":
-        config = {"batch_input_shape": config.get("batch_shape"), "name": layer.name,
-                  "dtype": config.get("dtype", "float32")}  # fmt: skip
+        config = {
+            "batch_input_shape": config.get("batch_shape"),
+            "name": layer.name,
+            "dtype": config.get("dtype", "float32"),
+        }
     for _ in range(len(config) + 1):
         try:
             return cls(**config)
@@ -153,8 +156,9 @@ def rebuild_keras3(path: Path) -> Any:
         for entry in spec["config"]["layers"]:
             layer = k3.get_layer(entry["name"])
             if type(layer).__name__ == "InputLayer":
-                tensors[layer.name] = tfk.Input(batch_shape=tuple(layer.batch_shape),
-                                                name=layer.name, dtype=layer.dtype)  # fmt: skip
+                tensors[layer.name] = tfk.Input(
+                    batch_shape=tuple(layer.batch_shape), name=layer.name, dtype=layer.dtype
+                )
                 continue
             twin_layer = _layer(tfk, layer)
             for node in entry["inbound_nodes"]:
@@ -181,8 +185,10 @@ def load_tf_keras(source: Path) -> Any:
         except EdgeloopError:
             raise
         except Exception as exc:
-            raise _error(f"{source}: cannot rebuild the Keras 3 model under tf-keras: "
-                         f"{type(exc).__name__}: {exc}") from exc  # fmt: skip
+            raise _error(
+                f"{source}: cannot rebuild the Keras 3 model under tf-keras: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
     try:
         return tfk.models.load_model(str(source), compile=False)
     except Exception as exc:
@@ -200,9 +206,11 @@ class _Bounded:
 
             def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
                 logs = logs or {}
-                say(f"QAT epoch {epoch + 1}: loss {logs.get('loss', float('nan')):.4f}, "
+                say(
+                    f"QAT epoch {epoch + 1}: loss {logs.get('loss', float('nan')):.4f}, "
                     f"accuracy {logs.get('accuracy', float('nan')):.4f}, "
-                    f"{time.monotonic() - self.t0:.1f} s")  # fmt: skip
+                    f"{time.monotonic() - self.t0:.1f} s"
+                )
                 if time.monotonic() - self.t0 > max_seconds:
                     say(f"QAT stopped: time bound {max_seconds:g} s reached")
                     self.model.stop_training = True
@@ -217,8 +225,10 @@ def train_qat(
     import tf_keras as tfk
 
     if train.labels is None:
-        raise _error(f"{train.source}: the QAT training data has no labels",
-                     "add a 'labels' array (class ids or one-hot) to the --train data")  # fmt: skip
+        raise _error(
+            f"{train.source}: the QAT training data has no labels",
+            "add a 'labels' array (class ids or one-hot) to the --train data",
+        )
     opts = {**_DEFAULTS, **options}
     try:
         q = tfmot().quantization.keras.quantize_model(model)
@@ -229,15 +239,25 @@ def train_qat(
         ) from exc
     one_hot = train.labels.ndim == 2
     probs = str(getattr(model.layers[-1], "activation", "")).find("softmax") >= 0
-    loss = (tfk.losses.CategoricalCrossentropy if one_hot
-            else tfk.losses.SparseCategoricalCrossentropy)(from_logits=not probs)  # fmt: skip
-    q.compile(optimizer=tfk.optimizers.Adam(float(opts["learning_rate"])), loss=loss,
-              metrics=["accuracy"])  # fmt: skip
+    loss = (
+        tfk.losses.CategoricalCrossentropy if one_hot else tfk.losses.SparseCategoricalCrossentropy
+    )(from_logits=not probs)
+    q.compile(
+        optimizer=tfk.optimizers.Adam(float(opts["learning_rate"])), loss=loss, metrics=["accuracy"]
+    )
     x = train.arrays[0] if len(train.arrays) == 1 else list(train.arrays)
-    say(f"QAT: {len(train)} labelled samples, at most {opts['epochs']} epochs / "
-        f"{opts['max_seconds']:g} s")  # fmt: skip
-    q.fit(x, train.labels, epochs=int(opts["epochs"]), batch_size=int(opts["batch_size"]),
-          verbose=0, callbacks=[_Bounded.make(tfk, float(opts["max_seconds"]), say)])  # fmt: skip
+    say(
+        f"QAT: {len(train)} labelled samples, at most {opts['epochs']} epochs / "
+        f"{opts['max_seconds']:g} s"
+    )
+    q.fit(
+        x,
+        train.labels,
+        epochs=int(opts["epochs"]),
+        batch_size=int(opts["batch_size"]),
+        verbose=0,
+        callbacks=[_Bounded.make(tfk, float(opts["max_seconds"]), say)],
+    )
     return q
 
 
@@ -255,9 +275,11 @@ def convert(
         hint = "install the 'qat' extra with --no-deps (docs/convert.md)"
         raise EdgeloopError(reason, hint=hint, code="unavailable")
     if train is None or len(train) == 0:
-        raise EdgeloopError(f"recipe {recipe.name} needs labelled training data",
-                            hint="pass --train DATA (same formats as --calibration, with labels)",
-                            code="unavailable")  # fmt: skip
+        raise EdgeloopError(
+            f"recipe {recipe.name} needs labelled training data",
+            hint="pass --train DATA (same formats as --calibration, with labels)",
+            code="unavailable",
+        )
     import tensorflow as tf
 
     from deploy.convert.tf_backend import _representative

@@ -150,8 +150,10 @@ def decide(ctx: ClassContext) -> Decision:
     d = _decide(ctx)
     st = ctx.measured.get(ctx.current) if ctx.current else None
     if st is not None and st.judged_on_hot and d.action != "wait":
-        note = (f"; judged on {st.hot_windows} throttled/hot window(s): no cool window yet, "
-                "the board may be to blame, not the model")  # fmt: skip
+        note = (
+            f"; judged on {st.hot_windows} throttled/hot window(s): no cool window yet, "
+            "the board may be to blame, not the model"
+        )
         return Decision(d.action, d.variant, d.reason + note, d.evidence | {"judged_on_hot": True})
     return d
 

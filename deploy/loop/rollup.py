@@ -125,11 +125,15 @@ def rollup(class_id: str, variant: str, rows: Sequence[WindowRow], *, recent: in
     cool = [r for r in rows if not is_hot(r)]
     hot = len(rows) - len(cool)
     stats = _rollup(class_id, variant, cool if cool else rows, recent)
-    return replace(stats, inferences=sum(r.inferences for r in rows), hot_windows=hot,
-                   judged_on_hot=bool(rows) and not cool,
-                   windows=stats.windows if cool else len([r for r in rows if r.inferences]),
-                   throttled_windows=sum(1 for r in rows if r.throttled and r.throttled & 0xF),
-                   first_ts=rows[0].ts if rows else None)  # fmt: skip
+    return replace(
+        stats,
+        inferences=sum(r.inferences for r in rows),
+        hot_windows=hot,
+        judged_on_hot=bool(rows) and not cool,
+        windows=stats.windows if cool else len([r for r in rows if r.inferences]),
+        throttled_windows=sum(1 for r in rows if r.throttled and r.throttled & 0xF),
+        first_ts=rows[0].ts if rows else None,
+    )
 
 
 def _rollup(class_id: str, variant: str, rows: Sequence[WindowRow], recent: int) -> Stats:
@@ -166,8 +170,11 @@ def _energy_rows(served: Sequence[WindowRow]) -> list[tuple[float, int, int | No
     """The windows the energy roll-up uses: the net figures where any window has one (a gross
     figure mostly measures the board idling), else the gross ones."""
     net = any(r.energy_basis == "net" for r in served if r.mj_per_inference is not None)
-    return [(r.mj_per_inference, r.inferences, r.energy_measured) for r in served
-            if r.mj_per_inference is not None and (not net or r.energy_basis == "net")]  # fmt: skip
+    return [
+        (r.mj_per_inference, r.inferences, r.energy_measured)
+        for r in served
+        if r.mj_per_inference is not None and (not net or r.energy_basis == "net")
+    ]
 
 
 def _energy_basis(served: Sequence[WindowRow]) -> str | None:

@@ -47,18 +47,23 @@ class SearchResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "budget_points": self.budget_points, "float_accuracy": self.float_accuracy,
+            "budget_points": self.budget_points,
+            "float_accuracy": self.float_accuracy,
             "attempts": [a.to_dict() for a in self.attempts],
-            "chosen": self.chosen.recipe if self.chosen else None, "stopped": self.stopped,
-        }  # fmt: skip
+            "chosen": self.chosen.recipe if self.chosen else None,
+            "stopped": self.stopped,
+        }
 
 
 def selective_recipe(k: int) -> Recipe:
     return Recipe(
-        f"selective-k{k}", "selective",
+        f"selective-k{k}",
+        "selective",
         f"full int8 except the {k} operator(s) most sensitive on host data, kept in float",
-        calibration=True, io="int8", options={"keep_float": k, "keep_float_fraction": 0.0},
-    )  # fmt: skip
+        calibration=True,
+        io="int8",
+        options={"keep_float": k, "keep_float_fraction": 0.0},
+    )
 
 
 def search_selective(
@@ -91,8 +96,9 @@ def search_selective(
             why = f"loses {drop:.2f} points > budget {budget_points:g}"
         else:
             why = "fits"
-        result.attempts.append(Attempt(k, recipe.name, r.ok, acc, drop, r.size,
-                                       round(time.monotonic() - t0, 2), why))  # fmt: skip
+        result.attempts.append(
+            Attempt(k, recipe.name, r.ok, acc, drop, r.size, round(time.monotonic() - t0, 2), why)
+        )
         say(f"selective search: k={k}: {why}")
         if why == "fits":
             result.chosen = r
