@@ -3,7 +3,7 @@
 Starts an embedded MQTT broker, real agents as subprocesses presenting three hardware classes
 (captured trees of a Raspberry Pi 4, a Raspberry Pi 5 and an x86 box with an M.2 Coral, with
 different thread limits), converts the embedded `fusionnet` model (the quantization-sensitive
-task: full int8 loses ~78 points, docs/convert.md) with every recipe (host accuracy measured on
+task: full int8 loses ~88 points, docs/convert.md) with every recipe (host accuracy measured on
 held-out digits), deploys the float model everywhere, then lets the loop
 find, per class, the variant that meets that class's targets from the devices' own telemetry,
 promotes it to the class, and prints the decisions, the fleet table and the report's path.
@@ -55,7 +55,7 @@ HOST_DATA = DATA / "fusionnet" / "fusion_data.npz"
 # 0.82-0.84x float on an AVX2 EPYC without VNNI, too close to any fixed factor): the classes
 # that must move are given **size** budgets, which the host knows exactly, and the accuracy
 # budget (1 point everywhere) is what decides: the Pi 4 class (0.25 MB) cannot take the float
-# (0.63 MB) or fp16 (0.32 MB) models, and the smallest-but-one variant, full int8, loses ~78
+# (0.63 MB) or fp16 (0.32 MB) models, and the smallest-but-one variant, full int8, loses ~88
 # points, so the loop must pick a quantized variant that keeps the accuracy. The Coral box has
 # 0.5 MB; the Pi 5 class has loose p95 targets (10x float) and keeps the most accurate variant.
 # A user's own targets file (absolute units) is the real thing: see docs/loop.md.
