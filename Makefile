@@ -10,6 +10,10 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install $(PIP_FLAGS) -e ".[host,dev]"
+	# the qat extra, --no-deps: tf-keras would pull `tensorflow` next to tensorflow-cpu
+	$(VENV)/bin/pip install $(PIP_FLAGS) --no-deps "tf-keras==$$($(VENV)/bin/python -c \
+	  'import tensorflow as t; print(t.__version__.rsplit(".", 1)[0])').*" \
+	  "tensorflow-model-optimization>=0.8" "dm-tree>=0.1.8" "attrs>=18.2"
 	touch $@
 
 # tflite-runtime 2.14 needs numpy<2 and cannot load models from newer converters: own venv.

@@ -184,7 +184,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if energy:
         print(
             f"energy: {energy.get('mj_per_inference')} mJ/inference gross, "
-            f"{energy.get('mj_per_inference_net')} net ({energy.get('source')}, "
+            f"{energy.get('mj_per_inference_net') or energy.get('net_missing_reason')} net "
+            f"({energy.get('source')}, "
             f"{'measured' if energy.get('measured') else 'estimated'})"
         )
     return EXIT_OK

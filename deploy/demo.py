@@ -2,8 +2,9 @@
 
 Starts an embedded MQTT broker, real agents as subprocesses presenting three hardware classes
 (captured trees of a Raspberry Pi 4, a Raspberry Pi 5 and an x86 box with an M.2 Coral, with
-different thread limits), converts the embedded `digitsnet` model with every recipe (host
-accuracy measured on held-out digits), deploys the float model everywhere, then lets the loop
+different thread limits), converts the embedded `fusionnet` model (the quantization-sensitive
+task: full int8 loses ~88 points, docs/convert.md) with every recipe (host accuracy measured on
+held-out digits), deploys the float model everywhere, then lets the loop
 find, per class, the variant that meets that class's targets from the devices' own telemetry,
 promotes it to the class, and prints the decisions, the fleet table and the report's path.
 """
@@ -41,21 +42,28 @@ from deploy.mqtt import BrokerAddress
 log = logging.getLogger(__name__)
 
 DATA = Path(__file__).resolve().parent / "data"
-MODEL = "digits"
+MODEL = "fusion"
+SOURCE = DATA / "fusionnet" / "fusionnet.keras"
+HOST_DATA = DATA / "fusionnet" / "fusion_data.npz"
 
-# Per-class targets. Every "board" of the demo is a process on this machine, so a p95 target in
-# absolute milliseconds would measure the machine, not the loop: the p95 targets are set as a
-# factor of the float model's p95 that each class measures here, just before the loop starts
-# (the loop's own roll-up: the median of the window p95s). The Pi 4 class (one thread) needs
-# 0.7x the float p95, which the float model misses and full int8 (0.3-0.55x float here) meets;
-# the Pi 5 class has loose targets (it should keep the most accurate variant); the Coral box has
-# a size budget the float model (0.99 MB) misses. Everywhere at most 1 point of accuracy may be
-# lost. A user's own targets file (absolute units) is the real thing: see docs/loop.md.
-P95_VS_FLOAT = {"rpi4b-cpu": 0.7, "rpi5-cpu": 10.0, "x86_64-edgetpu-pci": 10.0}
+# Per-class targets, chosen to be meaningful and to converge on any machine the demo runs on.
+# Every "board" is a process on this machine, so a p95 target in absolute milliseconds would
+# measure the machine, not the loop; p95 targets are set as a factor of the float model's p95
+# each class measures here just before the loop starts. fusionnet is memory-bound and tiny on a
+# desktop core (~0.02 ms a float inference), so the latency tail is scheduling jitter on a
+# shared host and int8's speed-up does not show at p95 (digitsnet's full int8 measured only
+# 0.82-0.84x float on an AVX2 EPYC without VNNI, too close to any fixed factor): the classes
+# that must move are given **size** budgets, which the host knows exactly, and the accuracy
+# budget (1 point everywhere) is what decides: the Pi 4 class (0.25 MB) cannot take the float
+# (0.63 MB) or fp16 (0.32 MB) models, and the smallest-but-one variant, full int8, loses ~88
+# points, so the loop must pick a quantized variant that keeps the accuracy. The Coral box has
+# 0.5 MB; the Pi 5 class has loose p95 targets (10x float) and keeps the most accurate variant.
+# A user's own targets file (absolute units) is the real thing: see docs/loop.md.
+P95_VS_FLOAT = {"rpi5-cpu": 10.0, "x86_64-edgetpu-pci": 10.0}
 FIXED_TARGETS: dict[str, Any] = {
     "model": MODEL,
     "targets": {"max_accuracy_drop": 1.0},
-    "class": {"x86_64-edgetpu-pci": {"size_mb": 0.6}},
+    "class": {"rpi4b-cpu": {"size_mb": 0.25}, "x86_64-edgetpu-pci": {"size_mb": 0.5}},
 }
 
 
@@ -219,6 +227,20 @@ def calibrated_targets(
     return {"model": MODEL, "targets": dict(FIXED_TARGETS["targets"]), "class": classes}
 
 
+def say_budget(variants: list[Variant], budget: float, say: Callable[[str], None]) -> None:
+    """Name the variants the accuracy budget rules out (on every class, even when forced)."""
+    fp32 = next((v for v in variants if v.recipe == "fp32" and v.accuracy is not None), None)
+    if fp32 is None or fp32.accuracy is None:
+        return
+    for v in variants:
+        if v.accuracy is not None and (fp32.accuracy - v.accuracy) * 100 > budget:
+            lost = (fp32.accuracy - v.accuracy) * 100
+            say(
+                f"  accuracy budget: {v.recipe} loses {lost:.1f} points against float "
+                f"> {budget:g}: never deployed"
+            )
+
+
 def run_demo(
     workdir: Path | None = None, *, out: TextIO = sys.stdout, opts: DemoOptions | None = None
 ) -> int:
@@ -244,21 +266,22 @@ def run_demo(
         key = load_private(keys_dir)
         collector = Collector(registry, address).start()
         with agents(workdir, broker, keys_dir / "edgeloop.pub", opts):
-            say(f"starting {len(opts.devices)} agents; converting digitsnet with every recipe")
+            say(f"starting {len(opts.devices)} agents; converting fusionnet with every recipe")
             with quiet_converters(workdir / "convert.log"):
                 variants = prepare_variants(
                     registry,
                     MODEL,
-                    DATA / "digitsnet" / "digitsnet.keras",
+                    SOURCE,
                     workdir / "variants",
                     recipes=opts.recipes,
-                    calibration=DATA / "digitsnet" / "digits_data.npz",
-                    validation=DATA / "digitsnet" / "digits_data.npz",
+                    calibration=HOST_DATA,
+                    validation=HOST_DATA,
                 )
             for v in variants:
                 acc = f"{v.accuracy:.4f}" if v.accuracy is not None else "-"
                 state = "ok" if v.available else f"unavailable: {v.unavailable_reason}"
                 say(f"  {v.recipe:<13} {v.size / 1024:8.1f} KiB  accuracy {acc}  {state}")
+            say_budget(variants, float(FIXED_TARGETS["targets"]["max_accuracy_drop"]), say)
             wait_online(registry, {d.device_id for d in opts.devices}, 60)
             deployer = Deployer(
                 registry,

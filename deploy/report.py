@@ -17,6 +17,7 @@ from typing import Any
 
 from deploy.fleet.registry import Registry
 from deploy.fleet.registry_types import Variant
+from deploy.fleet.rollup import WindowRow
 from deploy.loop.targets import Targets, load_targets
 
 
@@ -100,12 +101,7 @@ def _timeline_plot(registry: Registry, model: str, cid: str, variants: list[Vari
     series = (
         ("p95 (ms)", [r.p95_ms for r in rows]),
         ("RSS (MB)", [r.rss_mb for r in rows]),
-        (
-            "energy (mJ/inf)"
-            if any(r.energy_measured for r in rows)
-            else "energy (mJ/inf,\nestimated)",
-            [r.mj_per_inference for r in rows],
-        ),
+        (energy_label(rows), [r.mj_per_inference for r in rows]),
     )
     xs = [r.ts - t0 for r in rows]
     for ax, (label, ys) in zip(axes, series, strict=True):
@@ -212,3 +208,12 @@ def write_report(
     path = out_dir / f"{model}.html"
     path.write_text(render(registry, model, targets), encoding="utf-8")
     return path
+
+
+def energy_label(rows: list[WindowRow]) -> str:
+    """Which energy figure the plot shows: net of idle where the device could separate the model
+    from idle, gross (the whole board, idle included) otherwise; measured or estimated."""
+    bases = {r.energy_basis or "gross" for r in rows if r.mj_per_inference is not None}
+    basis = "net" if bases == {"net"} else "gross" if bases <= {"gross"} else "net/gross"
+    how = "" if any(r.energy_measured for r in rows) else ", estimated"
+    return f"energy {basis} (mJ/inf{how})".replace(" (", "\n(")

@@ -76,10 +76,13 @@ def test_bench_with_a_usb_meter_reports_energy(tmp_path: Path) -> None:
         )  # fmt: skip
     assert out.returncode == 0, out.stderr
     e = json.loads(out.stdout)["energy"]
-    for key in ("avg_w", "idle_w", "mj_per_inference", "mj_per_inference_net", "source"):
+    for key in ("avg_w", "idle_w", "mj_per_inference", "source"):
         assert e[key] is not None, key
     assert e["measured"] is True and e["source"].startswith("um25c:")
     assert e["avg_w"] == pytest.approx(3.0, rel=0.05)
+    # the profile is flat: the run is not above idle, so there is no net figure, and it says why
+    assert e["mj_per_inference_net"] is None and e["basis"] == "gross"
+    assert "not above idle" in e["net_missing_reason"]
 
 
 @pytest.mark.runtime

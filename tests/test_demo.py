@@ -1,10 +1,10 @@
 """The demo (`edge-deploy demo`), shortened, in the test suite: embedded Mosquitto, one real agent
-per hardware class, digitsnet converted with four recipes, the loop to convergence, the fleet
-table and the HTML report.
+per hardware class, fusionnet (the quantization-sensitive task) converted with four recipes, the
+loop to convergence, the fleet table and the HTML report.
 
-The demo sets its p95 targets from the float p95 each class measures just before the loop (the
-"boards" are processes on this machine, so absolute milliseconds would measure the machine): the
-Pi 4 class needs 0.7x float, which the float model cannot meet by the loop's own measure.
+The classes that must move have size budgets and a 1-point accuracy budget (deploy/demo.py says
+why not p95 here): full int8 fits the Pi 4's size budget but loses ~88 points, so the budget
+rules it out and the loop picks a quantized variant that keeps the accuracy.
 """
 
 from __future__ import annotations
@@ -33,14 +33,14 @@ def test_the_demo_converges_and_writes_the_report(tmp_path: Path) -> None:
     rc = run_demo(tmp_path / "demo", out=out, opts=opts)
     text = out.getvalue()
     assert rc == 0, text
-    # every class converged: the Pi 4 class (0.7x float, judged on the very telemetry the target
-    # came from) moved to a quantized variant, the Pi 5 class (loose) kept the float model, the
-    # Coral box (size budget the float model cannot meet) moved to a quantized one
-    m = re.search(r"rpi4b-cpu/\S+: float p95 (\S+) ms measured here -> target p95 (\S+) ms", text)
-    assert m and float(m.group(2)) < float(m.group(1)), text
-    assert re.search(r"rpi4b-cpu/\S+: done, chosen (?!fp32)\S+ after [1-3] trial", text), text
+    # the accuracy budget decides: full int8 is ruled out, visibly
+    assert re.search(r"accuracy budget: int8 loses \d+\.\d points against float", text), text
+    # every class converged: the Pi 4 class (0.25 MB) and the Coral box (0.5 MB) moved to a
+    # quantized variant within the budget, the Pi 5 class (loose) kept the float model
+    for cls in ("rpi4b-cpu", "x86_64-edgetpu-pci"):
+        m = re.search(rf"{cls}/\S+: done, chosen (\S+) after [1-3] trial", text)
+        assert m and m.group(1) not in ("fp32", "int8"), text
     assert re.search(r"rpi5-cpu/\S+: done, chosen fp32 after 0 trial", text), text
-    assert re.search(r"x86_64-edgetpu-pci/\S+: done, chosen (dynamic-int8|int8) ", text), text
     # the fleet table: a header and one row per device, with its class
     header = next(line for line in text.splitlines() if line.startswith("device "))
     assert "class" in header and "variant" in header

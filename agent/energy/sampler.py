@@ -7,7 +7,9 @@ Arithmetic (all times ``time.monotonic()`` seconds, the clock inference timing u
 - ``avg_w`` = integral of held power over the covered part of [t0, t1] / covered time.
 - ``mj_per_inference`` (gross) = avg_w x (t1 - t0) / inferences x 1000.
 - ``mj_per_inference_net`` = (avg_w - idle_w) x (t1 - t0) / inferences x 1000: what the inferences
-  cost on top of the board sitting idle.
+  cost on top of the board sitting idle; ``None`` with ``net_missing_reason`` when the window is
+  not above idle by more than ``min_net_w`` (:mod:`agent.energy.net`): never negative.
+  ``basis`` says which figure stands for the window: ``net`` where one exists, else ``gross``.
 - ``idle_w`` is measured over the first ``baseline_s`` of samples after start, and replaced by
   :meth:`EnergySampler.mark_idle_baseline` (a hint that the device was idle) or by any window of
   at least ``auto_idle_min_s`` with zero inferences. A window with inferences that overlaps
@@ -33,6 +35,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from agent.energy.base import Meter, Sample, open_meter
+from agent.energy.net import MIN_NET_W, basis, net_energy
 from agent.errors import MeterError
 
 log = logging.getLogger(__name__)
@@ -55,6 +58,8 @@ class EnergyWindow:
     samples: int
     coverage: float  # fraction of [t0, t1] covered by samples
     missing_reason: str | None
+    net_missing_reason: str | None = None
+    basis: str | None = None  # "net" | "gross": the figure that stands for this window
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -102,6 +107,7 @@ class EnergySampler:
         min_coverage: float = 0.5,
         history_s: float = 900.0,
         auto_idle_min_s: float = 2.0,
+        min_net_w: float = MIN_NET_W,
         backoff_initial_s: float = 0.5,
         backoff_max_s: float = 30.0,
         rng: random.Random | None = None,
@@ -114,6 +120,7 @@ class EnergySampler:
         self.min_coverage = min_coverage
         self.history_s = history_s
         self.auto_idle_min_s = auto_idle_min_s
+        self.min_net_w = min_net_w
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
         self._rng = rng or random.Random()
@@ -358,7 +365,7 @@ class EnergySampler:
             idle_w = self._idle_w
         coverage = part.covered_s / duration if duration > 0 else 0.0
         reason = self._missing_reason(t0, t1, duration, coverage)
-        avg_w = energy = gross = net = None
+        avg_w = energy = gross = None
         if reason is None:
             avg_w = part.energy_j / part.covered_s
             energy = avg_w * duration
@@ -368,8 +375,7 @@ class EnergySampler:
                     self._idle_source = "idle window"
             if inferences > 0:
                 gross = avg_w * duration / inferences * 1000.0
-                if idle_w is not None:
-                    net = (avg_w - idle_w) * duration / inferences * 1000.0
+        net = net_energy(avg_w, idle_w, duration, inferences, self.min_net_w)
         return EnergyWindow(
             t0=t0,
             t1=t1,
@@ -377,13 +383,15 @@ class EnergySampler:
             avg_w=avg_w,
             idle_w=idle_w,
             mj_per_inference=gross,
-            mj_per_inference_net=net,
+            mj_per_inference_net=net.mj_per_inference,
             energy_j=energy,
             source=self.source,
             measured=self.meter.measured,
             samples=part.samples,
             coverage=round(coverage, 4),
             missing_reason=reason,
+            net_missing_reason=None if reason is None and inferences == 0 else net.missing_reason,
+            basis=basis(gross, net.mj_per_inference),
         )
 
     def _note_busy(self, t0: float) -> None:

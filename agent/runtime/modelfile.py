@@ -22,6 +22,7 @@ from typing import Any
 import tflite
 
 from agent.errors import ModelFileError
+from agent.runtime.quantscheme import classify
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +41,6 @@ DTYPE_NAMES: dict[int, str] = {
     for name, value in vars(tflite.TensorType).items()
     if not name.startswith("_") and isinstance(value, int)
 }
-_INDEX_DTYPES = frozenset({"int32", "int64", "bool", "string", "resource", "variant"})
-_QUANT_ACT_DTYPES = frozenset({"int8", "uint8", "int16"})
 
 
 def builtin_name(code: int) -> str:
@@ -366,6 +365,10 @@ class _Tensor:
     const: bool
     boundary: bool = False  # float tensor at a QUANTIZE input / DEQUANTIZE output
 
+    @property
+    def scale(self) -> float | None:
+        return self.info.scale
+
 
 def _ints(as_numpy: Any, length: Any, src: _Src, what: str) -> tuple[int, ...]:
     n = _bounded(length(), 4, src, what)
@@ -466,23 +469,3 @@ def _signatures(model: Any, src: _Src) -> list[dict[str, Any]]:
             }
         )
     return out
-
-
-def classify(tensors: list[_Tensor], op_names: set[str]) -> str:
-    """Name the quantization scheme from constant (weight) and activation tensor dtypes."""
-    weights = {t.dtype for t in tensors if t.const and t.dtype not in _INDEX_DTYPES}
-    acts = {
-        t.dtype for t in tensors if not t.const and not t.boundary and t.dtype not in _INDEX_DTYPES
-    }
-    if acts and acts <= {"int8", "uint8"} and "float32" not in weights:
-        return "int8"
-    if "int16" in acts and acts <= {"int16", "int8"} and "int8" in weights:
-        return "int16x8"
-    if acts <= {"float32"} and not acts & _QUANT_ACT_DTYPES:
-        if weights <= {"float32"}:
-            return "fp32"
-        if "float16" in weights and weights <= {"float16", "float32"} and "DEQUANTIZE" in op_names:
-            return "fp16"
-        if weights & {"int8", "uint8"} and "float16" not in weights:
-            return "dynamic-int8"
-    return "mixed"

@@ -32,6 +32,11 @@ def add_convert_parser(sub: Any) -> None:
     p.add_argument("--out", required=True, help="output .tflite (a directory for several)")
     p.add_argument("--calibration", default=None, help="DATA: .npz[#keys], .npy folder, images")
     p.add_argument("--validation", default=None, help="DATA for host evaluation (labels optional)")
+    p.add_argument(
+        "--train",
+        default=None,
+        help="labelled DATA for the qat recipe (same formats as --calibration)",
+    )
     p.add_argument("--backend", choices=BACKENDS, default="auto")
     p.add_argument("--recipes-file", default=None, help="recipes JSON (default: packaged)")
     p.add_argument("--image-range", default="0,1", help="float range of image pixels: 0,1 or -1,1")
@@ -82,6 +87,7 @@ def convert_main(args: argparse.Namespace) -> int:
             args.source,
             calibration=args.calibration,
             validation=args.validation,
+            train=args.train,
             backend=args.backend,
             cache=not args.no_cache,
             progress=progress,

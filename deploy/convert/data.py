@@ -42,6 +42,7 @@ LABELS = "labels"
 ROLE_KEYS = {
     "calibration": ("calib", "calibration"),
     "validation": ("x", "validation", "val", "test"),
+    "train": ("train", "x"),
 }
 
 

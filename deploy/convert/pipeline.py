@@ -25,7 +25,7 @@ from typing import Any
 
 from agent.errors import ConfigError, EdgeloopError
 from agent.runtime.modelfile import inspect
-from deploy.convert import aiq_backend, edgetpu, tf_backend
+from deploy.convert import aiq_backend, edgetpu, qat, tf_backend
 from deploy.convert.cache import VariantCache, file_digest, key_of
 from deploy.convert.data import Dataset, input_specs, load_data
 from deploy.convert.evaluate import Evaluation, Outputs, evaluate
@@ -47,6 +47,7 @@ class Converter:
         *,
         calibration: DataArg = None,
         validation: DataArg = None,
+        train: DataArg = None,
         backend: str = "auto",
         cache: VariantCache | bool = True,
         progress: Progress | None = None,
@@ -74,7 +75,7 @@ class Converter:
         self.progress = progress or Progress(None)
         self.recipes_file = recipes_file
         self.image_range = image_range
-        self._calibration_arg, self._validation_arg = calibration, validation
+        self._args = {"calibration": calibration, "validation": validation, "train": train}
         self._digest = file_digest(self.source)
         self._reference: bytes | None = None
         self._data: dict[str, Dataset | None] = {}
@@ -100,7 +101,7 @@ class Converter:
 
     def data(self, role: str) -> Dataset | None:
         if role not in self._data:
-            arg = self._calibration_arg if role == "calibration" else self._validation_arg
+            arg = self._args[role]
             if arg is None or isinstance(arg, Dataset):
                 self._data[role] = arg
             else:
@@ -115,6 +116,8 @@ class Converter:
     # -- conversion ------------------------------------------------------------------------
 
     def _resolve_backend(self, recipe: Recipe) -> str:
+        if recipe.kind == "qat":
+            return "tf+tfmot"
         if self.is_tflite:
             return "aiq"
         if recipe.kind == "fp32":
@@ -129,11 +132,14 @@ class Converter:
             tools["tensorflow"] = tf_backend.version() or "absent"
         if "aiq" in backend.split("+"):
             tools["ai-edge-quantizer"] = aiq_backend.version() or "absent"
+        if "tfmot" in backend.split("+"):
+            tools["tensorflow-model-optimization"] = qat.version() or "absent"
         return tools
 
     def _bytes(self, recipe: Recipe, backend: str) -> tuple[bytes, dict[str, Any], bool]:
         """(model, meta, cached) for ``recipe`` by ``backend`` (no Edge TPU step)."""
         calib = self.data("calibration") if recipe.calibration else None
+        train = self.data("train") if recipe.kind == "qat" else None
         tools = self._tools(backend)
         key = key_of(
             source=self._digest,
@@ -141,6 +147,7 @@ class Converter:
             backend=backend,
             calibration=calib.fingerprint if calib is not None else None,
             tools=tools,
+            **({"train": train.fingerprint if train is not None else None} if train else {}),
         )
         hit = self.cache.get_model(key) if self.cache is not None else None
         if hit is not None:
@@ -150,7 +157,15 @@ class Converter:
         start = time.perf_counter()
         BACKEND_CALLS[backend] += 1
         meta: dict[str, Any] = {"notes": [], "details": {}}
-        if backend == "tf":
+        if backend == "tf+tfmot":
+            if self.is_tflite:
+                raise EdgeloopError(
+                    f"recipe {recipe.name} trains a Keras model, not a .tflite",
+                    hint="give the Keras source (.keras, .h5 or SavedModel)",
+                    code="unavailable",
+                )
+            model = qat.convert(self.source, recipe, calib, train, say=say)
+        elif backend == "tf":
             model = tf_backend.convert(self.source, recipe, calib, say=say)
         else:
             float_model = self.source.read_bytes() if self.is_tflite else self.reference()

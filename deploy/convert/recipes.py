@@ -17,7 +17,7 @@ from typing import Any
 from agent.errors import ConfigError
 
 RECIPES_FILE = Path(__file__).resolve().parents[1] / "data" / "recipes.json"
-KINDS = ("fp32", "fp16", "dynamic-int8", "int8", "int16x8", "selective", "edgetpu")
+KINDS = ("fp32", "fp16", "dynamic-int8", "int8", "int16x8", "selective", "edgetpu", "qat")
 IO_TYPES = ("float32", "int8", "uint8")
 ALL = "all"
 

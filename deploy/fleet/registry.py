@@ -331,9 +331,9 @@ class Registry(RegistryHistory):
     def windows(self, class_id: str, sha256: str, since: float | None = None) -> list[WindowRow]:
         rows = self._all(
             "SELECT device, seq, class_id, model_sha256, ts, inferences, errors, p50_ms, p95_ms, "
-            "rss_mb, peak_rss_mb, mj_per_inference, energy_measured, temp_c, throttled, window_s "
-            "FROM telemetry_windows WHERE class_id = ? AND model_sha256 = ? AND ts >= ? "
-            "ORDER BY ts, device, seq",
+            "rss_mb, peak_rss_mb, mj_per_inference, energy_measured, temp_c, throttled, window_s, "
+            "energy_basis FROM telemetry_windows "
+            "WHERE class_id = ? AND model_sha256 = ? AND ts >= ? ORDER BY ts, device, seq",
             (class_id, sha256, since if since is not None else float("-inf")),
         )
         return [WindowRow(*tuple(r)) for r in rows]

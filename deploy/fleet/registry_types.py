@@ -151,7 +151,9 @@ class Stats:
     e.g. a page-cache miss, does not move it); ``p95_max_ms`` is the worst window.
     ``peak_memory_mb`` is the largest window-end RSS: ``peak_rss_mb`` (ru_maxrss) is kept too,
     but it is a process-lifetime peak that never falls when a smaller variant replaces a larger.
-    ``mj_per_inference`` is inference-weighted; ``energy_measured`` is True only when every window
+    ``mj_per_inference`` is inference-weighted over the windows' net-of-idle figures where any
+    window has one (``energy_basis`` "net"), else over their gross figures ("gross": the whole
+    board's energy, idle included); ``energy_measured`` is True only when every window
     with energy had a real meter, None when no window had energy.
     """
 
@@ -167,8 +169,11 @@ class Stats:
     peak_rss_mb: float | None = None
     mj_per_inference: float | None = None
     energy_measured: bool | None = None
+    energy_basis: str | None = None
     recent_temps_c: tuple[float, ...] = ()
     throttled_windows: int = 0
+    hot_windows: int = 0  # throttled or >= rollup.HOT_C: kept apart from the device metrics
+    judged_on_hot: bool = False  # no cool window: the metrics come from hot ones
     first_ts: float | None = None
     last_ts: float | None = None
 

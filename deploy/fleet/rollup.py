@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any, NamedTuple
 
 from agent.errors import ProtocolError
@@ -33,6 +34,7 @@ class WindowRow(NamedTuple):
     temp_c: float | None
     throttled: int | None
     window_s: float | None
+    energy_basis: str | None = None  # "net" | "gross": which figure mj_per_inference is
 
     def as_tuple(self) -> tuple[Any, ...]:
         return tuple(self)
@@ -49,7 +51,8 @@ def _num(value: Any) -> float | None:
 WINDOW_INSERT = (
     "INSERT OR IGNORE INTO telemetry_windows (device, seq, class_id, model_sha256, ts, "
     "inferences, errors, p50_ms, p95_ms, rss_mb, peak_rss_mb, mj_per_inference, "
-    "energy_measured, temp_c, throttled, window_s) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+    "energy_measured, temp_c, throttled, window_s, energy_basis) "
+    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
 
 
@@ -66,7 +69,9 @@ def window_from_record(device: str, class_id: str | None, record: Mapping[str, A
     lat = record.get("latency_ms") if isinstance(record.get("latency_ms"), Mapping) else {}
     energy = record.get("energy") if isinstance(record.get("energy"), Mapping) else {}
     assert isinstance(model, Mapping) and isinstance(lat, Mapping) and isinstance(energy, Mapping)
-    mj = _num(energy.get("mj_per_inference"))
+    net = _num(energy.get("mj_per_inference_net"))
+    mj = net if net is not None and net >= 0 else _num(energy.get("mj_per_inference"))
+    basis = None if mj is None else "net" if mj is net else "gross"
     measured = energy.get("measured")
     inferences = record.get("inferences")
     errors = record.get("errors")
@@ -91,6 +96,7 @@ def window_from_record(device: str, class_id: str | None, record: Mapping[str, A
         if isinstance(throttled, int) and not isinstance(throttled, bool)
         else None,
         window_s=_num(record.get("window_s")),
+        energy_basis=basis,
     )
 
 
@@ -108,18 +114,45 @@ def weighted_median(pairs: Sequence[tuple[float, int]]) -> float | None:
     return items[-1][0]  # pragma: no cover - unreachable
 
 
+# A window is "hot" when the board said it was throttling (the low nibble of vcgencmd's
+# get_throttled: under-voltage, frequency capped, throttled, soft temperature limit, now) or its
+# temperature reached HOT_C: 80 °C is where a Raspberry Pi 4/5 firmware starts to cap the clock.
+HOT_C = 80.0
+
+
+def is_hot(row: WindowRow) -> bool:
+    return bool(row.throttled and row.throttled & 0xF) or (
+        row.temp_c is not None and row.temp_c >= HOT_C
+    )
+
+
 def rollup(class_id: str, variant: str, rows: Sequence[WindowRow], *, recent: int = 5) -> Stats:
-    """Aggregate windows (ordered by time) of one variant on one class; see :class:`Stats`."""
+    """Aggregate windows (ordered by time) of one variant on one class; see :class:`Stats`.
+
+    Hot windows (:func:`is_hot`) are kept apart: the device metrics come from the cool windows
+    when there are any (a hot board is not the model's fault), else from the hot ones, and
+    ``judged_on_hot`` says so."""
+    cool = [r for r in rows if not is_hot(r)]
+    hot = len(rows) - len(cool)
+    stats = _rollup(class_id, variant, cool if cool else rows, recent)
+    return replace(
+        stats,
+        inferences=sum(r.inferences for r in rows),
+        hot_windows=hot,
+        judged_on_hot=bool(rows) and not cool,
+        windows=stats.windows if cool else len([r for r in rows if r.inferences]),
+        throttled_windows=sum(1 for r in rows if r.throttled and r.throttled & 0xF),
+        first_ts=rows[0].ts if rows else None,
+    )
+
+
+def _rollup(class_id: str, variant: str, rows: Sequence[WindowRow], recent: int) -> Stats:
     served = [r for r in rows if r.inferences > 0]
     p50 = weighted_median([(r.p50_ms, r.inferences) for r in served if r.p50_ms is not None])
     p95s = [(r.p95_ms, r.inferences) for r in served if r.p95_ms is not None]
     mems = [r.rss_mb if r.rss_mb is not None else r.peak_rss_mb for r in rows]
     peaks = [r.peak_rss_mb for r in rows if r.peak_rss_mb is not None]
-    energy = [
-        (r.mj_per_inference, r.inferences, r.energy_measured)
-        for r in served
-        if r.mj_per_inference is not None
-    ]
+    energy = _energy_rows(served)
     energy_n = sum(n for _, n, _ in energy)
     temps = [r.temp_c for r in rows if r.temp_c is not None]
     return Stats(
@@ -135,8 +168,25 @@ def rollup(class_id: str, variant: str, rows: Sequence[WindowRow], *, recent: in
         peak_rss_mb=max(peaks, default=None),
         mj_per_inference=(sum(mj * n for mj, n, _ in energy) / energy_n) if energy_n else None,
         energy_measured=all(bool(m) for _, _, m in energy) if energy else None,
+        energy_basis=_energy_basis(served),
         recent_temps_c=tuple(temps[-recent:]),
         throttled_windows=sum(1 for r in rows if r.throttled and r.throttled & 0xF),
         first_ts=rows[0].ts if rows else None,
         last_ts=rows[-1].ts if rows else None,
     )
+
+
+def _energy_rows(served: Sequence[WindowRow]) -> list[tuple[float, int, int | None]]:
+    """The windows the energy roll-up uses: the net figures where any window has one (a gross
+    figure mostly measures the board idling), else the gross ones."""
+    net = any(r.energy_basis == "net" for r in served if r.mj_per_inference is not None)
+    return [
+        (r.mj_per_inference, r.inferences, r.energy_measured)
+        for r in served
+        if r.mj_per_inference is not None and (not net or r.energy_basis == "net")
+    ]
+
+
+def _energy_basis(served: Sequence[WindowRow]) -> str | None:
+    bases = {r.energy_basis or "gross" for r in served if r.mj_per_inference is not None}
+    return "net" if "net" in bases else "gross" if bases else None

@@ -145,7 +145,21 @@ def _judged(ctx: ClassContext) -> dict[str, Stats]:
 
 
 def decide(ctx: ClassContext) -> Decision:
-    """The next step for ``ctx.model`` on ``ctx.hw`` (pure; record it with :func:`record`)."""
+    """The next step for ``ctx.model`` on ``ctx.hw`` (pure; record it with :func:`record`).
+
+    A decision whose current variant was measured only on hot (throttled) windows says so."""
+    d = _decide(ctx)
+    st = ctx.measured.get(ctx.current) if ctx.current else None
+    if st is not None and st.judged_on_hot and d.action != "wait":
+        note = (
+            f"; judged on {st.hot_windows} throttled/hot window(s): no cool window yet, "
+            "the board may be to blame, not the model"
+        )
+        return Decision(d.action, d.variant, d.reason + note, d.evidence | {"judged_on_hot": True})
+    return d
+
+
+def _decide(ctx: ClassContext) -> Decision:
     judged = _judged(ctx)
     ev: dict[str, Any] = {
         "model": ctx.model,

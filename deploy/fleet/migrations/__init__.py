@@ -131,5 +131,11 @@ CREATE TABLE rollout_devices (
 ALTER TABLE telemetry_windows ADD COLUMN window_s REAL;
 """
 
-MIGRATIONS: tuple[str, ...] = (V1, V2)
+# energy_basis: "net" when mj_per_inference is the window's net-of-idle figure, "gross" when the
+# device could not separate the model from idle (then it is the whole board's energy).
+V3 = """
+ALTER TABLE telemetry_windows ADD COLUMN energy_basis TEXT;
+"""
+
+MIGRATIONS: tuple[str, ...] = (V1, V2, V3)
 SCHEMA_VERSION = len(MIGRATIONS)
