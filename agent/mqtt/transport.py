@@ -2,15 +2,16 @@
 
 One network thread (ours, not ``loop_start``) runs paho's external-loop API (``loop_read``,
 ``loop_write``, ``loop_misc``) so that reconnection, backoff with full jitter and half-open
-detection are explicit here. On every CONNACK the retained birth is queued first, then the
-subscriptions are (re)sent, then the caller is told. Paho callbacks only convert and hand over:
-``on_message`` receives our own frozen :class:`IncomingMessage`, never a paho object.
-See docs/transport.md for the session settings and why.
+detection are explicit. That lifecycle needs no paho: it is :class:`ConnectionLoop`
+(agent.mqtt.connection), the base of :class:`Transport`. This module holds the paho side: the
+client and its callbacks, the publish path and the pump. On every CONNACK the retained birth is
+queued first, then the subscriptions are (re)sent, then the caller is told. Paho callbacks only
+convert and hand over: ``on_message`` receives our own frozen :class:`IncomingMessage`, never a
+paho object. See docs/transport.md for the session settings and why.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import random
 import select
@@ -32,6 +33,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from agent.mqtt.connection import ConnectionLoop, quickack, set_nodelay
 from agent.mqtt.types import (
     NO_MATCHING_SUBSCRIBERS,
     NOT_AUTHORIZED,
@@ -90,26 +92,6 @@ def _incoming(msg: mqtt.MQTTMessage) -> IncomingMessage:
     )
 
 
-def _set_nodelay(_c: Any, _u: Any, sock: Any) -> None:
-    """No Nagle: a small reply must not wait for the ACK of our last PUBACK (delayed ACK
-    holds that ~40 ms on Linux; two such waits made an inference round trip ~88 ms)."""
-    with contextlib.suppress(OSError, AttributeError):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-_TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux only
-
-
-def _quickack(sock: Any) -> None:
-    """ACK what we just read at once. Mosquitto leaves Nagle on by default (set_tcp_nodelay
-    false): its next small packet to us (a need request after our chunks' PUBACKs, the next
-    request after our reply's PUBACK) waits for our ACK, which Linux delays ~40 ms. The flag
-    is not sticky, hence after every read."""
-    if _TCP_QUICKACK is not None:
-        with contextlib.suppress(OSError, AttributeError):
-            sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
-
-
 class _ErrorCapture(logging.Filter):
     """Keeps paho's last ERROR line (e.g. "tlsv1 alert unknown ca") as the transport's error."""
 
@@ -123,8 +105,13 @@ class _ErrorCapture(logging.Filter):
         return True
 
 
-class Transport:
-    """A supervised MQTT v5 connection. ``start()`` returns at once; it (re)connects forever."""
+class Transport(ConnectionLoop):
+    """A supervised MQTT v5 connection. ``start()`` returns at once; it (re)connects forever.
+
+    The lifecycle (start, reconnect loop, connection state, stats) is :class:`ConnectionLoop`'s
+    (agent.mqtt.connection); this class holds what touches paho."""
+
+    _client: mqtt.Client
 
     def __init__(
         self,
@@ -164,29 +151,6 @@ class Transport:
         self._client = self._make_client()
 
     # ----- public API -------------------------------------------------------------------
-    def start(self) -> None:
-        if self._thread is not None:
-            return
-        self._thread = threading.Thread(target=self._run, name="mqtt-transport", daemon=True)
-        self._thread.start()
-
-    @property
-    def running(self) -> bool:
-        """False once the network thread has died (never started counts as running: the
-        watchdog then only watches the other loops)."""
-        return self._thread is None or self._thread.is_alive()
-
-    @property
-    def connected(self) -> bool:
-        return self._connected.is_set()
-
-    def wait_connected(self, timeout: float | None = None) -> bool:
-        return self._connected.wait(timeout)
-
-    def add_connection_listener(self, fn: Callable[[bool], None]) -> None:
-        """Also call ``fn(up)`` on every connect/disconnect (network thread: only enqueue)."""
-        self._listeners.append(fn)
-
     def publish(
         self,
         topic: str,
@@ -233,21 +197,6 @@ class Transport:
         """With ``manual_ack``: acknowledge a received message (after it is safely stored)."""
         if qos > 0:
             self._client.ack(mid, qos)
-
-    def stats(self) -> TransportStats:
-        return TransportStats(
-            connected=self.connected,
-            connects=self._n["connects"],
-            attempts=self._n["attempts"],
-            disconnects=self._n["disconnects"],
-            half_open_detected=self._n["half_open"],
-            last_connack_reason=self._last_connack,
-            last_disconnect_reason=self._last_disconnect,
-            last_error=self._last_error,
-            backoff_delays_s=tuple(self._delays[-50:]),
-            subacks=self._n["subacks"],
-            suback_reasons=dict(self._suback),
-        )
 
     def stop(self, timeout: float = 5.0, final: tuple[str, bytes] | None = None) -> None:
         """Clean stop: retained "stopped" state (PUBACK awaited), then a normal DISCONNECT.
@@ -312,7 +261,7 @@ class Transport:
         client.on_message = self._on_paho_message
         client.on_publish = self._on_publish
         client.on_subscribe = self._on_subscribe
-        client.on_socket_open = _set_nodelay
+        client.on_socket_open = set_nodelay
         # With a write callback registered, paho never writes from the publishing thread:
         # it only wakes our select(), so the network thread is the one that touches the socket.
         client.on_socket_register_write = lambda _c, _u, _s: self._wake()
@@ -445,58 +394,6 @@ class Transport:
             log.warning("broker refused publish mid %s: reason %#04x", handle.mid, reason)
         handle._resolve(reason)
 
-    def _set_connected(self, up: bool) -> None:
-        if up == self._connected.is_set():
-            return
-        (self._connected.set if up else self._connected.clear)()
-        for fn in list(self._listeners):
-            try:
-                fn(up)
-            except Exception:
-                log.exception("connection listener failed")
-
-    def _wake(self) -> None:
-        if self._wake_pending:
-            return  # a byte is already on its way: the pump checks want_write after draining
-        self._wake_pending = True
-        try:
-            self._wake_w.send(b"\0")
-        except OSError:
-            self._wake_pending = False  # closed (stopping) or full: nothing is on its way
-
-    def _drain_wake(self) -> None:
-        """Consume the wake byte(s), then allow the next wake. Called before the pump looks at
-        want_write(): a publish that found the flag still set had queued its packet before
-        looking, so that look sees it; any publish after this sends a new byte."""
-        with contextlib.suppress(OSError):
-            self._wake_r.recv(4096)
-        self._wake_pending = False
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            if self._connect_once():
-                self._pump()
-            if self._stop.is_set():
-                break
-            delay = backoff_delay(
-                self._attempt, self.config.reconnect_min_s, self.config.reconnect_max_s, self._rng
-            )
-            self._attempt += 1
-            self._delays.append(delay)
-            del self._delays[:-50]
-            self._stop.wait(delay)
-
-    def _connect_once(self) -> bool:
-        self._n["attempts"] += 1
-        try:
-            self._client.reconnect()
-        except (OSError, ValueError) as exc:
-            self._last_error = f"connect to {self.config.host}:{self.config.port} failed: {exc}"
-            log.debug("%s", self._last_error)
-            return False
-        self._last_rx = time.monotonic()
-        return True
-
     def _pump(self) -> None:
         """Serve the socket until the connection is gone (or a clean stop completed)."""
         client = self._client
@@ -524,7 +421,7 @@ class Transport:
             if sock in readable or pending:
                 self._last_rx = time.monotonic()
                 rc = client.loop_read()
-                _quickack(sock)
+                quickack(sock)
             if rc == mqtt.MQTT_ERR_SUCCESS and client.socket() is not None and client.want_write():
                 rc = client.loop_write()
             now = time.monotonic()
@@ -534,18 +431,3 @@ class Transport:
                 self._check_half_open(client)
             if rc != mqtt.MQTT_ERR_SUCCESS or client.socket() is None:
                 return
-
-    def _check_half_open(self, client: mqtt.Client) -> None:
-        """Paho alone notices a frozen broker only after up to 2 x keepalive; we bound it."""
-        limit = client.keepalive * self.config.dead_after_keepalives
-        if client.keepalive <= 0 or time.monotonic() - self._last_rx <= limit:
-            return
-        sock = client.socket()
-        if sock is None:
-            return
-        self._n["half_open"] += 1
-        self._last_error = f"no byte from the broker for {limit:.1f}s (half-open connection)"
-        log.warning("%s; reconnecting", self._last_error)
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)  # type: ignore[attr-defined]
-        client.loop_read()  # reads EOF: paho closes the socket and reports the disconnect
