@@ -49,6 +49,7 @@ class Gates:
 def operator_problems(manifest: Manifest, runtime: str, version: str, delegate: str) -> list[str]:
     """Operators the manifest declares that this runtime is known not to resolve."""
     from agent.runtime import compat, modelfile
+    from agent.runtime.modelinfo import OperatorInfo
 
     table, _note = compat.find_table(runtime, version)
     if table is None:
@@ -58,7 +59,7 @@ def operator_problems(manifest: Manifest, runtime: str, version: str, delegate: 
         custom = name not in table.builtin
         if custom and (name == modelfile.EDGETPU_CUSTOM_OP and delegate.startswith("edgetpu")):
             continue
-        op = modelfile.OperatorInfo(name=name, version=ver, custom=custom, count=1)
+        op = OperatorInfo(name=name, version=ver, custom=custom, count=1)
         if not table.supports(op):
             problems.append(f"{name} v{ver} (not resolved by {runtime} {table.version})")
     return problems

@@ -9,7 +9,8 @@ See docs/energy.md for wiring each meter and what the figures mean.
 """
 
 from agent.energy.base import EnergyCounter, Meter, MeterSpec, Sample, meter_kinds, open_meter
-from agent.energy.sampler import EnergySampler, EnergyWindow, integrate, sampling
+from agent.energy.sampler import EnergySampler, sampling
+from agent.energy.window import EnergyWindow, integrate
 
 __all__ = [
     "EnergyCounter",

@@ -31,68 +31,14 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
 from typing import Any
 
 from agent.energy.base import Meter, Sample, open_meter
 from agent.energy.net import MIN_NET_W, basis, net_energy
+from agent.energy.window import EnergyWindow, integrate
 from agent.errors import MeterError
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class EnergyWindow:
-    """Energy over one window of inferences. Power in W, energy per inference in mJ."""
-
-    t0: float
-    t1: float
-    inferences: int
-    avg_w: float | None
-    idle_w: float | None
-    mj_per_inference: float | None
-    mj_per_inference_net: float | None
-    energy_j: float | None
-    source: str
-    measured: bool
-    samples: int
-    coverage: float  # fraction of [t0, t1] covered by samples
-    missing_reason: str | None
-    net_missing_reason: str | None = None
-    basis: str | None = None  # "net" | "gross": the figure that stands for this window
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class _Integral:
-    energy_j: float
-    covered_s: float
-    samples: int
-
-
-def integrate(samples: list[Sample], t0: float, t1: float, max_hold_s: float) -> _Integral:
-    """Sample-and-hold integral of ``samples`` (sorted by t) over [t0, t1]."""
-    if t1 <= t0 or not samples:
-        return _Integral(0.0, 0.0, 0)
-    times = [s.t for s in samples]
-    i = max(0, bisect.bisect_right(times, t0) - 1)
-    energy = covered = 0.0
-    used = 0
-    for j in range(i, len(samples)):
-        s = samples[j]
-        if s.t >= t1:
-            break
-        end = s.t + max_hold_s
-        if j + 1 < len(samples):
-            end = min(end, samples[j + 1].t)
-        start, end = max(s.t, t0), min(end, t1)
-        if end > start:
-            energy += s.watts * (end - start)
-            covered += end - start
-            used += 1
-    return _Integral(energy, covered, used)
 
 
 class EnergySampler:

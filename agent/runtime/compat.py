@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import IncompatibleModelError
-from agent.runtime.modelfile import EDGETPU_CUSTOM_OP, ModelInfo, OperatorInfo
+from agent.runtime.modelfile import EDGETPU_CUSTOM_OP
+from agent.runtime.modelinfo import ModelInfo, OperatorInfo
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ from agent.runtime.registry import get_backend
 
 if TYPE_CHECKING:
     from agent.board.hardware import HardwareInfo
-    from agent.runtime.modelfile import ModelInfo
+    from agent.runtime.modelinfo import ModelInfo
 
 log = logging.getLogger(__name__)
 

@@ -15,13 +15,14 @@ import mmap
 import os
 import struct
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import tflite
 
 from agent.errors import ModelFileError
+from agent.runtime.modelinfo import ModelInfo, OperatorInfo, TensorInfo
 from agent.runtime.quantscheme import classify
 
 log = logging.getLogger(__name__)
@@ -50,68 +51,6 @@ def builtin_name(code: int) -> str:
 
 def dtype_name(code: int) -> str:
     return DTYPE_NAMES.get(code, f"type_{code}")
-
-
-@dataclass(frozen=True)
-class OperatorInfo:
-    name: str
-    version: int
-    custom: bool
-    count: int  # nodes using this opcode; 0 for an opcode listed but unused
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    name: str
-    shape: tuple[int, ...]
-    shape_signature: tuple[int, ...]
-    dtype: str
-    scale: float | None
-    zero_point: int | None
-    per_channel: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["shape"] = list(self.shape)
-        out["shape_signature"] = list(self.shape_signature)
-        return out
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    size: int
-    sha256: str
-    version: int
-    description: str
-    operators: list[OperatorInfo]
-    inputs: list[TensorInfo]
-    outputs: list[TensorInfo]
-    signatures: list[dict[str, Any]]
-    quantization: str
-    is_edgetpu: bool
-    custom_ops: list[str]
-    subgraphs: int = 1
-    tensor_dtypes: dict[str, int] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "size": self.size,
-            "sha256": self.sha256,
-            "version": self.version,
-            "description": self.description,
-            "operators": [op.to_dict() for op in self.operators],
-            "inputs": [t.to_dict() for t in self.inputs],
-            "outputs": [t.to_dict() for t in self.outputs],
-            "signatures": [dict(s) for s in self.signatures],
-            "quantization": self.quantization,
-            "is_edgetpu": self.is_edgetpu,
-            "custom_ops": list(self.custom_ops),
-            "subgraphs": self.subgraphs,
-            "tensor_dtypes": dict(self.tensor_dtypes or {}),
-        }
 
 
 class _CorruptError(Exception):

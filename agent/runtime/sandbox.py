@@ -57,7 +57,7 @@ from agent.runtime.sandbox_child import DEFAULT_MEMORY_MB, RESULT_PREFIX
 
 if TYPE_CHECKING:
     from agent.board.hardware import HardwareInfo
-    from agent.runtime.modelfile import ModelInfo
+    from agent.runtime.modelinfo import ModelInfo
 
 STDERR_TAIL_BYTES = 2000
 

@@ -70,7 +70,7 @@ class Telemetry:
     """One window of real inferences (DESIGN.md "Telemetry record"; built by
     agent.serving.telemetry). On the wire every field is present, ``null`` when unknown.
 
-    ``energy`` is the meter's window (agent.energy.sampler.EnergyWindow.to_dict(): ``avg_w``,
+    ``energy`` is the meter's window (agent.energy.window.EnergyWindow.to_dict(): ``avg_w``,
     ``mj_per_inference``, ``mj_per_inference_net`` (null with ``net_missing_reason``),
     ``missing_reason``, ...) or ``{"measured": false, "missing_reason": ...}``; read it through
     the properties below, which tolerate keys a meter does not report."""

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from agent.errors import ConfigError
-from agent.runtime.modelfile import ModelInfo, TensorInfo
+from agent.runtime.modelinfo import ModelInfo, TensorInfo
 
 log = logging.getLogger(__name__)
 
