@@ -24,7 +24,7 @@ from agent.runtime import modelfile
 from agent.wire.chunks import encode_chunk
 from agent.wire.manifest import DEFAULT_CHUNK_SIZE, SignedManifest, model_fields, sign_manifest
 from agent.wire.messages import Command, CommandReply, Event, EventKind, NeedRequest, ReplyStatus
-from agent.wire.topics import Topics, host_reply_topic
+from agent.wire.topics import Topics
 from deploy.mqtt import BrokerAddress, connect, new_client_id
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ class Pusher:
     ) -> None:
         self.topics = Topics(prefix, device_id)
         self.client_id = new_client_id("push")
-        self.reply_topic = host_reply_topic(prefix, self.client_id)
+        self.reply_topic = self.topics.reply(self.client_id)
         self.inbox: queue.Queue[IncomingMessage] = queue.Queue()
         self.progress = progress
         self.on_event = on_event

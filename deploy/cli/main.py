@@ -10,6 +10,7 @@
     edge-deploy fleet --registry FILE [--targets FILE] [--live --broker HOST:PORT] [--json]
     edge-deploy watch --broker HOST:PORT [--seconds S] [--device ID]
     edge-deploy demo [--workdir DIR]          a whole fleet on this machine
+    edge-deploy pki | provision | broker-config   a locked-down fleet (deploy/cli/secure.py)
     edge-deploy optimize | rollout | report    the closed loop (deploy/cli/loop.py)
 
 One module per command group (keys, push, convert in deploy/convert/cli.py, fleet, loop, demo);
@@ -25,7 +26,7 @@ from collections.abc import Sequence
 
 from agent.cliutil import run_main
 from deploy import __version__
-from deploy.cli import demo, fleet, keys, loop, push
+from deploy.cli import demo, fleet, keys, loop, push, secure
 from deploy.convert.cli import add_convert_parser
 
 
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     fleet.add_parser(sub)
     loop.add_loop_parsers(sub)
     demo.add_parser(sub)
+    secure.add_parser(sub)
     return parser
 
 

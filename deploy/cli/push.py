@@ -10,7 +10,7 @@ from typing import Any
 
 from agent.cliutil import EXIT_FAILED, EXIT_OK
 from agent.errors import EdgeloopError
-from deploy.cli.common import broker, broker_options, gates
+from deploy.cli.common import broker, broker_options, gates, keys_dir
 
 
 def cmd_push(args: argparse.Namespace) -> int:
@@ -30,7 +30,7 @@ def cmd_push(args: argparse.Namespace) -> int:
         model,
         args.device,
         broker(args),
-        load_private(args.keys),
+        load_private(keys_dir(args)),
         name=args.name or model.stem,
         version=args.version,
         release=args.release,
@@ -58,7 +58,7 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser("push", help="sign and install a model on one device")
     p.add_argument("model")
     p.add_argument("--device", required=True)
-    p.add_argument("--keys", required=True, help="key directory (edge-deploy keys init)")
+    p.add_argument("--keys", default=None, help="key directory (default: --host-config's)")
     p.add_argument("--name", default=None, help="model name (default: file stem)")
     p.add_argument("--version", default="1")
     p.add_argument("--release", type=int, default=None, help="default: now in milliseconds")
