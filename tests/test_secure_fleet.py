@@ -389,3 +389,14 @@ def test_host_config_is_what_provision_wrote(fleet: Fleet) -> None:
     assert (cfg.broker.host, cfg.broker.port) == ("127.0.0.1", fleet.host_port)
     assert cfg.broker.tls is not None and cfg.broker.tls.cert_file is not None
     assert cfg.keys == str(fleet.root / "keys")
+
+
+def test_fleet_over_tls_from_the_host_config_lists_d1(
+    fleet: Fleet, d1: Agent, host: Client, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ask_until_answered(host, "d1")
+    capsys.readouterr()
+    argv = ["fleet", "--host-config", str(fleet.host_config), "--wait", "3", "--json"]
+    assert deploy_main(argv) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["device_id"] for r in rows if r.get("online")] == ["d1"], rows
