@@ -399,4 +399,4 @@ def test_fleet_over_tls_from_the_host_config_lists_d1(
     argv = ["fleet", "--host-config", str(fleet.host_config), "--wait", "3", "--json"]
     assert deploy_main(argv) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert [r["device_id"] for r in rows if r.get("online")] == ["d1"], rows
+    assert [r["device"] for r in rows if r["online"]] == ["d1"], rows

@@ -119,11 +119,18 @@ def decode_request(payload: bytes, content_type: str | None) -> tuple[list[Any],
         return [_load_npy(payload)], True
     try:
         doc = json.loads(payload.decode("utf-8"))
+    except RecursionError:  # json's C parser gives up near 1000 levels (issue 10)
+        doc = None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InferenceInputError(
             f"request is neither .npy nor JSON: {exc}",
             hint='send {"inputs": [array, ...]} or a .npy payload',
         ) from exc
+    if doc is None or not depth_ok(doc, limit=MAX_INPUT_DEPTH):
+        raise InferenceInputError(
+            f"JSON request nested deeper than {MAX_INPUT_DEPTH} levels",
+            hint='send {"inputs": [array, ...]} with one nested list per array dimension',
+        )
     if isinstance(doc, dict):
         if "inputs" not in doc or not isinstance(doc["inputs"], list):
             raise InferenceInputError(
