@@ -27,6 +27,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.errors import ConfigError
 from agent.wire.topics import DEFAULT_PREFIX, check_prefix
 from deploy.pki import Pki
 
@@ -174,7 +175,12 @@ def write_broker_config(
         )
     )
     if user:
-        shutil.chown(data, user)
-        for path in tls.iterdir():
-            shutil.chown(path, user)
+        try:
+            for path in (data, *tls.iterdir()):
+                shutil.chown(path, user)
+        except (OSError, LookupError) as exc:
+            raise ConfigError(
+                f"cannot give {data} and {tls} to user {user!r}: {exc}",
+                hint="run broker-config as root, or leave out --user",
+            ) from exc
     return BrokerFiles(conf, acl, tls, data)
