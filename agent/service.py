@@ -79,6 +79,8 @@ class Agent:
             StoreLimits(
                 max_model_bytes=int(cfg.limits.max_model_mb * 2**20),
                 max_store_bytes=int(cfg.limits.disk_mb * 2**20),
+                # disk full (issue 10): an install leaves room for the outbox's whole bound
+                min_free_bytes=int(cfg.telemetry.outbox_max_mb * 2**20) + (1 << 20),
             ),
             # staged chunks are made durable (fsync + bitmap) every 4 MiB: a power cut costs
             # at most 4 MiB of re-transfer, and a 14 MB install pays 4 fsync rounds, not 14
@@ -123,6 +125,7 @@ class Agent:
         self.loadgen = LoadGenerator(self._serving, cfg.loadgen.rate_hz)
         self.transport = Transport(self._transport_config(), self._on_message, self._on_connected)
         self.drainer = OutboxDrainer(self.outbox, self.transport)
+        self.outbox.add_full_listener(self._on_disk_full)  # disk full (issue 10)
 
     # ---- setup ---------------------------------------------------------------------------
     def _transport_config(self) -> TransportConfig:
@@ -402,7 +405,16 @@ class Agent:
             model=model,
             install=install,
             last_window=self._last_window,
+            disk=self.outbox.disk_report(),  # disk full (issue 10)
         )
+
+    def _on_disk_full(self, full: bool) -> None:
+        """disk full (issue 10): the outbox cannot take the event, so it goes out directly."""
+        report = self.outbox.disk_report()
+        message = "the state disk is full" if full else "the state disk has space again"
+        ev = Event(EventKind.DISK_FULL, "disk_full" if full else "ok", message, report or {})
+        self.transport.publish(self.topics.events, ev.to_json(), qos=1)
+        self.state_changed()
 
     # ---- messages ---------------------------------------------------------------------------
     def _handle_message(self, msg: IncomingMessage) -> None:

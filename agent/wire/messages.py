@@ -267,6 +267,7 @@ class EventKind(StrEnum):
     BENCH_RESULT = "bench_result"
     INPUT_REJECTED = "input_rejected"
     ERROR = "error"
+    DISK_FULL = "disk_full"  # data: Outbox.disk_report() (code "disk_full"; "ok" when it clears)
 
 
 @dataclass(frozen=True)
@@ -409,6 +410,7 @@ class State:
     model: ModelRef | None = None
     install: dict[str, Any] | None = None  # {"state": "idle"|"downloading"|..., ...}
     last_window: dict[str, Any] | None = None  # latest telemetry summary (fleet view)
+    disk: dict[str, Any] | None = None  # set while the state disk is full (Outbox.disk_report)
 
     @classmethod
     def offline(cls, reason: str | None = None) -> State:
@@ -425,6 +427,7 @@ class State:
             hardware=r.opt_dict("hardware"), hardware_class=r.opt_str("hardware_class"),
             model=None if model is None else ModelRef.from_obj(model, "state model"),
             install=r.opt_dict("install"), last_window=r.opt_dict("last_window"),
+            disk=r.opt_dict("disk"),
         )  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
