@@ -9,7 +9,7 @@
     edge-deploy fleet --broker HOST:PORT [--wait S] [--json]
     edge-deploy fleet --registry FILE [--targets FILE] [--live --broker HOST:PORT] [--json]
     edge-deploy watch --broker HOST:PORT [--seconds S] [--device ID]
-    edge-deploy demo [--workdir DIR]          a whole fleet on this machine
+    edge-deploy demo [--workdir DIR] [--secure]  a whole fleet on this machine (--secure: TLS, ACL)
     edge-deploy pki | provision | broker-config   a locked-down fleet (deploy/cli/secure.py)
     edge-deploy optimize | rollout | report    the closed loop (deploy/cli/loop.py)
 
