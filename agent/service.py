@@ -29,6 +29,7 @@ import psutil
 from agent import __version__
 from agent.board import hardware
 from agent.config import AgentConfig
+from agent.delivery.cmdguard import CommandGuard
 from agent.delivery.install import Gates, Installer, ReplyTo
 from agent.delivery.store import ModelStore, Pointer, StoreLimits
 from agent.errors import EdgeloopError, ProtocolError, StoreError
@@ -73,6 +74,9 @@ class Agent:
         self.runtime_name, self.runtime_version = self.backend.name, self.backend.version
         self.has_edgetpu = any(a.kind == "edgetpu" for a in self.hardware.accelerators)
         self.trust_keys = load_trust_keys(cfg.trust_keys)
+        self.cmd_guard = CommandGuard(  # signed commands (issue 10)
+            cfg.state_path, self.trust_keys, cfg.device_id, self.hardware.hardware_class()
+        )
         state = cfg.state_path
         self.store = ModelStore(
             state,
@@ -435,9 +439,16 @@ class Agent:
 
     def _handle_command(self, verb: str, msg: IncomingMessage) -> None:
         cmd = Command.from_json(msg.payload, verb)
+        to = ReplyTo(cmd.id, verb, msg.response_topic, msg.correlation_data)
+        try:
+            self.cmd_guard.check(cmd)  # signed commands (issue 10)
+        except ProtocolError as exc:
+            log.warning("refused cmd/%s %s: %s", verb, cmd.id, exc)
+            self.event(EventKind.INPUT_REJECTED, exc.code, exc.message, command=verb, id=cmd.id)
+            self.reply(to, ReplyStatus.REJECTED, exc.code, exc.message)
+            return
         if verb == "deploy":
             _check_deploy_args(cmd.args)
-        to = ReplyTo(cmd.id, verb, msg.response_topic, msg.correlation_data)
         if cmd.id in self._seen and verb != "deploy":  # deploy dedups by release (P4, P16)
             self.reply(to, ReplyStatus.DUPLICATE, None, "command already handled")
             return
