@@ -412,6 +412,11 @@ class Agent:
             disk=self.outbox.disk_report(),  # disk full (issue 10)
         )
 
+    @property
+    def identity(self) -> tuple[str, str | None]:
+        """(device id, hardware class): whom a manifest must be addressed to (issue 10)."""
+        return self.cfg.device_id, self.hardware.hardware_class()
+
     def _on_disk_full(self, full: bool) -> None:
         """disk full (issue 10): the outbox cannot take the event, so it goes out directly."""
         report = self.outbox.disk_report()

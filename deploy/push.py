@@ -60,8 +60,12 @@ def build_manifest(
     delegate: str = "auto",
     ttl_s: int = 7 * 24 * 3600,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    targets: Mapping[str, list[str]] | None = None,
+    slot: str | None = None,
 ) -> SignedManifest:
-    """Inspect the model, fill variant and requirements from it, and sign."""
+    """Inspect the model, fill variant and requirements from it, and sign. ``targets``
+    ({"devices": [...], "classes": [...]}) and ``slot`` are signed: a device refuses a
+    manifest not addressed to it, and keeps anti-rollback counters per slot."""
     info = modelfile.inspect(model)
     fields = model_fields(model, chunk_size)
     now = int(time.time())
@@ -79,6 +83,10 @@ def build_manifest(
             "memory_mb": None,
         },
     )
+    if targets is not None:
+        fields["targets"] = {k: list(v) for k, v in targets.items()}
+    if slot is not None:
+        fields["slot"] = slot
     return sign_manifest(fields, private_key)
 
 
@@ -280,6 +288,7 @@ def push_model(
         recipe=recipe,
         delegate=delegate,
         chunk_size=chunk_size,
+        targets={"devices": [device_id]},
     )
     with Pusher(broker, device_id, prefix=prefix, progress=progress) as pusher:
         pusher._chunk_size = signed.manifest.chunk_size

@@ -24,7 +24,16 @@ from agent.wire.signed import FUTURE_S, MAX_AGE_S, sign_command, verify_command
 from deploy.keys import load_private
 from tests.agent_proc import AgentProcess
 from tests.broker import Broker
-from tests.e2e_host import ScriptedHost, Sent, pointer_sha, seed_state, start_seeded
+from tests.e2e_host import (
+    ScriptedHost,
+    Sent,
+    model_files,
+    pointer_sha,
+    seed_state,
+    sign_model,
+    start_seeded,
+)
+from tests.modelzoo import model
 
 NOW = 1_800_000_000.0
 KEY = Ed25519PrivateKey.generate()
@@ -217,3 +226,46 @@ def test_a_replayed_signed_rollback_is_refused_across_a_restart(
         assert (reply.status, reply.code) == ("rejected", "replayed"), reply
     assert pointer_sha(agent.state_dir) == old_sha
     assert (agent.state_dir / "command_auth.json").read_bytes() == before
+
+
+# ---- manifests name their target and slot (anti-rollback across names) ----------------------
+
+MANIFEST_ATTACKS: dict[str, tuple[dict[str, Any], str]] = {
+    # seeded: "digits" release 1 in slot "default"
+    "renamed_model_older_release": ({"name": "digits-renamed", "release": 0}, "rollback"),
+    "addressed_to_another_device": (
+        {"release": 2, "targets": {"devices": ["pi-02"]}},
+        "wrong_target",
+    ),
+    "addressed_to_another_class": (
+        {"release": 2, "targets": {"classes": ["coral-usb"]}},
+        "wrong_target",
+    ),
+}
+
+
+@pytest.mark.broker
+@pytest.mark.runtime
+@pytest.mark.parametrize("case", list(MANIFEST_ATTACKS))
+def test_manifest_attack_is_refused_and_changes_nothing(
+    case: str,
+    seeded: tuple[Path, str],
+    broker: Broker,
+    tmp_path: Path,
+    keys_dir: Path,
+    start_agent: Callable[..., AgentProcess],
+) -> None:
+    overrides, code = dict(MANIFEST_ATTACKS[case][0]), MANIFEST_ATTACKS[case][1]
+    seed_dir, old_sha = seeded
+    agent = start_seeded(start_agent, seed_dir, tmp_path)
+    counters = (agent.state_dir / "counters.json").read_bytes()
+    release = overrides.pop("release")
+    manifest = sign_model(
+        model("digits_fp32"), load_private(keys_dir), release=release, **overrides
+    )
+    with ScriptedHost(broker) as host:
+        reply = host.wait_reply(host.deploy(manifest))
+        assert (reply.status, reply.code) == ("rejected", code), reply
+    assert pointer_sha(agent.state_dir) == old_sha
+    assert (agent.state_dir / "counters.json").read_bytes() == counters
+    assert manifest.manifest.sha256 not in model_files(agent.state_dir)

@@ -96,6 +96,8 @@ class InstallHost(Protocol):
     def runtime_version(self) -> str: ...
     @property
     def has_edgetpu(self) -> bool: ...
+    @property
+    def identity(self) -> tuple[str, str | None]: ...  # (device id, hardware class)
 
     def event(self, kind: str, code: str = "ok", message: str = "", **data: Any) -> None: ...
     def progress(self, data: dict[str, Any]) -> None: ...
@@ -217,6 +219,11 @@ class Installer:
                     self._request_more(a, force=True)
             else:
                 self._reject(reply, Reason.BUSY, f"installing {a.manifest.name} now", manifest)
+            return
+        device_id, hardware_class = self.host.identity
+        if not manifest.addressed_to(device_id, hardware_class):
+            msg = f"addressed to {manifest.targets}, not to {device_id} ({hardware_class})"
+            self._reject(reply, Reason.WRONG_TARGET, msg, manifest)
             return
         try:
             verdict = store.check_release(manifest)
