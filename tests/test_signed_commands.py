@@ -8,6 +8,7 @@ that ``command_auth.json`` (the accepted sequence numbers and clock floor) did n
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from agent.errors import ProtocolError
 from agent.wire.ed25519 import PublicKey
 from agent.wire.messages import MAX_BENCH_RUNS, MAX_LOADGEN_HZ, Command
 from agent.wire.signed import FUTURE_S, MAX_AGE_S, sign_command, verify_command
+from deploy.cli.main import main as deploy_main
 from deploy.keys import load_private
 from tests.agent_proc import AgentProcess
 from tests.broker import Broker
@@ -269,3 +271,31 @@ def test_manifest_attack_is_refused_and_changes_nothing(
     assert pointer_sha(agent.state_dir) == old_sha
     assert (agent.state_dir / "counters.json").read_bytes() == counters
     assert manifest.manifest.sha256 not in model_files(agent.state_dir)
+
+
+# ---- the host side: edge-deploy command -------------------------------------------------------
+
+
+@pytest.mark.broker
+@pytest.mark.runtime
+def test_edge_deploy_command_signs_config_and_the_agent_applies_it(
+    seeded: tuple[Path, str],
+    broker: Broker,
+    tmp_path: Path,
+    keys_dir: Path,
+    start_agent: Callable[..., AgentProcess],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    agent = start_seeded(start_agent, seeded[0], tmp_path)
+    base = ["--device", "pi-01", "--broker", broker.url, "--keys", str(keys_dir)]
+    args = '{"loadgen": {"enabled": true, "rate_hz": 3}}'
+    assert deploy_main(["command", "config", *base, "--args", args]) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "ok"
+    second = deploy_main(["command", "config", *base, "--args", args])  # a later seq: accepted
+    assert second == 0, capsys.readouterr()
+    saved = json.loads((agent.state_dir / "command_auth.json").read_text())
+    assert next(iter(saved["seq"].values())) > 0
+    capsys.readouterr()
+    unsigned = ["command", "config", "--device", "pi-01", "--broker", broker.url]
+    assert deploy_main([*unsigned, "--args", args]) == 2  # no key: refused on the host
+    assert "must be signed" in capsys.readouterr().err

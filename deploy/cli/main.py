@@ -4,6 +4,7 @@
     edge-deploy keys show --dir DIR
     edge-deploy push MODEL --device ID --broker HOST:PORT --keys DIR [--name N --version V]
                 [--chunk-kib 64] [--json]
+    edge-deploy command VERB --device ID [--args JSON] [--keys DIR]   signed where it must be
     edge-deploy convert SOURCE --recipe NAME|all --out FILE|DIR [--calibration DATA]
                 [--validation DATA] [--backend auto|tf|aiq] [--json]
     edge-deploy fleet --broker HOST:PORT [--wait S] [--json]
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     keys.add_parser(sub)
     push.add_parser(sub)
+    push.add_command_parser(sub)
     add_convert_parser(sub)
     fleet.add_parser(sub)
     loop.add_loop_parsers(sub)

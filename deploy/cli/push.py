@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from agent.cliutil import EXIT_FAILED, EXIT_OK
-from agent.errors import EdgeloopError
-from deploy.cli.common import broker, broker_options, gates, keys_dir
+from agent.errors import ConfigError, EdgeloopError
+from deploy.cli.common import broker, broker_options, gates, host_config, keys_dir
 
 
 def cmd_push(args: argparse.Namespace) -> int:
@@ -77,3 +77,36 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--json", action="store_true")
     broker_options(p)
     p.set_defaults(func=cmd_push)
+
+
+def cmd_command(args: argparse.Namespace) -> int:
+    import json
+
+    from deploy.command import build_command, send_command
+    from deploy.keys import load_private
+
+    try:
+        cmd_args = json.loads(args.args)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"--args is not JSON: {exc}", hint="for example --args '{\"runs\": 50}'"
+        ) from None
+    if not isinstance(cmd_args, dict):
+        raise ConfigError("--args must be a JSON object")
+    has_keys = args.keys is not None or host_config(args) is not None
+    key = load_private(keys_dir(args)) if has_keys else None
+    cmd = build_command(args.verb, args.device, cmd_args, key)
+    reply = send_command(broker(args), args.device, cmd, prefix=args.prefix, timeout_s=args.timeout)
+    print(reply.to_json().decode())
+    return EXIT_OK if reply.status in ("ok", "accepted", "duplicate") else EXIT_FAILED
+
+
+def add_command_parser(sub: Any) -> None:
+    p = sub.add_parser("command", help="send one command to a device (signed where it must be)")
+    p.add_argument("verb", choices=["rollback", "config", "bench", "state", "rebirth"])
+    p.add_argument("--device", required=True)
+    p.add_argument("--args", default="{}", help="the command's args as a JSON object")
+    p.add_argument("--keys", default=None, help="key directory (default: --host-config's)")
+    p.add_argument("--timeout", type=float, default=30.0)
+    broker_options(p)
+    p.set_defaults(func=cmd_command)
