@@ -29,6 +29,8 @@ from deploy.mqtt import BrokerAddress, connect, new_client_id
 
 log = logging.getLogger(__name__)
 
+__all__ = ["FINAL_EVENTS", "BrokerAddress", "PushResult", "Pusher", "build_manifest", "push_model"]
+
 FINAL_EVENTS = {EventKind.COMMITTED, EventKind.ROLLED_BACK, EventKind.REJECTED}
 
 
