@@ -7,17 +7,21 @@ installer, the load generator, the energy meter for ``bench``) is handed in at c
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+from agent.delivery.cmdguard import CommandGuard
 from agent.delivery.install import CoreHost, Installer, Outputs
 from agent.delivery.store import ModelStore, Pointer
 from agent.errors import EdgeloopError, ProtocolError, StoreError
 from agent.mqtt.types import IncomingMessage
 from agent.serving.server import LoadGenerator
 from agent.wire.messages import Command, EventKind, ReplyStatus, ReplyTo, State
+
+log = logging.getLogger(__name__)
 
 SEEN_COMMANDS = 256
 
@@ -44,6 +48,7 @@ class Commands:
         *,
         store: ModelStore,
         installer: Installer,
+        guard: CommandGuard,
         loadgen: LoadGenerator,
         hw_root: str | Path,
         meter: Any,
@@ -52,6 +57,7 @@ class Commands:
         self.out = out
         self.store = store
         self.installer = installer
+        self.guard = guard
         self.loadgen = loadgen
         self.hw_root = hw_root
         self.meter = meter
@@ -60,9 +66,16 @@ class Commands:
     def handle(self, verb: str, msg: IncomingMessage) -> None:
         """One command message; ProtocolError / EdgeloopError go to the caller (it reports)."""
         cmd = Command.from_json(msg.payload, verb)
+        to = ReplyTo(cmd.id, verb, msg.response_topic, msg.correlation_data)
+        try:
+            self.guard.check(cmd)  # signed where the verb changes what the device runs or does
+        except ProtocolError as exc:
+            log.warning("refused cmd/%s %s: %s", verb, cmd.id, exc)
+            self.out.event(EventKind.INPUT_REJECTED, exc.code, exc.message, command=verb, id=cmd.id)
+            self.out.reply(to, ReplyStatus.REJECTED, exc.code, exc.message)
+            return
         if verb == "deploy":
             check_deploy_args(cmd.args)
-        to = ReplyTo(cmd.id, verb, msg.response_topic, msg.correlation_data)
         if cmd.id in self._seen and verb != "deploy":  # deploy dedups by release (P4, P16)
             self.out.reply(to, ReplyStatus.DUPLICATE, None, "command already handled")
             return

@@ -28,6 +28,7 @@ from agent import __version__
 from agent.board import hardware
 from agent.commands import Commands
 from agent.config import AgentConfig
+from agent.delivery.cmdguard import CommandGuard
 from agent.delivery.install import Gates, Installer
 from agent.delivery.store import ModelStore, Pointer, StoreLimits
 from agent.errors import EdgeloopError, ProtocolError, StoreError
@@ -70,12 +71,15 @@ class Agent:
         self.runtime_name, self.runtime_version = self.backend.name, self.backend.version
         self.has_edgetpu = any(a.kind == "edgetpu" for a in self.hardware.accelerators)
         self.trust_keys = load_trust_keys(cfg.trust_keys)
+        identity = (cfg.device_id, self.hardware.hardware_class())
         state = cfg.state_path
         self.store = ModelStore(
             state,
             StoreLimits(
                 max_model_bytes=int(cfg.limits.max_model_mb * 2**20),
                 max_store_bytes=int(cfg.limits.disk_mb * 2**20),
+                # an install leaves room for the outbox's whole bound (a full disk, P-disk)
+                min_free_bytes=int(cfg.telemetry.outbox_max_mb * 2**20) + (1 << 20),
             ),
             # staged chunks are made durable (fsync + bitmap) every 4 MiB: a power cut costs
             # at most 4 MiB of re-transfer, and a 14 MB install pays 4 fsync rounds, not 14
@@ -113,6 +117,7 @@ class Agent:
             trust_keys=self.trust_keys,
             runtime=(self.runtime_name, self.runtime_version),
             has_edgetpu=self.has_edgetpu,
+            identity=identity,
             default_gates=Gates.from_config(h),
             default_delegate=cfg.runtime.delegate,
             probe_timeout_s=h.probe_timeout_s,
@@ -125,6 +130,7 @@ class Agent:
             self.out,
             store=self.store,
             installer=self.installer,
+            guard=CommandGuard(state, self.trust_keys, *identity),
             loadgen=self.loadgen,
             hw_root=cfg.hw_root,
             meter=self.energy,
@@ -139,6 +145,7 @@ class Agent:
         self.transport = Transport(tc, self._on_message, self._on_connected)
         self.out.transport = self.transport
         self.drainer = OutboxDrainer(self.outbox, self.transport)
+        self.outbox.add_full_listener(self._on_disk_full)
 
     # ---- thread-safe entry points (other threads only enqueue) --------------------------
     def _on_message(self, msg: IncomingMessage) -> None:
@@ -318,7 +325,12 @@ class Agent:
             model=model,
             install=install,
             last_window=self._last_window,
+            disk=self.outbox.disk_report(),
         )
+
+    def _on_disk_full(self, full: bool) -> None:
+        self.out.disk_full(full)
+        self.state_changed()
 
     # ---- messages ---------------------------------------------------------------------------
     def _handle_message(self, msg: IncomingMessage) -> None:

@@ -38,7 +38,9 @@ class EmbeddedBroker:
     def url(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 10.0) -> EmbeddedBroker:
+    def start(self, timeout: float = 10.0, conf: Path | None = None) -> EmbeddedBroker:
+        """Start Mosquitto; ``conf``: a config file to use as it is (edge-deploy broker-config,
+        whose device listener is ``self.port``) instead of the plain loopback one."""
         binary = find_mosquitto()
         if binary is None:
             raise EdgeloopError(
@@ -47,20 +49,24 @@ class EmbeddedBroker:
                 code="broker",
             )
         self.workdir.mkdir(parents=True, exist_ok=True)
-        conf = self.workdir / "mosquitto.conf"
-        conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-            f"persistence_location {self.workdir}/\nmax_queued_messages 100000\n"
-            "set_tcp_nodelay true\n"
-            f"log_dest file {self.workdir / 'mosquitto.log'}\n"
-        )
-        self.proc = subprocess.Popen(
-            [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
+        if conf is None:
+            conf = self.workdir / "mosquitto.conf"
+            conf.write_text(
+                f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+                f"persistence_location {self.workdir}/\nmax_queued_messages 100000\n"
+                "set_tcp_nodelay true\n"
+                f"log_dest file {self.workdir / 'mosquitto.log'}\n"
+            )
+        with (self.workdir / "mosquitto.stderr").open("ab") as err:
+            self.proc = subprocess.Popen(
+                [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=err
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise EdgeloopError(f"mosquitto exited at start; see {self.workdir}/mosquitto.log")
+                raise EdgeloopError(
+                    f"mosquitto exited at start; see {self.workdir}/mosquitto.log and .stderr"
+                )
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
                     return self

@@ -95,11 +95,17 @@ class DemoOptions:
     # as parsed from a targets TOML (absolute units); None: FIXED_TARGETS plus P95_VS_FLOAT
     targets: Mapping[str, Any] | None = None
     p95_vs_float: Mapping[str, float] = field(default_factory=lambda: dict(P95_VS_FLOAT))
+    secure: bool = False  # under a generated PKI and broker config (deploy/demo_secure.py)
+
+
+def plain_broker_toml(port: int) -> Callable[[str], str]:
+    """The agents' ``[broker]`` section for the plain loopback broker."""
+    return lambda _device: f'[broker]\nhost = "127.0.0.1"\nport = {port}\n'
 
 
 @contextmanager
 def agents(
-    workdir: Path, broker: EmbeddedBroker, trust_key: Path, opts: DemoOptions
+    workdir: Path, broker_toml: Callable[[str], str], trust_key: Path, opts: DemoOptions
 ) -> Iterator[list[subprocess.Popen[bytes]]]:
     procs: list[subprocess.Popen[bytes]] = []
     try:
@@ -110,8 +116,8 @@ def agents(
             cfg.write_text(
                 f'device_id = "{d.device_id}"\nstate_dir = "{state / "state"}"\n'
                 f'hw_root = "{DATA / "hwtrees" / d.hw_tree}"\ntrust_keys = ["{trust_key}"]\n'
-                f'[broker]\nhost = "127.0.0.1"\nport = {broker.port}\n'
-                f"[runtime]\nthreads = {d.threads}\n"
+                + broker_toml(d.device_id)
+                + f"[runtime]\nthreads = {d.threads}\n"
                 f"[telemetry]\ninterval_s = {opts.telemetry_s}\n"
                 f"[loadgen]\nrate_hz = {opts.load_hz}\n"
                 "[health]\nmin_inferences = 30\nmin_seconds = 0.5\n"
@@ -255,9 +261,19 @@ def run_demo(
     def say(text: str) -> None:
         print(f"[{time.monotonic() - t0:6.1f}s] {text}", file=out, flush=True)
 
-    broker = EmbeddedBroker(workdir / "broker").start()
-    address = BrokerAddress("127.0.0.1", broker.port)
-    say(f"broker: mosquitto on {broker.url}; workdir {workdir}")
+    broker_toml: Callable[[str], str]
+    if opts.secure:
+        from deploy.demo_secure import start_secure_fleet
+
+        fleet = start_secure_fleet(workdir)
+        broker, address, broker_toml = fleet.broker, fleet.host, fleet.broker_toml
+    else:
+        broker = EmbeddedBroker(workdir / "broker").start()
+        address = BrokerAddress("127.0.0.1", broker.port)
+        broker_toml = plain_broker_toml(broker.port)
+
+    tls = " (TLS, certificates, ACL: broker/mosquitto.conf)" if opts.secure else ""
+    say(f"broker: mosquitto on 127.0.0.1:{broker.port}{tls}; workdir {workdir}")
     registry = Registry(workdir / "registry.sqlite")
     try:
         keys_dir = workdir / "keys"
@@ -265,7 +281,7 @@ def run_demo(
             init_keys(keys_dir)
         key = load_private(keys_dir)
         collector = Collector(registry, address).start()
-        with agents(workdir, broker, keys_dir / "edgeloop.pub", opts):
+        with agents(workdir, broker_toml, keys_dir / "edgeloop.pub", opts):
             say(f"starting {len(opts.devices)} agents; converting fusionnet with every recipe")
             with quiet_converters(workdir / "convert.log"):
                 variants = prepare_variants(

@@ -2,7 +2,7 @@
 
 Every host worker (push, collector, fleet view, the loop's deployer) gets its MQTT v5 client from
 :meth:`BrokerAddress.client` and connects it with :func:`connect`, so host connection options
-(credentials, session, later TLS) live here only. The client is the agent's
+(credentials, session, TLS) live here only. The client is the agent's
 :class:`~agent.mqtt.transport.Transport` (the only paho importer) with a clean session.
 """
 
@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from agent.errors import EdgeloopError
 from agent.mqtt.transport import Transport
-from agent.mqtt.types import IncomingMessage, TransportConfig
+from agent.mqtt.types import IncomingMessage, TlsConfig, TransportConfig
 
 CONNECT_TIMEOUT_S = 10.0
 
@@ -25,6 +25,7 @@ class BrokerAddress:
     port: int
     username: str | None = None
     password: str | None = None
+    tls: TlsConfig | None = None  # CA, client certificate and key (edge-deploy provision --host)
 
     @classmethod
     def parse(cls, text: str) -> BrokerAddress:
@@ -34,7 +35,10 @@ class BrokerAddress:
         return cls(host, int(port))
 
     def with_credentials(self, username: str | None, password: str | None) -> BrokerAddress:
-        return BrokerAddress(self.host, self.port, username, password)
+        return replace(self, username=username, password=password)
+
+    def with_tls(self, tls: TlsConfig | None) -> BrokerAddress:
+        return replace(self, tls=tls)
 
     def client(
         self,
@@ -57,6 +61,7 @@ class BrokerAddress:
                 client_id=client_id or new_client_id(role),
                 username=self.username,
                 password=self.password,
+                tls=self.tls,
                 clean_start=session_expiry_s == 0,
                 session_expiry_s=session_expiry_s,
                 subscriptions=[(t, 1) for t in subscriptions],

@@ -24,10 +24,12 @@ from agent.runtime import modelfile
 from agent.wire.chunks import encode_chunk
 from agent.wire.manifest import DEFAULT_CHUNK_SIZE, SignedManifest, model_fields, sign_manifest
 from agent.wire.messages import Command, CommandReply, Event, EventKind, NeedRequest, ReplyStatus
-from agent.wire.topics import Topics, host_reply_topic
+from agent.wire.topics import Topics
 from deploy.mqtt import BrokerAddress, connect, new_client_id
 
 log = logging.getLogger(__name__)
+
+__all__ = ["FINAL_EVENTS", "BrokerAddress", "PushResult", "Pusher", "build_manifest", "push_model"]
 
 FINAL_EVENTS = {EventKind.COMMITTED, EventKind.ROLLED_BACK, EventKind.REJECTED}
 
@@ -60,8 +62,12 @@ def build_manifest(
     delegate: str = "auto",
     ttl_s: int = 7 * 24 * 3600,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    targets: Mapping[str, list[str]] | None = None,
+    slot: str | None = None,
 ) -> SignedManifest:
-    """Inspect the model, fill variant and requirements from it, and sign."""
+    """Inspect the model, fill variant and requirements from it, and sign. ``targets``
+    ({"devices": [...], "classes": [...]}) and ``slot`` are signed: a device refuses a
+    manifest not addressed to it, and keeps anti-rollback counters per slot."""
     info = modelfile.inspect(model)
     fields = model_fields(model, chunk_size)
     now = int(time.time())
@@ -79,6 +85,10 @@ def build_manifest(
             "memory_mb": None,
         },
     )
+    if targets is not None:
+        fields["targets"] = {k: list(v) for k, v in targets.items()}
+    if slot is not None:
+        fields["slot"] = slot
     return sign_manifest(fields, private_key)
 
 
@@ -96,7 +106,7 @@ class Pusher:
     ) -> None:
         self.topics = Topics(prefix, device_id)
         self.client_id = new_client_id("push")
-        self.reply_topic = host_reply_topic(prefix, self.client_id)
+        self.reply_topic = self.topics.reply(self.client_id)
         self.inbox: queue.Queue[IncomingMessage] = queue.Queue()
         self.progress = progress
         self.on_event = on_event
@@ -280,6 +290,7 @@ def push_model(
         recipe=recipe,
         delegate=delegate,
         chunk_size=chunk_size,
+        targets={"devices": [device_id]},
     )
     with Pusher(broker, device_id, prefix=prefix, progress=progress) as pusher:
         pusher._chunk_size = signed.manifest.chunk_size

@@ -46,6 +46,7 @@ from deploy.demo import (
     DemoDevice,
     DemoOptions,
     agents,
+    plain_broker_toml,
     quiet_converters,
     wait_online,
 )
@@ -95,7 +96,9 @@ class Fleet:
         init_keys(workdir / "keys")
         self.key = load_private(workdir / "keys")
         self.collector = Collector(self.registry, self.address).start()
-        self._agents = agents(workdir, self.broker, workdir / "keys" / "edgeloop.pub", opts)
+        self._agents = agents(
+            workdir, plain_broker_toml(self.broker.port), workdir / "keys" / "edgeloop.pub", opts
+        )
         self._agents.__enter__()
         self.deployer = Deployer(self.registry, self.address, self.key, model, gates=GATES,
                                  timeout_s=180)  # fmt: skip

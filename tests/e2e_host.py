@@ -77,7 +77,7 @@ class ScriptedHost:
     def __init__(self, broker: Broker, device_id: str = "pi-01", prefix: str = "edgeloop") -> None:
         self.topics = Topics(prefix, device_id)
         self.client_id = f"test-host-{uuid.uuid4().hex[:10]}"
-        self.reply_topic = f"{prefix}/host/{self.client_id}/reply"
+        self.reply_topic = self.topics.reply(self.client_id)
         self._q: queue.Queue[IncomingMessage | None] = queue.Queue()
         self._lock = threading.Lock()
         self.models: dict[str, tuple[bytes, int]] = {}

@@ -52,3 +52,32 @@ def test_the_demo_converges_and_writes_the_report(tmp_path: Path) -> None:
     report = Path(m.group(1).strip())
     assert report.is_file()
     assert "<img" in report.read_text(encoding="utf-8")
+
+
+def test_the_secure_demo_runs_the_loop_over_tls_with_the_generated_acl(tmp_path: Path) -> None:
+    pytest.importorskip("tensorflow")
+    pytest.importorskip("ai_edge_quantizer")
+    from deploy.demo import DEVICES, DemoOptions, run_demo
+
+    devices = tuple(d for d in DEVICES if d.device_id == "pi5-01")
+    opts = DemoOptions(
+        devices=devices,
+        telemetry_s=0.5,
+        min_windows=3,
+        min_inferences=60,
+        recipes=("fp32", "int8"),
+        timeout_s=120.0,
+        secure=True,
+    )
+    out = io.StringIO()
+    rc = run_demo(tmp_path / "demo", out=out, opts=opts)
+    text = out.getvalue()
+    assert rc == 0, text
+    assert "(TLS, certificates, ACL" in text
+    assert re.search(r"^pi5-01\s+yes\s+", text, re.M), text
+    conf = (tmp_path / "demo" / "broker" / "mosquitto.conf").read_text()
+    assert "require_certificate true" in conf and "allow_anonymous false" in conf
+    agent_toml = (tmp_path / "demo" / "devices" / "pi5-01" / "agent.toml").read_text()
+    assert "tls_cert" in agent_toml
+    log = (tmp_path / "demo" / "devices" / "pi5-01" / "agent.log").read_text()
+    assert "Not authorized" not in log and "0x87" not in log

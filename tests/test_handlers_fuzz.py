@@ -449,6 +449,39 @@ def test_infer_handler_never_raises_and_bad_requests_never_count_as_failures(
         assert h.files_outside_state() == []
 
 
+# ---- nested JSON on every handler (issue 10) -----------------------------------------------
+DEEP = [
+    b"[" * 1000,  # unclosed: json's C parser raises RecursionError
+    b"[" * 900 + b"]" * 900,  # parses, then nests past every limit
+    b'{"id":"d","args":' + b'{"a":' * 200 + b"1" + b"}" * 201,
+    b'{"inputs":' + b"[" * 40 + b"0.5" + b"]" * 41 + b"}",
+]
+
+
+def test_nested_json_on_every_handler_is_a_clear_rejection_with_an_event(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with harness(tmp_path, serve=model("digits_fp32")) as h:
+        topics = [f"{BASE}/cmd/{verb}" for verb in sorted(VERBS)] + [f"{BASE}/infer"]
+        for topic in topics:
+            for payload in DEEP:
+                before = len(h.events())
+                corr = h.send(topic, payload)
+                (reply,) = h.replies_to(corr)  # the handler replies before it returns
+                body = json.loads(reply.payload)
+                code = body.get("code")
+                assert code in ("malformed", "bad_request"), (topic, payload[:20], body)
+                assert "nested" in body["message"] or "JSON" in body["message"], body
+                new = h.events()[before:]
+                assert [e["kind"] for e in new] == [EventKind.INPUT_REJECTED], (topic, new)
+                assert new[0]["code"] == code
+        assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+        x, labels = digits_data()  # and the model still serves
+        corr = h.send(f"{BASE}/infer", _dumps({"inputs": [x[0].tolist()]}))
+        (reply,) = wait_for(lambda: h.replies_to(corr), 10, "a good inference reply")
+        assert int(np.argmax(json.loads(reply.payload)["outputs"][0])) == int(labels[0])
+
+
 # ---- end to end: mosquitto_pub against a running agent --------------------------------------
 MOSQUITTO_PUB = shutil.which("mosquitto_pub") or "/usr/bin/mosquitto_pub"
 

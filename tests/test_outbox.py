@@ -57,10 +57,11 @@ def test_seq_survives_reopen_and_is_never_reused(tmp_path: Path) -> None:
 
 
 def test_byte_bound_drops_oldest_and_counts_persistently(tmp_path: Path) -> None:
-    box = Outbox(tmp_path / "o.db", max_bytes=10 * (100 + 1 + 32))
+    box = Outbox(tmp_path / "o.db", max_bytes=10 * (100 + 1 + 32) * 4 // 3 + 1)
+    assert box.record_budget >= 10 * 133 and box.wal_reserve == box.max_bytes // 4
     seqs = [box.append("t", b"x" * 100) for _ in range(15)]
     stats = box.stats()
-    assert stats.records == 10 and stats.bytes <= box.max_bytes
+    assert stats.records == 10 and stats.bytes <= box.record_budget
     assert [r.seq for r in box.peek()] == seqs[5:]  # the 5 oldest went
     assert stats.dropped == 5 == box.dropped
     box.close()

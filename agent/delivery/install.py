@@ -60,6 +60,7 @@ class Installer(Transfer, Trial):
         trust_keys: Mapping[str, Any],
         runtime: tuple[str, str],
         has_edgetpu: bool,
+        identity: tuple[str, str | None],
         default_gates: Gates,
         default_delegate: str,
         window_bytes: int = DEFAULT_WINDOW_BYTES,
@@ -74,6 +75,7 @@ class Installer(Transfer, Trial):
         self.trust_keys = trust_keys
         self.runtime_name, self.runtime_version = runtime
         self.has_edgetpu = has_edgetpu
+        self.identity = identity  # (device id, hardware class): whom a manifest must name
         self.default_gates = default_gates
         self.default_delegate = default_delegate
         self.window_bytes = window_bytes
@@ -113,6 +115,11 @@ class Installer(Transfer, Trial):
                     self._request_more(a, force=True)
             else:
                 self._reject(reply, Reason.BUSY, f"installing {a.manifest.name} now", manifest)
+            return
+        device_id, hardware_class = self.identity
+        if not manifest.addressed_to(device_id, hardware_class):
+            msg = f"addressed to {manifest.targets}, not to {device_id} ({hardware_class})"
+            self._reject(reply, Reason.WRONG_TARGET, msg, manifest)
             return
         try:
             verdict = store.check_release(manifest)

@@ -6,10 +6,22 @@ durably before any publish is attempted, and a process kill or power loss cannot
 (SQLite's journal does what we would otherwise hand-write for segment files). A record leaves
 the outbox only when the broker acknowledged it (PUBACK), or when the bounds drop it.
 
-Bounds: total bytes and record age. Oldest records are dropped first; every drop increments a
-persistent ``dropped`` counter that telemetry reports as ``outbox_dropped``. A PUBACK with a
-failure reason (>= 0x80, e.g. 0x87 not authorized, 0x95 packet too large) is final: the record is
-removed and counted in ``rejected`` (re-sending would be refused again).
+Bounds: total bytes and record age. The bytes bound covers the ``-wal`` file too: a quarter of
+it is the WAL's (``wal_autocheckpoint`` and ``journal_size_limit`` keep the WAL within it, and
+housekeeping truncates a WAL past it), the rest is the records' (:attr:`Outbox.record_budget`).
+Oldest records are dropped first; every drop increments a persistent ``dropped`` counter that
+telemetry reports as ``outbox_dropped``.
+
+A full disk never raises out of :meth:`Outbox.append`: the outbox truncates its WAL, drops the
+oldest quarter of its records and tries once more; if the write still fails the record is lost,
+counted in ``dropped`` (in memory, as the disk cannot take the counter). ``disk_full`` is set
+while a write fails or fewer than ``LOW_FREE_BYTES`` are free (SQLite may go on writing into
+the WAL space it holds), and listeners hear each change. An outbox that cannot even be opened
+(the disk is full at start) runs in memory, so the agent starts and serves; records are then
+not durable until a restart.
+
+A PUBACK with a failure reason (>= 0x80, e.g. 0x87 not authorized, 0x95 packet too large) is
+final: the record is removed and counted in ``rejected`` (re-sending would be refused again).
 
 :class:`OutboxDrainer` publishes records in ``seq`` order with a bounded window in flight.
 Unacknowledged records are re-sent: by paho after a reconnect within one process (QoS 1 DUP),
@@ -19,18 +31,24 @@ and from disk after a restart. Duplicates are possible; the host de-duplicates b
 from __future__ import annotations
 
 import logging
+import shutil
 import sqlite3
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from agent.mqtt.types import PublishHandle
+from agent.mqtt.drainer import OutboxDrainer, Publisher
 
 log = logging.getLogger(__name__)
 
+__all__ = ["Outbox", "OutboxDrainer", "OutboxRecord", "OutboxStats", "Publisher"]
+
+#: Below this many free bytes the disk counts as full (state and events say so) even while the
+#: outbox still writes into the space its WAL already holds.
+LOW_FREE_BYTES = 256 << 10
 RECORD_OVERHEAD = 32  # bytes counted per record on top of topic + payload
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -87,13 +105,26 @@ class Outbox:
         self._clock = clock
         self._lock = threading.RLock()
         self._listeners: list[Callable[[], None]] = []
+        self._full_listeners: list[Callable[[bool], None]] = []
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.disk_full = False  # the last write failed for space (reported in state and events)
+        self.in_memory = False  # the file could not be opened: records are not durable
+        self._lost = 0  # records lost to a full disk (not persisted: the disk is full)
         self._db = self._open()
 
     def _open(self) -> sqlite3.Connection:
         try:
             return self._connect()
         except sqlite3.DatabaseError as exc:
+            if _is_full(exc):
+                log.error(
+                    "outbox %s cannot be opened, the disk is full (%s): keeping records in "
+                    "memory until the agent restarts; free space in the state directory",
+                    self.path,
+                    exc,
+                )
+                self.disk_full = self.in_memory = True
+                return self._connect(":memory:")
             aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
             log.error(
                 "outbox %s is unreadable (%s); moved aside to %s, starting empty",
@@ -106,11 +137,13 @@ class Outbox:
                 Path(str(self.path) + suffix).unlink(missing_ok=True)
             return self._connect()
 
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+    def _connect(self, where: str | None = None) -> sqlite3.Connection:
+        db = sqlite3.connect(where or self.path, check_same_thread=False, isolation_level=None)
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
+            db.execute(f"PRAGMA wal_autocheckpoint={max(8, self.wal_reserve // 4096)}")
+            db.execute(f"PRAGMA journal_size_limit={self.wal_reserve}")
             db.executescript(_SCHEMA)
         except sqlite3.DatabaseError:
             db.close()
@@ -124,29 +157,116 @@ class Outbox:
     def append(self, topic: str, payload: bytes | Callable[[int], bytes], qos: int = 1) -> int:
         """Store one record durably and return its ``seq`` (strictly increasing, never reused).
 
-        ``payload`` may be a function of the seq, so a message can carry its own seq.
+        ``payload`` may be a function of the seq, so a message can carry its own seq. Returns 0
+        when the disk is full and the record could not be stored (see the module docstring).
         """
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            was_full = self.disk_full
             try:
-                cur = self._db.execute(
-                    "INSERT INTO records (topic, payload, qos, created, size) VALUES (?,?,?,?,0)",
-                    (topic, b"", qos, self._clock()),
+                seq = self._append_locked(topic, payload, qos)
+            except sqlite3.OperationalError as exc:
+                if not _is_full(exc):
+                    raise
+                seq = 0 if was_full else self._retry_after_freeing(topic, payload, qos, exc)
+            if seq == 0:
+                self._lost += 1
+            self.disk_full = seq == 0 or self._low_space()
+            if self.disk_full != was_full:
+                log.log(
+                    logging.ERROR if self.disk_full else logging.WARNING,
+                    "outbox: %s",
+                    f"disk full (less than {LOW_FREE_BYTES} bytes free or a write failed): "
+                    "records may be lost (counted in outbox_dropped) until space is freed"
+                    if self.disk_full
+                    else f"disk space is back: {self._lost} record(s) were lost",
                 )
-                seq = int(cur.lastrowid or 0)
-                data = payload(seq) if callable(payload) else payload
-                size = len(data) + len(topic.encode()) + RECORD_OVERHEAD
-                self._db.execute(
-                    "UPDATE records SET payload = ?, size = ? WHERE seq = ?", (data, size, seq)
-                )
-                self._enforce_locked()
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-        for fn in list(self._listeners):
-            fn()
+        if self.disk_full != was_full:
+            for on_full in list(self._full_listeners):
+                on_full(self.disk_full)
+        if seq:
+            for fn in list(self._listeners):
+                fn()
         return seq
+
+    def disk_report(self) -> dict[str, Any] | None:
+        """For the device's state: None while writes succeed, else what is wrong and what to do."""
+        if not self.disk_full:
+            return None
+        return {
+            "full": True,
+            "in_memory": self.in_memory,
+            "records_lost": self._lost,
+            "hint": f"free space on the filesystem of {self.path.parent} (old files, logs); "
+            "the agent keeps serving and resumes durable telemetry by itself"
+            + ("" if not self.in_memory else " after a restart"),
+        }
+
+    def _low_space(self) -> bool:
+        if self.in_memory:
+            return True
+        try:
+            return shutil.disk_usage(self.path.parent).free < LOW_FREE_BYTES
+        except OSError:
+            return False
+
+    def add_full_listener(self, fn: Callable[[bool], None]) -> None:
+        """Call ``fn(disk_full)`` when appends start or stop failing for space."""
+        self._full_listeners.append(fn)
+
+    def _retry_after_freeing(
+        self, topic: str, payload: bytes | Callable[[int], bytes], qos: int, exc: Exception
+    ) -> int:
+        log.warning("outbox: disk full (%s); dropping the oldest records to make room", exc)
+        self._free_space_locked()
+        try:
+            return self._append_locked(topic, payload, qos)
+        except sqlite3.OperationalError as again:
+            if not _is_full(again):
+                raise
+            return 0
+
+    def _append_locked(self, topic: str, payload: bytes | Callable[[int], bytes], qos: int) -> int:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            cur = self._db.execute(
+                "INSERT INTO records (topic, payload, qos, created, size) VALUES (?,?,?,?,0)",
+                (topic, b"", qos, self._clock()),
+            )
+            seq = int(cur.lastrowid or 0)
+            data = payload(seq) if callable(payload) else payload
+            size = len(data) + len(topic.encode()) + RECORD_OVERHEAD
+            self._db.execute(
+                "UPDATE records SET payload = ?, size = ? WHERE seq = ?", (data, size, seq)
+            )
+            self._enforce_locked()
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+        return seq
+
+    def _rollback(self) -> None:
+        if self._db.in_transaction:
+            try:
+                self._db.execute("ROLLBACK")
+            except sqlite3.OperationalError as exc:  # SQLite may have rolled back already
+                log.debug("outbox rollback: %s", exc)
+
+    def _free_space_locked(self) -> None:
+        """After a write failed for space: truncate the WAL, drop the oldest quarter."""
+        try:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            (n,) = self._db.execute("SELECT COUNT(*) FROM records").fetchone()
+            cut = self._db.execute(
+                "SELECT seq FROM records ORDER BY seq LIMIT 1 OFFSET ?", (max(0, n // 4),)
+            ).fetchone()
+            if cut is not None:
+                cur = self._db.execute("DELETE FROM records WHERE seq < ?", (int(cut[0]),))
+                self._lost += max(0, cur.rowcount)
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.OperationalError as exc:
+            self._rollback()
+            log.warning("outbox: could not free space (%s)", exc)
 
     def peek(self, after_seq: int = 0, limit: int = 100) -> list[OutboxRecord]:
         """The oldest records with ``seq > after_seq``, in seq order."""
@@ -175,8 +295,11 @@ class Outbox:
             return cur.rowcount > 0
 
     def enforce_bounds(self) -> int:
-        """Drop records past the age or byte bound (oldest first); return how many."""
+        """Drop records past the age or byte bound (oldest first); return how many. Truncates
+        the WAL first when it holds more than a quarter of the byte bound."""
         with self._lock:
+            if self.wal_bytes() > self.wal_reserve:
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 n = self._enforce_locked()
@@ -188,8 +311,25 @@ class Outbox:
 
     @property
     def dropped(self) -> int:
-        """Records dropped by the bounds since the outbox was created (persistent)."""
-        return self._counter("dropped")
+        """Records dropped by the bounds since the outbox was created (persistent), plus those
+        lost to a full disk since this process started."""
+        return self._counter("dropped") + self._lost
+
+    @property
+    def wal_reserve(self) -> int:
+        """The share of ``max_bytes`` kept for the WAL file."""
+        return self.max_bytes // 4
+
+    @property
+    def record_budget(self) -> int:
+        """Bytes the records may take: ``max_bytes`` less the WAL's share."""
+        return self.max_bytes - self.wal_reserve
+
+    def wal_bytes(self) -> int:
+        try:
+            return Path(str(self.path) + "-wal").stat().st_size if not self.in_memory else 0
+        except OSError:
+            return 0
 
     def stats(self) -> OutboxStats:
         with self._lock:
@@ -199,7 +339,7 @@ class Outbox:
             return OutboxStats(
                 records=int(n),
                 bytes=int(total),
-                dropped=self._counter("dropped"),
+                dropped=self.dropped,
                 rejected=self._counter("rejected"),
                 oldest_seq=None if oldest is None else int(oldest),
                 oldest_age_s=None if created is None else max(0.0, self._clock() - created),
@@ -218,7 +358,7 @@ class Outbox:
         )
         dropped = max(0, cur.rowcount)
         (total,) = self._db.execute("SELECT COALESCE(SUM(size), 0) FROM records").fetchone()
-        excess = int(total) - self.max_bytes
+        excess = int(total) - self.record_budget
         if excess > 0:
             cut, freed = 0, 0
             for seq, size in self._db.execute("SELECT seq, size FROM records ORDER BY seq"):
@@ -241,84 +381,9 @@ class Outbox:
         return int(row[0]) if row else 0
 
 
-class Publisher(Protocol):
-    """What the drainer needs from agent.mqtt.transport.Transport."""
-
-    @property
-    def connected(self) -> bool: ...
-
-    def publish(
-        self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False
-    ) -> PublishHandle: ...
-
-    def add_connection_listener(self, fn: Callable[[bool], None]) -> None: ...
-
-
-class OutboxDrainer:
-    """Moves outbox records to the broker, oldest first, ``window`` in flight at most."""
-
-    def __init__(
-        self, outbox: Outbox, transport: Publisher, *, window: int = 16, housekeeping_s: float = 5.0
-    ) -> None:
-        self.outbox = outbox
-        self.transport = transport
-        self.window = max(1, window)
-        self.housekeeping_s = housekeeping_s
-        self.acked = 0
-        self.rejected = 0
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        outbox.add_listener(self._wake.set)
-        transport.add_connection_listener(lambda _up: self._wake.set())
-
-    def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="outbox-drainer", daemon=True)
-            self._thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-
-    def _run(self) -> None:
-        inflight: dict[int, PublishHandle] = {}
-        cursor = 0  # highest seq handed to the transport (re-wound when a publish is lost)
-        next_housekeeping = time.monotonic() + self.housekeeping_s
-        while not self._stop.is_set():
-            self._wake.clear()
-            for seq, handle in list(inflight.items()):
-                if handle.done():
-                    del inflight[seq]
-                    cursor = self._settle(seq, handle, cursor)
-            if self.transport.connected and len(inflight) < self.window:
-                for rec in self.outbox.peek(cursor, self.window):
-                    if len(inflight) >= self.window or not self.transport.connected:
-                        break
-                    cursor = rec.seq
-                    if rec.seq in inflight:
-                        continue
-                    handle = self.transport.publish(rec.topic, rec.payload, rec.qos)
-                    handle.add_done_callback(lambda _h: self._wake.set())
-                    inflight[rec.seq] = handle
-            if time.monotonic() >= next_housekeeping:
-                self.outbox.enforce_bounds()
-                next_housekeeping = time.monotonic() + self.housekeeping_s
-            self._wake.wait(self.housekeeping_s)
-
-    def _settle(self, seq: int, handle: PublishHandle, cursor: int) -> int:
-        if handle.reason_code is None:  # never acknowledged (offline, stopped): send again
-            return min(cursor, seq - 1)
-        if handle.ok:
-            self.outbox.ack(seq)
-            self.acked += 1
-        else:
-            log.warning(
-                "broker refused outbox record %d (reason %#04x); removed", seq, handle.reason_code
-            )
-            self.outbox.reject(seq)
-            self.rejected += 1
-        return cursor
+def _is_full(exc: sqlite3.Error) -> bool:
+    """SQLITE_FULL, or an I/O error that is ENOSPC underneath (SQLite reports both)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None and (code & 0xFF) in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR):
+        return True
+    return "full" in str(exc)

@@ -40,6 +40,14 @@ class Publisher:
             self.topics.events, lambda seq: Event(kind, code, message, body, ts, seq).to_json()
         )
 
+    def disk_full(self, full: bool) -> None:
+        """The state disk filled (or has room again): the outbox cannot take this event, so it
+        goes out directly, with what the outbox reports and what to do."""
+        message = "the state disk is full" if full else "the state disk has space again"
+        report = self.outbox.disk_report() or {}
+        ev = Event(EventKind.DISK_FULL, "disk_full" if full else "ok", message, report)
+        self._transport().publish(self.topics.events, ev.to_json(), qos=1)
+
     def progress(self, data: dict[str, Any]) -> None:
         ev = Event(EventKind.INSTALL_PROGRESS, "ok", "", data, ts=round(time.time(), 3))
         self._transport().publish(self.topics.events, ev.to_json(), qos=0)

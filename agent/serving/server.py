@@ -26,6 +26,7 @@ import numpy.typing as npt
 
 from agent.errors import EdgeloopError
 from agent.runtime.inputs import random_inputs
+from agent.wire.codec import depth_ok
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,17 @@ class InferenceJob:
     as_npy: bool = False
 
 
+#: ``{"inputs": [...]}`` around arrays of up to 32 dimensions (numpy 1.x's NPY_MAXDIMS)
+MAX_INPUT_DEPTH = 34
+_TOO_DEEP = object()
+
+
+def _may_nest(payload: bytes) -> bool:
+    """Whether the payload has enough brackets to nest too deep (counting is C-speed; the
+    walk over the parsed value is skipped for the usual small tensors)."""
+    return payload.count(b"[") + payload.count(b"{") > MAX_INPUT_DEPTH
+
+
 def decode_request(payload: bytes, content_type: str | None) -> tuple[list[Any], bool]:
     """Parse an inference request: a ``.npy`` array, or JSON (``{"inputs": [...]}`` or an array).
 
@@ -119,11 +131,18 @@ def decode_request(payload: bytes, content_type: str | None) -> tuple[list[Any],
         return [_load_npy(payload)], True
     try:
         doc = json.loads(payload.decode("utf-8"))
+    except RecursionError:  # json's C parser gives up near 1000 levels (issue 10)
+        doc = _TOO_DEEP
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InferenceInputError(
             f"request is neither .npy nor JSON: {exc}",
             hint='send {"inputs": [array, ...]} or a .npy payload',
         ) from exc
+    if doc is _TOO_DEEP or (_may_nest(payload) and not depth_ok(doc, limit=MAX_INPUT_DEPTH)):
+        raise InferenceInputError(
+            f"JSON request nested deeper than {MAX_INPUT_DEPTH} levels",
+            hint='send {"inputs": [array, ...]} with one nested list per array dimension',
+        )
     if isinstance(doc, dict):
         if "inputs" not in doc or not isinstance(doc["inputs"], list):
             raise InferenceInputError(

@@ -71,13 +71,14 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _depth_ok(obj: Any, depth: int = 0) -> bool:
-    if depth > MAX_JSON_DEPTH:
+def depth_ok(obj: Any, depth: int = 0, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether a parsed JSON value nests at most ``limit`` levels."""
+    if depth > limit:
         return False
     if isinstance(obj, dict):
-        return all(_depth_ok(v, depth + 1) for v in obj.values())
+        return all(depth_ok(v, depth + 1, limit) for v in obj.values())
     if isinstance(obj, list):
-        return all(_depth_ok(v, depth + 1) for v in obj)
+        return all(depth_ok(v, depth + 1, limit) for v in obj)
     return True
 
 
@@ -98,7 +99,7 @@ def parse_json_object(data: bytes | bytearray | memoryview, *, max_bytes: int, w
         value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ProtocolError(f"{what}: not valid UTF-8 JSON ({exc})") from exc
-    if not _depth_ok(value):
+    if not depth_ok(value):
         raise ProtocolError(f"{what}: JSON nested deeper than {MAX_JSON_DEPTH} levels")
     return value
 

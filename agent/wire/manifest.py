@@ -51,6 +51,8 @@ MIN_CHUNK_SIZE = 64
 MAX_MODEL_SIZE = 1 << 34
 MAX_INT = 2**53
 DEFAULT_TTL_S = 7 * 24 * 3600
+DEFAULT_SLOT = "default"
+_OPTIONAL = frozenset({"slot", "targets"})
 
 _VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
 _TOKEN_RE = re.compile(r"[A-Za-z0-9._:+-]{1,64}")
@@ -115,6 +117,23 @@ class Manifest:
     variant: Variant = field(default_factory=Variant)
     requirements: Requirements = field(default_factory=Requirements)
     schema: str = SCHEMA
+    #: The model slot this manifest fills (anti-rollback counters are kept per slot too, so a
+    #: renamed model cannot go back in time); None: the slot ``default``.
+    slot: str | None = None
+    #: Who may install it: {"devices": [ids], "classes": [hardware classes]}; None: anyone
+    #: trusting the key.
+    targets: dict[str, tuple[str, ...]] | None = None
+
+    @property
+    def slot_name(self) -> str:
+        return self.slot or DEFAULT_SLOT
+
+    def addressed_to(self, device_id: str, hardware_class: str | None) -> bool:
+        if self.targets is None:
+            return True
+        return device_id in self.targets.get("devices", ()) or (
+            hardware_class is not None and hardware_class in self.targets.get("classes", ())
+        )
 
     @property
     def chunk_count(self) -> int:
@@ -139,7 +158,7 @@ class Manifest:
             "created": self.created,
             "expires": self.expires,
             "key_id": self.key_id,
-        }
+        } | _optional_fields(self)
 
     def canonical_bytes(self) -> bytes:
         return canonical_json(self.to_dict(), allow_floats=False)
@@ -391,8 +410,8 @@ def _requirements(obj: Any) -> Requirements:
 def _parse_fields(obj: Any) -> Manifest:
     if not isinstance(obj, dict):
         raise _invalid("the manifest must be a JSON object")
-    if set(obj) != _FIELDS:
-        missing, extra = sorted(_FIELDS - set(obj)), sorted(set(obj) - _FIELDS)
+    if not _FIELDS <= set(obj) <= _FIELDS | _OPTIONAL:
+        missing, extra = sorted(_FIELDS - set(obj)), sorted(set(obj) - _FIELDS - _OPTIONAL)
         raise _invalid(f"fields missing {missing}, unexpected {extra}")
     if obj["schema"] != SCHEMA:
         raise _invalid(f"schema {obj['schema']!r:.40} is not {SCHEMA!r}")
@@ -428,4 +447,33 @@ def _parse_fields(obj: Any) -> Manifest:
         chunk_size=chunk_size,
         variant=_variant(obj["variant"]),
         requirements=_requirements(obj["requirements"]),
+        slot=_slot(obj.get("slot")),
+        targets=_targets(obj.get("targets")),
     )
+
+
+def _optional_fields(m: Manifest) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if m.slot is not None:
+        out["slot"] = m.slot
+    if m.targets is not None:
+        out["targets"] = {k: list(v) for k, v in m.targets.items()}
+    return out
+
+
+def _slot(value: Any) -> str | None:
+    if value is not None and not valid_id(value):
+        raise _invalid(f"slot {value!r:.80} does not match {ID_PATTERN}")
+    return value if value is None else str(value)
+
+
+def _targets(value: Any) -> dict[str, tuple[str, ...]] | None:
+    if value is None:
+        return None
+    ok = isinstance(value, dict) and value and set(value) <= {"devices", "classes"}
+    if not ok or not all(
+        isinstance(v, list) and 0 < len(v) <= 10_000 and all(valid_id(x) for x in v)
+        for v in value.values()
+    ):
+        raise _invalid('targets must be {"devices": [ids], "classes": [classes]}, non-empty')
+    return {k: tuple(v) for k, v in value.items()}

@@ -42,6 +42,12 @@ MAX_INDEX = (1 << 32) - 1
 # Commands: host -> device on {p}/dev/{id}/cmd/{verb}
 
 
+#: Bounds on what a command may ask of a device (signed or not): inferences a second from the
+#: load generator, runs of one benchmark.
+MAX_LOADGEN_HZ = 500
+MAX_BENCH_RUNS = 5000
+
+
 @dataclass(frozen=True)
 class Command:
     """``{"id": "c-42", "args": {...}, "ts": 1700000000}``; the verb comes from the topic.
@@ -53,6 +59,7 @@ class Command:
     id: str
     args: dict[str, Any] = field(default_factory=dict)
     ts: float | None = None
+    auth: dict[str, Any] | None = None  # signed commands (agent/wire/signed.py)
 
     @classmethod
     def from_json(cls, data: bytes, verb: str) -> Command:
@@ -64,7 +71,11 @@ class Command:
             )
         r = read_message(data, MAX_COMMAND_BYTES, f"cmd/{verb}")
         cmd = cls(
-            verb, r.get_str("id", max_len=128), r.get_dict("args", default={}), r.opt_num("ts")
+            verb,
+            r.get_str("id", max_len=128),
+            r.get_dict("args", default={}),
+            r.opt_num("ts"),
+            r.opt_dict("auth"),
         )
         if not cmd.id:
             raise ProtocolError(f"cmd/{verb}: field 'id' must not be empty")
@@ -72,7 +83,7 @@ class Command:
         return cmd
 
     def to_dict(self) -> dict[str, Any]:
-        return drop_none({"id": self.id, "args": self.args, "ts": self.ts})
+        return drop_none({"id": self.id, "args": self.args, "ts": self.ts, "auth": self.auth})
 
     def to_json(self) -> bytes:
         return canonical_json(self.to_dict())
@@ -82,7 +93,7 @@ def _check_args(verb: str, a: Reader) -> None:
     if verb == "deploy":
         a.get_dict("manifest")  # verified byte-for-byte by agent.wire.manifest.verify_manifest
     elif verb == "bench":
-        a.opt_int("runs", lo=1, hi=100_000)
+        a.opt_int("runs", lo=1, hi=MAX_BENCH_RUNS)
         a.opt_int("threads", lo=1, hi=256)
         a.opt_str("delegate", max_len=512)
     elif verb == "config":
@@ -94,8 +105,10 @@ def _check_args(verb: str, a: Reader) -> None:
             lg = Reader(loadgen, "cmd/config loadgen")
             lg.get_bool("enabled", default=False)
             rate = lg.get_num("rate_hz", default=0)
-            if not 0 <= rate <= 10_000:
-                raise ProtocolError("cmd/config: loadgen.rate_hz must be within [0, 10000]")
+            if not 0 <= rate <= MAX_LOADGEN_HZ:
+                raise ProtocolError(
+                    f"cmd/config: loadgen.rate_hz must be within [0, {MAX_LOADGEN_HZ}]"
+                )
 
 
 @dataclass(frozen=True)
@@ -218,6 +231,7 @@ class EventKind(StrEnum):
     BENCH_RESULT = "bench_result"
     INPUT_REJECTED = "input_rejected"
     ERROR = "error"
+    DISK_FULL = "disk_full"  # data: Outbox.disk_report() (code "disk_full"; "ok" when it clears)
 
 
 @dataclass(frozen=True)

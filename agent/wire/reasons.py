@@ -33,6 +33,9 @@ class Reason(StrEnum):
     # protocol
     BAD_TOPIC = "bad_topic"
     UNKNOWN_VERB = "unknown_verb"
+    # signed commands (agent/wire/signed.py)
+    UNSIGNED = "unsigned"
+    WRONG_TARGET = "wrong_target"
     # install outcome (the daemon)
     PROBE_FAILED = "probe_failed"
     HEALTH_FAILED = "health_failed"

@@ -199,6 +199,7 @@ class State:
     model: ModelRef | None = None
     install: dict[str, Any] | None = None  # {"state": "idle"|"downloading"|..., ...}
     last_window: dict[str, Any] | None = None  # latest telemetry summary (fleet view)
+    disk: dict[str, Any] | None = None  # set while the state disk is full (Outbox.disk_report)
 
     @classmethod
     def offline(cls, reason: str | None = None) -> State:
@@ -225,6 +226,7 @@ class State:
             model=None if model is None else ModelRef.from_obj(model, "state model"),
             install=r.opt_dict("install"),
             last_window=r.opt_dict("last_window"),
+            disk=r.opt_dict("disk"),
         )
 
     @property

@@ -46,8 +46,8 @@ def check_prefix(prefix: str) -> str:
 
 class ParsedTopic(NamedTuple):
     device_id: str
-    kind: str  # "state" | "telemetry" | "events" | "cmd" | "chunks" | "need" | "infer"
-    arg: str | None  # the verb for "cmd", the sha256 for "chunks", else None
+    kind: str  # "state" | "telemetry" | "events" | "cmd" | "chunks" | "need" | "infer" | "reply"
+    arg: str | None  # the verb for "cmd", the sha256 for "chunks", the client id for "reply"
 
 
 _SIMPLE_KINDS = frozenset({"state", "telemetry", "events", "need", "infer"})
@@ -74,6 +74,8 @@ def _parse_topic(topic: str, prefix: str) -> ParsedTopic:
     if kind == "cmd" and len(rest) == 1 and _VERB_RE.fullmatch(rest[0]):
         return ParsedTopic(device_id, kind, rest[0])
     if kind == "chunks" and len(rest) == 1 and valid_sha256(rest[0]):
+        return ParsedTopic(device_id, kind, rest[0])
+    if kind == "reply" and len(rest) == 1 and valid_id(rest[0]):
         return ParsedTopic(device_id, kind, rest[0])
     raise ProtocolError(f"topic {topic!r} is not an edgeloop topic", code=Reason.BAD_TOPIC)
 
@@ -128,6 +130,14 @@ class Topics:
             raise ProtocolError(f"{sha256!r} is not a sha256 hex digest", code=Reason.BAD_TOPIC)
         return f"{self.base}/chunks/{sha256}"
 
+    def reply(self, client_id: str) -> str:
+        """The response topic a host client names in its commands to this device: under the
+        device's own tree, so an ACL bound to the device (``{p}/dev/%u/reply/#``) lets the
+        device answer and nobody else."""
+        if not valid_id(client_id):
+            raise ProtocolError(f"client id {client_id!r} is invalid", code=Reason.BAD_TOPIC)
+        return f"{self.base}/reply/{client_id}"
+
     def device_subscriptions(self) -> list[str]:
         """Topic filters the agent subscribes to."""
         return [f"{self.base}/cmd/+", f"{self.base}/chunks/+", self.infer]
@@ -158,11 +168,6 @@ def host_subscriptions(
             raise ProtocolError(f"share group {share_group!r} is invalid", code=Reason.BAD_TOPIC)
         filters = [f"$share/{share_group}/{f}" for f in filters]
     return filters
-
-
-def host_reply_topic(prefix: str, client_id: str) -> str:
-    """Where a host client asks devices to send its command replies."""
-    return f"{check_prefix(prefix)}/host/{client_id}/reply"
 
 
 # ---------------------------------------------------------------------------------------------

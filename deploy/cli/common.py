@@ -4,6 +4,8 @@ targets, trial gates and the line printer."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
@@ -12,14 +14,60 @@ from agent.errors import ConfigError
 from deploy.mqtt import BrokerAddress
 
 
+def host_config(args: argparse.Namespace) -> Any:
+    """The host config file (--host-config or EDGELOOP_HOST_CONFIG), or None."""
+    from deploy.hostconfig import ENV_FILE, load_host_config
+
+    path = getattr(args, "host_config", None) or os.environ.get(ENV_FILE)
+    return load_host_config(path) if path else None
+
+
 def broker(args: argparse.Namespace) -> BrokerAddress:
-    return BrokerAddress.parse(args.broker).with_credentials(args.username, args.password)
+    """The broker from the flags, falling back to the host config file, then 127.0.0.1:1883."""
+    from deploy.hostconfig import tls_config
+
+    cfg = host_config(args)
+    address: BrokerAddress = cfg.broker if cfg is not None else BrokerAddress("127.0.0.1", 1883)
+    if args.broker is not None:
+        parsed = BrokerAddress.parse(args.broker)
+        address = dataclasses.replace(address, host=parsed.host, port=parsed.port)
+    if args.username is not None or args.password is not None:
+        address = address.with_credentials(args.username, args.password)
+    if args.tls_ca is not None or args.tls_cert is not None or args.tls_key is not None:
+        address = address.with_tls(
+            tls_config(args.tls_ca, args.tls_cert, args.tls_key, "--tls-ca/--tls-cert/--tls-key")
+        )
+    return address
+
+
+def keys_dir(args: argparse.Namespace) -> str:
+    """--keys, or the host config's [keys] dir."""
+    if args.keys is not None:
+        return str(args.keys)
+    cfg = host_config(args)
+    if cfg is None or cfg.keys is None:
+        raise ConfigError(
+            "no signing key directory",
+            hint="pass --keys DIR (edge-deploy keys init) or set [keys] dir in --host-config",
+        )
+    return str(cfg.keys)
 
 
 def broker_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--broker", default="127.0.0.1:1883", help="HOST:PORT of the MQTT broker")
+    p.add_argument(
+        "--host-config",
+        default=None,
+        help="host config file: broker, TLS, keys (edge-deploy provision --host; "
+        "default: $EDGELOOP_HOST_CONFIG)",
+    )
+    p.add_argument(
+        "--broker", default=None, help="HOST:PORT of the MQTT broker (default 127.0.0.1:1883)"
+    )
     p.add_argument("--username", default=None)
     p.add_argument("--password", default=None)
+    p.add_argument("--tls-ca", default=None, help="CA file that signed the broker certificate")
+    p.add_argument("--tls-cert", default=None, help="client certificate (host identity)")
+    p.add_argument("--tls-key", default=None, help="its private key")
     p.add_argument("--prefix", default="edgeloop", help="topic prefix")
 
 

@@ -30,6 +30,7 @@ from deploy.cli.common import (
     broker_options,
     existing_file,
     gates,
+    keys_dir,
     open_registry,
     printer,
     read_targets,
@@ -40,6 +41,7 @@ from deploy.fleet.rollout import Deployer
 from deploy.push import PushResult
 
 EXIT_OK, EXIT_FAILED = 0, 1
+KEYS_HINT = "make one with `edge-deploy keys init --dir DIR`"
 
 
 @dataclass
@@ -68,7 +70,7 @@ def fleet_session(args: argparse.Namespace, registry: Any) -> Iterator[tuple[Any
     from deploy.fleet.collector import Collector
     from deploy.keys import load_private
 
-    key = load_private(args.keys)
+    key = load_private(keys_dir(args))
     address = broker(args)
     collector = Collector(registry, address, prefix=args.prefix).start()
     try:
@@ -125,7 +127,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     existing_file(args.source, "source", "give a Keras file, SavedModel or .tflite")
     calib = existing_file(args.calibration, "calibration data", "see docs/convert.md (Data)")
     valid = existing_file(args.validation, "validation data", "see docs/convert.md (Data)")
-    existing_file(args.keys, "key directory", "make one with `edge-deploy keys init --dir DIR`")
+    existing_file(keys_dir(args), "key directory", KEYS_HINT)
     targets = read_targets(args.targets, args.model)
     recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
     registry = open_registry(args.registry, create=True)
@@ -262,7 +264,7 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     from deploy.fleet.rollout_plan import RolloutPolicy
     from deploy.loop.service import class_matches, current_variant, wait_for_devices
 
-    existing_file(args.keys, "key directory", "make one with `edge-deploy keys init --dir DIR`")
+    existing_file(keys_dir(args), "key directory", KEYS_HINT)
     registry = open_registry(args.registry)
     try:
         variant = resolve_variant(registry, args.model, args.variant)
@@ -337,7 +339,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 # ---- parsers ------------------------------------------------------------------------------------
 def _fleet_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="model name (the registry's)")
-    p.add_argument("--keys", required=True, help="key directory (edge-deploy keys init)")
+    p.add_argument("--keys", default=None, help="key directory (default: --host-config's)")
     p.add_argument("--registry", required=True, help="the registry SQLite file")
     p.add_argument("--min-inferences", type=int, default=None, help="device trial gate")
     p.add_argument("--min-seconds", type=float, default=None, help="device trial gate")

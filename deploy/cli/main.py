@@ -4,6 +4,7 @@
     edge-deploy keys show --dir DIR
     edge-deploy push MODEL --device ID --broker HOST:PORT --keys DIR [--name N --version V]
                 [--chunk-kib 64] [--json]
+    edge-deploy command VERB --device ID [--args JSON] [--keys DIR]   signed where it must be
     edge-deploy convert SOURCE --recipe NAME|all --out FILE|DIR [--calibration DATA]
                 [--validation DATA] [--backend auto|tf|aiq] [--json]
     edge-deploy fleet --broker HOST:PORT [--wait S] [--json]
@@ -11,7 +12,8 @@
     edge-deploy watch --broker HOST:PORT [--seconds S] [--device ID]
     edge-deploy collect --broker HOST:PORT --registry FILE     the ingest worker (cli/collect.py)
     edge-deploy simulate --devices N --broker HOST:PORT        simulated devices (cli/simulate.py)
-    edge-deploy demo [--workdir DIR]          a whole fleet on this machine
+    edge-deploy demo [--workdir DIR] [--secure]  a whole fleet on this machine (--secure: TLS, ACL)
+    edge-deploy pki | provision | broker-config   a locked-down fleet (deploy/cli/secure.py)
     edge-deploy optimize | rollout | report    the closed loop (deploy/cli/loop.py)
 
 One module per command group (keys, push, convert in deploy/convert/cli.py, fleet, loop, demo);
@@ -27,7 +29,7 @@ from collections.abc import Sequence
 
 from agent.cliutil import run_main
 from deploy import __version__
-from deploy.cli import collect, demo, fleet, keys, loop, push, simulate
+from deploy.cli import collect, demo, fleet, keys, loop, push, secure, simulate
 from deploy.convert.cli import add_convert_parser
 
 
@@ -38,12 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     keys.add_parser(sub)
     push.add_parser(sub)
+    push.add_command_parser(sub)
     add_convert_parser(sub)
     fleet.add_parser(sub)
     loop.add_loop_parsers(sub)
     simulate.add_simulate_parser(sub)
     collect.add_collect_parser(sub)
     demo.add_parser(sub)
+    secure.add_parser(sub)
     return parser
 
 

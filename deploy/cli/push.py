@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from agent.cliutil import EXIT_FAILED, EXIT_OK
-from agent.errors import EdgeloopError
-from deploy.cli.common import broker, broker_options, gates
+from agent.errors import ConfigError, EdgeloopError
+from deploy.cli.common import broker, broker_options, gates, host_config, keys_dir
 
 
 def cmd_push(args: argparse.Namespace) -> int:
@@ -30,7 +30,7 @@ def cmd_push(args: argparse.Namespace) -> int:
         model,
         args.device,
         broker(args),
-        load_private(args.keys),
+        load_private(keys_dir(args)),
         name=args.name or model.stem,
         version=args.version,
         release=args.release,
@@ -58,7 +58,7 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser("push", help="sign and install a model on one device")
     p.add_argument("model")
     p.add_argument("--device", required=True)
-    p.add_argument("--keys", required=True, help="key directory (edge-deploy keys init)")
+    p.add_argument("--keys", default=None, help="key directory (default: --host-config's)")
     p.add_argument("--name", default=None, help="model name (default: file stem)")
     p.add_argument("--version", default="1")
     p.add_argument("--release", type=int, default=None, help="default: now in milliseconds")
@@ -77,3 +77,36 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--json", action="store_true")
     broker_options(p)
     p.set_defaults(func=cmd_push)
+
+
+def cmd_command(args: argparse.Namespace) -> int:
+    import json
+
+    from deploy.command import build_command, send_command
+    from deploy.keys import load_private
+
+    try:
+        cmd_args = json.loads(args.args)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"--args is not JSON: {exc}", hint="for example --args '{\"runs\": 50}'"
+        ) from None
+    if not isinstance(cmd_args, dict):
+        raise ConfigError("--args must be a JSON object")
+    has_keys = args.keys is not None or host_config(args) is not None
+    key = load_private(keys_dir(args)) if has_keys else None
+    cmd = build_command(args.verb, args.device, cmd_args, key)
+    reply = send_command(broker(args), args.device, cmd, prefix=args.prefix, timeout_s=args.timeout)
+    print(reply.to_json().decode())
+    return EXIT_OK if reply.status in ("ok", "accepted", "duplicate") else EXIT_FAILED
+
+
+def add_command_parser(sub: Any) -> None:
+    p = sub.add_parser("command", help="send one command to a device (signed where it must be)")
+    p.add_argument("verb", choices=["rollback", "config", "bench", "state", "rebirth"])
+    p.add_argument("--device", required=True)
+    p.add_argument("--args", default="{}", help="the command's args as a JSON object")
+    p.add_argument("--keys", default=None, help="key directory (default: --host-config's)")
+    p.add_argument("--timeout", type=float, default=30.0)
+    broker_options(p)
+    p.set_defaults(func=cmd_command)
