@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -200,11 +201,8 @@ def cmd_config_example(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from agent.config import load_config
+    from agent.service import Agent
 
-    try:
-        from agent.service import run_agent
-    except ImportError as exc:  # pragma: no cover - until the daemon lands
-        raise EdgeloopError("the daemon is not part of this build", code="unsupported") from exc
     overrides: dict[str, Any] = {
         "device_id": args.device_id,
         "state_dir": args.state_dir,
@@ -221,8 +219,15 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise EdgeloopError(f"--broker {args.broker!r}: expected HOST:PORT", code="config")
         overrides["broker.host"] = host
         overrides["broker.port"] = int(port)
-    cfg = load_config(args.config, overrides=overrides)
-    return run_agent(cfg)
+    agent = Agent(load_config(args.config, overrides=overrides))
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        logging.getLogger("agent.service").info("signal %d: stopping", signum)
+        agent.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return agent.run()
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import signal
 import threading
 import time
 import uuid
@@ -398,15 +397,3 @@ class Agent:
         crash_point("before_telemetry")
         self.outbox.append(self.topics.telemetry, lambda seq: replace(record, seq=seq).to_json())
         self.state_changed()
-
-
-def run_agent(cfg: AgentConfig) -> int:
-    agent = Agent(cfg)
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        log.info("signal %d: stopping", signum)
-        agent.stop()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    return agent.run()
