@@ -239,8 +239,11 @@ def test_a_replayed_signed_rollback_is_refused_across_a_restart(
 # ---- manifests name their target and slot (anti-rollback across names) ----------------------
 
 MANIFEST_ATTACKS: dict[str, tuple[dict[str, Any], str]] = {
-    # seeded: "digits" release 1 in slot "default"
-    "renamed_model_older_release": ({"name": "digits-renamed", "release": 0}, "rollback"),
+    # seeded: "digits" release 1, no slot: its slot is "digits"
+    "renamed_model_older_release": (
+        {"name": "digits-renamed", "release": 0, "slot": "digits"},
+        "rollback",
+    ),
     "addressed_to_another_device": (
         {"release": 2, "targets": {"devices": ["pi-02"]}},
         "wrong_target",

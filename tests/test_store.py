@@ -127,8 +127,7 @@ def test_release_counter_rejects_older_and_replays_survive_restart(tmp_path: Pat
         restarted.check_release(r4)
     assert restarted.check_release(r5) == "replayed"
     assert restarted.check_release(r6) == "new"
-    other_slot = signed(KEY, A, release=1, name="other", slot="other").manifest
-    assert restarted.check_release(other_slot) == "new"
+    assert restarted.check_release(signed(KEY, A, release=1, name="other").manifest) == "new"
     restarted.record_release(r4)  # never lowers
     assert restarted.releases() == {"digits": 5}
     assert json.loads((tmp_path / "counters.json").read_bytes())["releases"] == {"digits": 5}
@@ -136,11 +135,11 @@ def test_release_counter_rejects_older_and_replays_survive_restart(tmp_path: Pat
 
 def test_a_renamed_model_cannot_take_its_slot_back_in_time(tmp_path: Path):
     store = ModelStore(tmp_path)
-    r20 = signed(KEY, A, release=20).manifest  # "digits", slot "default"
+    r20 = signed(KEY, A, release=20, slot="vision").manifest
     install(store, r20, A)
     before = (tmp_path / "counters.json").read_bytes()
-    renamed = signed(KEY, A, release=1, name="digits-renamed").manifest
-    with pytest.raises(ManifestError, match="slot 'default'") as info:
+    renamed = signed(KEY, A, release=1, name="digits-renamed", slot="vision").manifest
+    with pytest.raises(ManifestError, match="slot 'vision'") as info:
         store.check_release(renamed)
     assert info.value.code == "rollback"
     assert (tmp_path / "counters.json").read_bytes() == before

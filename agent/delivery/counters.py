@@ -2,7 +2,7 @@
 
 ``counters.json`` = ``{"releases": {name: highest accepted release}, "slots": {slot: highest
 accepted release}, "time_floor": seconds}``, replaced atomically. A manifest must be above
-both its name's and its slot's counter (Manifest.slot_name, ``default`` when unnamed), so a
+both its name's and its slot's counter (Manifest.slot_name: its ``slot``, else its name), so a
 model renamed (or an old manifest of another name) cannot take a slot back in time.
 ``time_floor`` is the newest ``created`` of any accepted manifest: the
 device's idea of "now" never goes below it (a Pi without RTC boots in 1970).

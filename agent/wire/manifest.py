@@ -51,7 +51,6 @@ MIN_CHUNK_SIZE = 64
 MAX_MODEL_SIZE = 1 << 34
 MAX_INT = 2**53
 DEFAULT_TTL_S = 7 * 24 * 3600
-DEFAULT_SLOT = "default"
 _OPTIONAL = frozenset({"slot", "targets"})
 
 _VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
@@ -118,7 +117,8 @@ class Manifest:
     requirements: Requirements = field(default_factory=Requirements)
     schema: str = SCHEMA
     #: The model slot this manifest fills (anti-rollback counters are kept per slot too, so a
-    #: renamed model cannot go back in time); None: the slot ``default``.
+    #: renamed model cannot go back in time); None: the slot named like the model (the
+    #: per-name counter alone, as before slots existed).
     slot: str | None = None
     #: Who may install it: {"devices": [ids], "classes": [hardware classes]}; None: anyone
     #: trusting the key.
@@ -126,7 +126,7 @@ class Manifest:
 
     @property
     def slot_name(self) -> str:
-        return self.slot or DEFAULT_SLOT
+        return self.slot or self.name
 
     def addressed_to(self, device_id: str, hardware_class: str | None) -> bool:
         if self.targets is None:
