@@ -1,7 +1,7 @@
 """A float model that carries complex64 and int32 tensors is float: classified by what is
 quantized, not by a whitelist of dtypes (issue 11, item 6).
 
-The model is ``tests/models/rfft_audio_fp32.tflite``, made by TensorFlow
+The model is ``tests/models/extra/rfft_audio_fp32.tflite``, made by TensorFlow
 (``tests/models/make_rfft.py``): STFT (RFFT2D, complex64 tensors) -> COMPLEX_ABS -> log ->
 FULLY_CONNECTED -> SOFTMAX, with int32 shape tensors. It goes through the classifier,
 ``edge-agent inspect``, every recipe of ``edge-deploy convert`` and a push to a real agent.
@@ -21,7 +21,7 @@ import pytest
 from agent.runtime.modelfile import inspect
 
 REPO = Path(__file__).resolve().parent.parent
-RFFT = REPO / "tests" / "models" / "rfft_audio_fp32.tflite"
+RFFT = REPO / "tests" / "models" / "extra" / "rfft_audio_fp32.tflite"
 
 
 def test_the_rfft_model_carries_complex_and_int32_tensors_and_is_float() -> None:

@@ -1,7 +1,7 @@
 """The qat recipe (issue 11, item 2): TFMOT quantization-aware training on a Keras 3 source
 rebuilt under tf-keras, full int8 out, within 1 point of float where full-int8 PTQ is not.
 
-The model is ``tests/models/fusionnet_small.keras`` (``make_fusionnet --width 32``): the
+The model is ``tests/models/extra/fusionnet_small.keras`` (``make_fusionnet --width 32``): the
 quantization-sensitive fusionnet with narrow layers, so the test trains in seconds. Data is
 the shipped task's (``deploy/data/fusionnet``): held-out labels, calibration, training set.
 """
@@ -15,7 +15,7 @@ import pytest
 pytestmark = [pytest.mark.host]
 
 REPO = Path(__file__).resolve().parent.parent
-SMALL = REPO / "tests" / "models" / "fusionnet_small.keras"
+SMALL = REPO / "tests" / "models" / "extra" / "fusionnet_small.keras"
 DATA = REPO / "deploy" / "data" / "fusionnet"
 
 

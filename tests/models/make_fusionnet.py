@@ -2,7 +2,7 @@
 digits, no downloads. Run from the repository root:
 
     python -m tests.models.make_fusionnet [--out deploy/data/fusionnet]
-    python -m tests.models.make_fusionnet --out tests/models --width 32 --name fusionnet_small
+    python -m tests.models.make_fusionnet --out tests/models/extra --width 32 --name fusionnet_small
 
 The network fuses two kinds of feature in one tensor, as real models do (YOLO/SSD heads that
 concatenate box coordinates in pixels with class scores, sensor-fusion and wide-and-deep models

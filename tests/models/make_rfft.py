@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-OUT = Path(__file__).resolve().parent / "rfft_audio_fp32.tflite"
+OUT = Path(__file__).resolve().parent / "extra" / "rfft_audio_fp32.tflite"
 SAMPLES = 1024  # waveform length
 FRAME, STEP, BINS, CLASSES = 256, 128, 129, 4
 
