@@ -43,7 +43,7 @@ from agent.serving.telemetry import TelemetryBuilder, open_energy
 from agent.system.crashpoints import crash_point
 from agent.system.memtrim import release_free_memory
 from agent.system.sdnotify import Notifier
-from agent.wire.manifest import Manifest, load_trust_keys
+from agent.wire.manifest import Manifest
 from agent.wire.messages import (
     EventKind,
     ModelRef,
@@ -53,6 +53,7 @@ from agent.wire.messages import (
 )
 from agent.wire.reasons import Reason
 from agent.wire.topics import Topics
+from agent.wire.trust import load_trust_keys
 
 log = logging.getLogger(__name__)
 

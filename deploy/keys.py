@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.errors import ConfigError
 from agent.wire.ed25519 import PublicKey
-from agent.wire.manifest import key_id_of, load_public_key, public_key_pem
+from agent.wire.trust import key_id_of, load_public_key, public_key_pem
 
 PRIVATE_NAME = "edgeloop.key"
 PUBLIC_NAME = "edgeloop.pub"

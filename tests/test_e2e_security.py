@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.wire.manifest import key_id_of
+from agent.wire.trust import key_id_of
 from deploy.mqtt import BrokerAddress
 from deploy.push import push_model
 from tests.delivery_helpers import model_files, pointer_sha, snapshot

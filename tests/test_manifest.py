@@ -16,14 +16,8 @@ from hypothesis import strategies as st
 from agent.delivery.store import ModelStore
 from agent.errors import ConfigError, ManifestError
 from agent.wire.codec import MAX_MANIFEST_BYTES, canonical_json
-from agent.wire.manifest import (
-    DEFAULT_CHUNK_SIZE,
-    SCHEMA,
-    key_id_of,
-    load_trust_keys,
-    public_key_pem,
-    verify_manifest,
-)
+from agent.wire.manifest import DEFAULT_CHUNK_SIZE, SCHEMA, verify_manifest
+from agent.wire.trust import key_id_of, load_trust_keys, public_key_pem
 from deploy import keys
 from tests.delivery_helpers import NOW, model_bytes, new_key, sign_raw_body, signed, snapshot
 

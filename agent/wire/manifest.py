@@ -29,16 +29,17 @@ import hashlib
 import math
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.errors import ConfigError, ManifestError, ProtocolError
+from agent.errors import ManifestError, ProtocolError
 from agent.wire.codec import MAX_CHUNK_DATA, MAX_MANIFEST_BYTES, canonical_json, parse_json_object
-from agent.wire.ed25519 import PublicKey, parse_public_key
+from agent.wire.ed25519 import PublicKey
 from agent.wire.reasons import Reason
 from agent.wire.topics import ID_PATTERN, valid_id, valid_sha256
+from agent.wire.trust import key_id_of
 
 if (
     TYPE_CHECKING
@@ -180,38 +181,6 @@ class SignedManifest:
 
     def to_json(self) -> bytes:
         return canonical_json(self.to_dict())
-
-
-# ---------------------------------------------------------------------------------------------
-# Keys
-
-
-def key_id_of(public_key: Any) -> str:
-    """First 16 hex characters of sha256 over the raw 32-byte public key (a PublicKey or a
-    `cryptography` Ed25519 public key)."""
-    return PublicKey.of(public_key).key_id
-
-
-def public_key_pem(public_key: Any) -> bytes:
-    """SubjectPublicKeyInfo PEM of a PublicKey or a `cryptography` Ed25519 public key."""
-    return PublicKey.of(public_key).pem()
-
-
-def load_public_key(path: str | Path) -> PublicKey:
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read trust key {path}: {exc}") from exc
-    try:
-        return parse_public_key(data)
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc.message}", hint=exc.hint) from exc
-
-
-def load_trust_keys(paths: Iterable[str | Path]) -> dict[str, PublicKey]:
-    """key_id -> public key, for verify_manifest."""
-    keys = (load_public_key(p) for p in paths)
-    return {key_id_of(k): k for k in keys}
 
 
 # ---------------------------------------------------------------------------------------------

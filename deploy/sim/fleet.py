@@ -20,8 +20,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from agent.wire.manifest import load_trust_keys
 from agent.wire.messages import State
+from agent.wire.trust import load_trust_keys
 from deploy.sim.device import Out, SimDevice
 from deploy.sim.mux import Link, Mux
 from deploy.sim.profile import Rates, SimClass, assign_classes, parse_classes
