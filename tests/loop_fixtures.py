@@ -149,21 +149,27 @@ class Fleet:
         ]
 
 
-def convert_digitsnet(registry: Registry, out_dir: Path, recipes: Sequence[str]) -> list[Variant]:
-    """Every recipe of the embedded digitsnet into the registry (cached by content)."""
+def convert_source(
+    registry: Registry, source: Path, out_dir: Path, recipes: Sequence[str]
+) -> list[Variant]:
+    """Every recipe of a digits ``source`` into the registry (cached by content)."""
     from deploy.loop.driver import prepare_variants
 
     return prepare_variants(
-        registry, MODEL, DIGITSNET / "digitsnet.keras", out_dir, recipes=recipes,
+        registry, MODEL, source, out_dir, recipes=recipes,
         calibration=DIGITS_DATA, validation=DIGITS_DATA,
     )  # fmt: skip
 
 
 @contextmanager
 def running_fleet(
-    workdir: Path, specs: Sequence[DeviceSpec], recipes: Sequence[str]
+    workdir: Path,
+    specs: Sequence[DeviceSpec],
+    recipes: Sequence[str],
+    source: Path = DIGITSNET / "digitsnet.keras",
 ) -> Iterator[Fleet]:
-    """Broker, agents, host; the float model committed on every ``deploy_float`` device."""
+    """Broker, agents, host; every recipe of ``source`` (a Keras model of the digits) in the
+    registry and its float model committed on every ``deploy_float`` device."""
     broker = Broker(workdir / "broker").start()
     keys = workdir / "keys"
     init_keys(keys)
@@ -179,7 +185,7 @@ def running_fleet(
                 extra_args=["--config", str(cfg)],
             ).start(wait_online=False)  # fmt: skip
         host.start()
-        variants = convert_digitsnet(host.reg, workdir / "variants", recipes)
+        variants = convert_source(host.reg, source, workdir / "variants", recipes)
         for agent in agents.values():
             agent.wait_online(60)
             agent.wait_ready()

@@ -1,10 +1,15 @@
 """Issue 5, "Shown by": the closed loop on real Mosquitto with real agents.
 
 One fleet for the module (tests/loop_fixtures.py): three hardware classes from the captured
-trees in deploy/data/hwtrees, every agent a real subprocess serving digitsnet under its own load
-generator, the host's registry, collector and deployer on the same broker.
+trees in deploy/data/hwtrees, every agent a real subprocess serving ``digitswide`` (a wide MLP of
+the digits, trained here by tests/models/make_digitswide.py) under its own load generator, the
+host's registry, collector and deployer on the same broker. Not the demo's ``digitsnet``: its
+int8 speed-up is compute-bound and on an AVX2-only core (the AMD EPYC CI runs on) full int8 is
+no faster than float, so no latency target could separate them; ``digitswide`` is bound by
+weight bandwidth (17 MB of float32 weights read per inference, 4.3 MB in int8), which int8 cuts
+on every CPU.
 
-* ``rpi4b-cpu`` (pi4-a canary, pi4-b; one thread): a p95 target of 0.7 x the float model's
+* ``rpi4b-cpu`` (pi4-a canary, pi4-b; one thread): a p95 target of 0.5 x the float model's
   p95 as the class's own devices measure it just before the loop (the median of >= 6 window
   p95s, as the loop's roll-up computes it); the loop must move to a quantized variant.
 * ``rpi5-cpu`` (pi5-a): a loose p95 target (20x); the loop must keep the float model.
@@ -66,9 +71,9 @@ SPECS = (
 RULE = EnoughRule(min_windows=5, min_inferences=100)
 TARGET_RULE = EnoughRule(min_windows=6, min_inferences=120)  # what a derived target rests on
 # The tight p95 target, as a fraction of the float p95 the class measured just before: float
-# misses it 1.4x; full int8 (0.28-0.36x float on these agents on a quiet machine, up to 0.52x
-# measured under CI load, where fixed per-inference costs weigh more) meets it 1.3-2.5x.
-TIGHT_FACTOR = 0.7
+# misses it 2x; dynamic-range and full int8 (0.05-0.17x float on one thread of the EPYC, quiet;
+# see tests/models/make_digitswide.py) meet it 3-10x; fp16 (expanded to float at load) misses.
+TIGHT_FACTOR = 0.5
 MAX_DROP = 1.0  # points
 
 
@@ -76,7 +81,7 @@ def settings(timeout_s: float = 150.0, since: float | None = None) -> LoopSettin
     # one class at a time: every "board" here is a process on the same two cores, and another
     # class's probe and trial would inflate the latency this class is judged on. ``since``: the
     # loop also judges the float windows a derived target came from (as the demo does), so
-    # the float model cannot pass a target set at 0.7x its own measured p95
+    # the float model cannot pass a target set at 0.5x its own measured p95
     return LoopSettings(
         poll_s=0.25, rule=RULE, timeout_s=timeout_s, parallel_classes=False, since=since
     )
@@ -86,7 +91,10 @@ def settings(timeout_s: float = 150.0, since: float | None = None) -> LoopSettin
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     pytest.importorskip("tensorflow")
     pytest.importorskip("ai_edge_quantizer")
-    with running_fleet(tmp_path_factory.mktemp("loop-fleet"), SPECS, RECIPES) as f:
+    from tests.models.make_digitswide import make
+
+    source, _ = make(tmp_path_factory.mktemp("digitswide"))
+    with running_fleet(tmp_path_factory.mktemp("loop-fleet"), SPECS, RECIPES, source) as f:
         yield f
 
 
