@@ -25,6 +25,7 @@ from deploy.loop.service import ClassWatch, LoopService
 from deploy.loop.targets import parse_targets
 from deploy.mqtt import BrokerAddress
 from tests.agent_proc import AgentProcess, wait_for
+from tests.records import telemetry
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "deploy" / "data"
@@ -64,11 +65,8 @@ def one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
 
 # ---- a registry filled by hand -------------------------------------------------------------------
 def window(seq: int, sha: str, p95: float, ts: float, temp: float = 50.0) -> dict[str, Any]:
-    return {
-        "seq": seq, "ts": ts, "window_s": 1.0, "inferences": 50, "errors": 0,
-        "model": {"sha256": sha}, "latency_ms": {"p50": p95 * 0.8, "p95": p95},
-        "rss_mb": 60.0, "peak_rss_mb": 70.0, "temp_c": temp, "throttled": 0,
-    }  # fmt: skip
+    return telemetry(seq, ts, sha=sha, p95=p95, inferences=50, window_s=1.0, temp_c=temp,
+                     peak_rss_mb=70.0)  # fmt: skip
 
 
 def state(name: str, sha: str, recipe: str, hw_class: str) -> dict[str, Any]:

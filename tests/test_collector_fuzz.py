@@ -24,6 +24,7 @@ from agent.mqtt.types import IncomingMessage
 from deploy.fleet.collector import Collector
 from deploy.fleet.registry import Registry
 from deploy.mqtt import BrokerAddress
+from tests.records import telemetry
 
 HWTREES = Path(__file__).parent / "hwtrees"
 GOOD_STATE = {
@@ -92,7 +93,7 @@ def test_one_devices_garbage_changes_no_other_devices_rows(
     registry = Registry(db)
     collector = Collector(registry, BrokerAddress("127.0.0.1", 1))
     collector.apply(IncomingMessage("edgeloop/dev/good/state", _dumps(GOOD_STATE), 1, True))
-    record = {"seq": 1, "ts": 1000.0, "inferences": 10, "model": {"sha256": "a" * 64}}
+    record = telemetry(1, 1000.0, inferences=10)
     collector.apply(IncomingMessage("edgeloop/dev/good/telemetry", _dumps(record), 1, False))
     collector.apply(IncomingMessage("edgeloop/dev/bad/state", _dumps(GOOD_STATE), 1, True))
     before = rows_of(db, "good")

@@ -12,6 +12,8 @@ import pytest
 from agent.energy import EnergySampler, open_meter
 from agent.energy.estimate import EstimateMeter
 from agent.energy.net import MIN_NET_W, basis, net_energy
+from agent.wire.status import Telemetry
+from tests.records import telemetry
 from tests.sim_meters import PowerProfile, SimUM25C
 
 
@@ -109,25 +111,20 @@ def test_a_usb_meter_under_idle_gives_no_net_figure_and_above_idle_a_positive_on
     )
 
 
-def _record(seq: int, gross: float | None, net: float | None) -> dict[str, object]:
-    return {
-        "seq": seq,
-        "ts": 100.0 + seq,
-        "inferences": 50,
-        "latency_ms": {"p50": 1.0, "p95": 2.0},
-        "energy": {"mj_per_inference": gross, "mj_per_inference_net": net, "measured": False},
-    }
+def _record(seq: int, gross: float | None, net: float | None) -> Telemetry:
+    energy = {"mj_per_inference": gross, "mj_per_inference_net": net, "measured": False}
+    return Telemetry.from_dict(telemetry(seq, 100.0 + seq, inferences=50, p95=2.0, energy=energy))
 
 
 def test_the_host_rolls_up_the_net_figure_where_one_exists_and_says_which():
-    from deploy.fleet.rollup import rollup, window_from_record
+    from deploy.fleet.rollup import rollup, window_row
     from deploy.report import energy_label
 
     rows = [
-        window_from_record("pi-01", "c", _record(0, 300.0, None)),  # not separable: gross
-        window_from_record("pi-01", "c", _record(1, 310.0, 4.0)),
-        window_from_record("pi-01", "c", _record(2, 290.0, 6.0)),
-        window_from_record("pi-01", "c", _record(3, 280.0, -5.19)),  # an old agent's negative net
+        window_row("pi-01", "c", _record(0, 300.0, None)),  # not separable: gross
+        window_row("pi-01", "c", _record(1, 310.0, 4.0)),
+        window_row("pi-01", "c", _record(2, 290.0, 6.0)),
+        window_row("pi-01", "c", _record(3, 280.0, -5.19)),  # an old agent's negative net
     ]
     assert [r.energy_basis for r in rows] == ["gross", "net", "net", "gross"]
     assert rows[3].mj_per_inference == 280.0  # a negative net is never used

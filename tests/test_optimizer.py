@@ -20,6 +20,7 @@ from deploy.loop.driver import build_context, record
 from deploy.loop.learning import Observation, Priors, similarity
 from deploy.loop.optimizer import Decision, EnoughRule, decide, enough_telemetry, pareto_front
 from deploy.loop.targets import parse_targets
+from tests.records import telemetry
 
 PI4 = "rpi4b-cpu/ai-edge-litert"
 PI5 = "rpi5-cpu/ai-edge-litert"
@@ -64,11 +65,9 @@ class Device:
         p95 = self.truth[v.recipe]
         for _ in range(windows):
             self.seq += 1
-            reg.record_telemetry(self.id, {
-                "seq": self.seq, "ts": 1000.0 + self.seq, "inferences": 100,
-                "model": {"sha256": v.sha256}, "latency_ms": {"p50": p95 * 0.8, "p95": p95},
-                "rss_mb": 60.0, "temp_c": temp,
-            })  # fmt: skip
+            reg.record_telemetry(self.id, telemetry(
+                self.seq, 1000.0 + self.seq, sha=v.sha256, p95=p95, temp_c=temp, throttled=None
+            ))  # fmt: skip
 
 
 def add_device(reg: Registry, device: Device) -> Device:

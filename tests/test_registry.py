@@ -27,7 +27,8 @@ def variant(vid: str = "v-int8", recipe: str = "int8", sha: str = "a" * 64, **kw
 def window(seq: int, sha: str = "a" * 64, **kw: Any) -> dict[str, Any]:
     rec: dict[str, Any] = {
         "seq": seq, "ts": 1000.0 + 10 * seq, "window_s": 10.0, "inferences": 100, "errors": 0,
-        "model": {"sha256": sha, "version": "1", "variant": {"recipe": "int8"}, "delegate": "cpu"},
+        "model": {"sha256": sha, "name": "digits", "version": "1", "variant": {"recipe": "int8"},
+                  "delegate": "cpu"},
         "latency_ms": {"p50": 2.0, "p90": 2.5, "p95": 3.0, "p99": 4.0, "max": 5.0, "mean": 2.1},
         "rss_mb": 60.0, "peak_rss_mb": 90.0, "temp_c": 50.0, "throttled": 0,
         "energy": {"mj_per_inference": 1.5, "measured": True, "source": "um25c"},

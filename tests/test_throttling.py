@@ -6,29 +6,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from agent.wire.status import Telemetry
 from deploy.fleet.registry import Registry
-from deploy.fleet.rollup import HOT_C, is_hot, rollup, window_from_record
+from deploy.fleet.rollup import HOT_C, is_hot, rollup, window_row
 from deploy.loop.driver import build_context
 from deploy.loop.optimizer import decide
+from tests.records import telemetry
 from tests.test_optimizer import PI4, make_registry, sha, targets, vid
 
 
 def _window(seq: int, p95: float, *, throttled: int = 0, temp: float = 55.0) -> dict[str, object]:
-    return {
-        "seq": seq,
-        "ts": 1000.0 + seq,
-        "inferences": 100,
-        "model": {"sha256": sha("fp32")},
-        "latency_ms": {"p50": p95 * 0.8, "p95": p95},
-        "rss_mb": 60.0,
-        "temp_c": temp,
-        "throttled": throttled,
-    }
+    return telemetry(seq, 1000.0 + seq, sha=sha("fp32"), p95=p95, temp_c=temp, throttled=throttled)
 
 
 def test_hot_windows_are_kept_apart_from_the_roll_up():
     rows = [
-        window_from_record("pi4-01", PI4, w)
+        window_row("pi4-01", PI4, Telemetry.from_dict(w))
         for w in (
             _window(1, 5.0),
             _window(2, 5.2),

@@ -28,9 +28,10 @@ from typing import Any
 
 from agent.errors import EdgeloopError, ProtocolError
 from agent.mqtt.types import IncomingMessage
+from agent.wire.status import Telemetry
 from agent.wire.topics import FLEET_KINDS, ParsedTopic, host_subscriptions, parse_topic
 from deploy.fleet.registry import Registry
-from deploy.fleet.rollup import WINDOW_INSERT, window_from_record
+from deploy.fleet.rollup import WINDOW_INSERT, window_row
 from deploy.mqtt import BrokerAddress
 
 log = logging.getLogger(__name__)
@@ -190,15 +191,16 @@ class Ingest:
                 self.stats.states += 1
             rows, seen = [], dict[str, float]()
             for device, body in windows:
-                if body.get("trial") or body.get("warmup"):
-                    self.stats.skipped += 1
-                    continue
                 try:
-                    rows.append(window_from_record(device, self._class_of(device), body))
+                    t = Telemetry.from_dict(body)
                 except ProtocolError as exc:
                     self.stats.dropped += 1
                     log.warning("dropped a window of %s: %s", device, exc)
                     continue
+                if t.trial or t.warmup:
+                    self.stats.skipped += 1
+                    continue
+                rows.append(window_row(device, self._class_of(device), t))
                 seen[device] = max(seen.get(device, 0.0), rows[-1].ts)
             before = db.total_changes
             db.executemany(WINDOW_INSERT, [r.as_tuple() for r in rows])

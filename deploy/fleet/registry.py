@@ -24,6 +24,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from agent.wire.status import Telemetry
 from deploy.fleet.registry_db import dumps, now_or
 from deploy.fleet.registry_history import RegistryHistory
 from deploy.fleet.registry_types import (
@@ -35,7 +36,7 @@ from deploy.fleet.registry_types import (
     Variant,
     class_id,
 )
-from deploy.fleet.rollup import WINDOW_INSERT, WindowRow, rollup, window_from_record
+from deploy.fleet.rollup import WINDOW_INSERT, WindowRow, rollup, window_row
 
 log = logging.getLogger(__name__)
 
@@ -314,11 +315,13 @@ class Registry(RegistryHistory):
         }
 
     # ---- telemetry ------------------------------------------------------------------------------
-    def record_telemetry(self, device: str, record: Mapping[str, Any]) -> bool:
+    def record_telemetry(self, device: str, record: Mapping[str, Any] | Telemetry) -> bool:
         """Store one telemetry window; False when ``(device, seq)`` was already stored
-        (at-least-once delivery). Raises ProtocolError for a record without a usable seq."""
+        (at-least-once delivery). A decoded record is parsed as the agent's
+        :class:`~agent.wire.status.Telemetry` (ProtocolError when it is not one)."""
+        t = record if isinstance(record, Telemetry) else Telemetry.from_dict(record)
         dev = self.device(device)
-        w = window_from_record(device, dev.hardware_class if dev else None, record)
+        w = window_row(device, dev.hardware_class if dev else None, t)
         with self._tx() as db:
             cur = db.execute(WINDOW_INSERT, w.as_tuple())
             if dev is not None:

@@ -8,12 +8,11 @@ delivery can never be counted twice (the table's key is ``(device, seq)``).
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, NamedTuple
 
-from agent.errors import ProtocolError
+from agent.wire.status import Telemetry
 from deploy.fleet.registry_types import Stats
 
 
@@ -40,13 +39,6 @@ class WindowRow(NamedTuple):
         return tuple(self)
 
 
-def _num(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    f = float(value)
-    return f if math.isfinite(f) else None
-
-
 #: Store one WindowRow (``as_tuple()``), once per (device, seq): a redelivery is a no-op.
 WINDOW_INSERT = (
     "INSERT OR IGNORE INTO telemetry_windows (device, seq, class_id, model_sha256, ts, "
@@ -56,47 +48,32 @@ WINDOW_INSERT = (
 )
 
 
-def window_from_record(device: str, class_id: str | None, record: Mapping[str, Any]) -> WindowRow:
-    """Reduce a telemetry record to a :class:`WindowRow`; ProtocolError without a valid seq/ts."""
-    seq = record.get("seq")
-    ts = _num(record.get("ts"))
-    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0 or ts is None:
-        raise ProtocolError(
-            f"telemetry from {device} has no valid seq/ts (seq={seq!r}, ts={record.get('ts')!r})",
-            hint="the record is dropped; check the agent version",
-        )
-    model = record.get("model") if isinstance(record.get("model"), Mapping) else {}
-    lat = record.get("latency_ms") if isinstance(record.get("latency_ms"), Mapping) else {}
-    energy = record.get("energy") if isinstance(record.get("energy"), Mapping) else {}
-    assert isinstance(model, Mapping) and isinstance(lat, Mapping) and isinstance(energy, Mapping)
-    net = _num(energy.get("mj_per_inference_net"))
-    mj = net if net is not None and net >= 0 else _num(energy.get("mj_per_inference"))
-    basis = None if mj is None else "net" if mj is net else "gross"
-    measured = energy.get("measured")
-    inferences = record.get("inferences")
-    errors = record.get("errors")
-    throttled = record.get("throttled")
-    sha = model.get("sha256")
+def window_row(device: str, class_id: str | None, t: Telemetry) -> WindowRow:
+    """The fields the loop judges of one :class:`Telemetry` window (parsed by the caller with
+    ``Telemetry.from_dict``/``from_json``, which refuse a malformed record). The energy figure
+    is the net one where the agent could separate model from idle, else the gross one (a
+    negative net, sent by older agents, is never used)."""
+    net = t.mj_per_inference_net
+    mj = net if net is not None and net >= 0 else t.mj_per_inference
+    lat = t.latency_ms or {}
     return WindowRow(
         device=device,
-        seq=seq,
+        seq=t.seq,
         class_id=class_id,
-        model_sha256=sha if isinstance(sha, str) else None,
-        ts=ts,
-        inferences=inferences if isinstance(inferences, int) and inferences > 0 else 0,
-        errors=errors if isinstance(errors, int) and errors > 0 else 0,
-        p50_ms=_num(lat.get("p50")),
-        p95_ms=_num(lat.get("p95")),
-        rss_mb=_num(record.get("rss_mb")),
-        peak_rss_mb=_num(record.get("peak_rss_mb")),
+        model_sha256=t.sha256,
+        ts=t.ts,
+        inferences=t.inferences,
+        errors=t.errors,
+        p50_ms=lat.get("p50"),
+        p95_ms=lat.get("p95"),
+        rss_mb=t.rss_mb,
+        peak_rss_mb=t.peak_rss_mb,
         mj_per_inference=mj,
-        energy_measured=None if mj is None else int(bool(measured)),
-        temp_c=_num(record.get("temp_c")),
-        throttled=throttled
-        if isinstance(throttled, int) and not isinstance(throttled, bool)
-        else None,
-        window_s=_num(record.get("window_s")),
-        energy_basis=basis,
+        energy_measured=None if mj is None else int(bool((t.energy or {}).get("measured"))),
+        temp_c=t.temp_c,
+        throttled=t.throttled,
+        window_s=t.window_s,
+        energy_basis=None if mj is None else "net" if mj is net else "gross",
     )
 
 
