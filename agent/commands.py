@@ -15,11 +15,12 @@ from typing import Any, Protocol
 
 from agent.delivery.cmdguard import CommandGuard
 from agent.delivery.install import CoreHost, Installer, Outputs
-from agent.delivery.store import ModelStore, Pointer
-from agent.errors import EdgeloopError, ProtocolError, StoreError
+from agent.delivery.store import ModelStore
+from agent.errors import EdgeloopError, ProtocolError
 from agent.mqtt.types import IncomingMessage
 from agent.serving.server import LoadGenerator
 from agent.wire.messages import Command, EventKind, ReplyStatus, ReplyTo, State
+from agent.wire.reasons import Reason
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +31,6 @@ class CommandHost(CoreHost, Protocol):
     """What the verbs need from the agent core (replies and events go to :class:`Outputs`)."""
 
     def state(self) -> State: ...
-    def serve(self, ptr: Pointer) -> None:
-        """Load ``ptr`` and make it the serving model (the old server stops)."""
-        ...
-
     def serving_delegate(self) -> str | None: ...
     def set_telemetry_interval(self, seconds: float | None) -> float:
         """Apply a new interval (None: keep it); returns the one in force."""
@@ -95,24 +92,20 @@ class Commands:
         handlers[verb]()
 
     def rollback(self, to: ReplyTo) -> None:
+        """Abandon the install or trial in progress (its release stays counted). Going back to
+        an older model is a NEW signed manifest of it with a higher release (edge-deploy
+        rollback), never this command: so no command moves ``current`` below the slot's
+        counter."""
         if self.installer.abort_for_rollback():
             self.out.reply(to, ReplyStatus.OK, None, "install abandoned")
             return
-        try:
-            ptr = self.store.rollback()
-        except StoreError as exc:
-            self.out.reply(to, ReplyStatus.REJECTED, exc.code, exc.message)
-            return
-        assert ptr is not None
-        self.host.serve(ptr)
-        self.out.event(
-            EventKind.ROLLED_BACK,
-            "rollback_command",
-            "rolled back to last good",
-            **ptr.ref(),
+        self.out.reply(
+            to,
+            ReplyStatus.REJECTED,
+            Reason.NO_INSTALL,
+            "no install or trial to abandon; to go back to an older model send a signed "
+            "manifest of it with a higher release (edge-deploy rollback --device ID)",
         )
-        self.out.reply(to, ReplyStatus.OK, None, "rolled back", sha256=ptr.sha256)
-        self.host.state_changed()
 
     def bench(self, cmd: Command, to: ReplyTo) -> None:
         cur = self.store.current()

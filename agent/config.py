@@ -101,6 +101,7 @@ class AgentConfig:
     state_dir: str = "/var/lib/edgeloop"
     hw_root: str = "/"
     trust_keys: tuple[str, ...] = ()
+    slot: str = "main"  # the model slot this device serves (agent.wire.manifest.DEFAULT_SLOT)
     broker: BrokerConfig = field(default_factory=BrokerConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
@@ -199,6 +200,8 @@ def _validate(cfg: AgentConfig, problems: list[str]) -> None:
             f"device_id: {cfg.device_id!r} must be 1-64 of A-Z a-z 0-9 . _ - "
             "(it becomes an MQTT topic level)"
         )
+    if not DEVICE_ID_RE.match(cfg.slot):
+        problems.append(f"slot: {cfg.slot!r} must be 1-64 of A-Z a-z 0-9 . _ -")
     b = cfg.broker
     if not 0 < b.port < 65536:
         problems.append(f"broker.port: {b.port} is not a TCP port")
@@ -297,6 +300,7 @@ def example_toml() -> str:
         'state_dir = "/var/lib/edgeloop"  # models, staging, pointers, outbox',
         'hw_root = "/"                    # read hardware facts under this root',
         'trust_keys = ["/etc/edgeloop/trust/host.pub"]  # Ed25519 public keys of the host',
+        'slot = "main"                    # model slot served: manifests for another are refused',
     ]
     defaults = AgentConfig()
     for section in _SECTIONS:

@@ -81,6 +81,7 @@ class Agent:
                 # an install leaves room for the outbox's whole bound (a full disk, P-disk)
                 min_free_bytes=int(cfg.telemetry.outbox_max_mb * 2**20) + (1 << 20),
             ),
+            slot=cfg.slot,
             # staged chunks are made durable (fsync + bitmap) every 4 MiB: a power cut costs
             # at most 4 MiB of re-transfer, and a 14 MB install pays 4 fsync rounds, not 14
             fsync_every_bytes=4 << 20,
@@ -307,10 +308,7 @@ class Agent:
         self.out.publish_state(self.state())
 
     def state(self) -> State:
-        model, cur = None, self.store.current()
-        if cur is not None:
-            variant, delegate = cur.manifest.variant.to_dict(), self.serving_delegate()
-            model = ModelRef(cur.sha256, cur.name, cur.version, cur.release, variant, delegate)
+        cur, last = self.store.current(), self.store.held("last_good")
         install = self.installer.state()
         if self.loaded is not None:
             install = install | {"loaded": self.loaded.to_dict()}
@@ -322,10 +320,13 @@ class Agent:
             runtime={"name": self.runtime_name, "version": self.runtime_version},
             hardware=self.hardware.to_dict(),
             hardware_class=self.hardware.hardware_class(),
-            model=model,
+            model=cur.model_ref(self.serving_delegate()) if cur else None,
             install=install,
             last_window=self._last_window,
             disk=self.outbox.disk_report(),
+            slot=self.cfg.slot,
+            slot_release=self.store.slot_release(),
+            last_good=last.model_ref() if last else None,
         )
 
     def _on_disk_full(self, full: bool) -> None:
@@ -349,12 +350,6 @@ class Agent:
                 self.out.reply(to, ReplyStatus.REJECTED, exc.code, exc.message)
 
     # ---- CommandHost -----------------------------------------------------------------------
-    def serve(self, ptr: Pointer) -> None:
-        loaded, server = self._load(ptr)
-        old, self.server, self.loaded = self.server, server, loaded
-        if old is not None:
-            old.stop()
-
     def serving_delegate(self) -> str | None:
         return self.loaded.delegate if self.loaded else None
 

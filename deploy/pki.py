@@ -93,13 +93,13 @@ class Pki:
                     hint="device ids and host names are broker user names and must be unique; "
                     "pick another name, or revoke it first and use a new one",
                 )
-        ca_cert, ca_key = self._ca(kind)
-        cert, key = _leaf(name, ca_cert, ca_key, server_names=(), days=days)
+        ca_cert, ca_key = self.ca_pair(kind)
+        cert, key = leaf_certificate(name, ca_cert, ca_key, server_names=(), days=days)
         out_dir.mkdir(parents=True, exist_ok=True)
         identity = Identity(
             name, out_dir / f"{name}.crt", out_dir / f"{name}.key", out_dir / "ca.crt"
         )
-        _write_key(identity.key, key)
+        write_private_key(identity.key, key)
         identity.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         identity.ca.write_bytes(self.ca_cert("device").read_bytes())
         index[kind][name] = {"serial": format(cert.serial_number, "x"), "revoked": False}
@@ -111,9 +111,11 @@ class Pki:
         device CA; replaces an older one."""
         if not names:
             raise ConfigError("the broker certificate needs at least one --name")
-        ca_cert, ca_key = self._ca("device")
-        cert, key = _leaf(names[0], ca_cert, ca_key, server_names=tuple(names), days=days)
-        _write_key(self.server_key, key)
+        ca_cert, ca_key = self.ca_pair("device")
+        cert, key = leaf_certificate(
+            names[0], ca_cert, ca_key, server_names=tuple(names), days=days
+        )
+        write_private_key(self.server_key, key)
         self.server_cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         return self.server_cert, self.server_key
 
@@ -139,7 +141,8 @@ class Pki:
         return sorted(n for n, e in self._index()["host"].items() if not e["revoked"])
 
     # ---- internals ---------------------------------------------------------------------
-    def _ca(self, kind: str) -> tuple[x509.Certificate, Key]:
+    def ca_pair(self, kind: str) -> tuple[x509.Certificate, Key]:
+        """The CA certificate and key of ``kind`` ("device" or "host")."""
         cert = x509.load_pem_x509_certificate(self.ca_cert(kind).read_bytes())
         key_path = self.ca_cert(kind).with_suffix(".key")
         key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
@@ -159,7 +162,7 @@ class Pki:
         os.replace(tmp, path)
 
     def _write_crl(self, kind: str, index: dict[str, dict[str, dict[str, Any]]]) -> None:
-        ca_cert, ca_key = self._ca(kind)
+        ca_cert, ca_key = self.ca_pair(kind)
         now = dt.datetime.now(dt.UTC)
         builder = (
             x509.CertificateRevocationListBuilder()
@@ -193,7 +196,7 @@ def init_pki(directory: str | Path, *, days: int = CA_DAYS) -> Pki:
     for kind, cn in (("device", "edgeloop device CA"), ("host", "edgeloop host CA")):
         cert, key = _ca(cn, days)
         stem = "ca" if kind == "device" else "host-ca"
-        _write_key(d / f"{stem}.key", key)
+        write_private_key(d / f"{stem}.key", key)
         (d / f"{stem}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     (d / "issued.json").write_text(json.dumps({k: {} for k in KINDS}) + "\n")
     pki = Pki(d)
@@ -218,7 +221,8 @@ def _name(cn: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
-def _write_key(path: Path, key: Key) -> None:
+def write_private_key(path: Path, key: Key) -> None:
+    """PKCS#8 PEM, created 0600, fsynced, renamed into place."""
     pem = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -266,16 +270,20 @@ def _san(names: tuple[str, ...]) -> x509.SubjectAlternativeName:
     return x509.SubjectAlternativeName(entries)
 
 
-def _leaf(
+def leaf_certificate(
     cn: str,
     ca_cert: x509.Certificate,
     ca_key: Key,
     *,
-    server_names: tuple[str, ...],
-    days: int,
+    server_names: tuple[str, ...] = (),
+    days: int = LEAF_DAYS,
+    not_before: dt.datetime | None = None,
 ) -> tuple[x509.Certificate, Key]:
+    """A client certificate (CN ``cn``), or a server one when ``server_names`` are given,
+    signed by the CA, valid ``days`` from ``not_before`` (default: an hour ago, for clock
+    skew)."""
     key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.UTC)
+    start = not_before or dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
     usage = ExtendedKeyUsageOID.SERVER_AUTH if server_names else ExtendedKeyUsageOID.CLIENT_AUTH
     builder = (
         x509.CertificateBuilder()
@@ -283,8 +291,8 @@ def _leaf(
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=days))
+        .not_valid_before(start)
+        .not_valid_after(start + dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         .add_extension(

@@ -22,14 +22,36 @@ from agent.errors import ProtocolError
 from agent.mqtt.types import IncomingMessage
 from agent.runtime import modelfile
 from agent.wire.chunks import encode_chunk
-from agent.wire.manifest import DEFAULT_CHUNK_SIZE, SignedManifest, model_fields, sign_manifest
-from agent.wire.messages import Command, CommandReply, Event, EventKind, NeedRequest, ReplyStatus
+from agent.wire.manifest import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_SLOT,
+    SignedManifest,
+    model_fields,
+    sign_manifest,
+)
+from agent.wire.messages import (
+    Command,
+    CommandReply,
+    Event,
+    EventKind,
+    NeedRequest,
+    ReplyStatus,
+    State,
+)
 from agent.wire.topics import Topics
 from deploy.mqtt import BrokerAddress, connect, new_client_id
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FINAL_EVENTS", "BrokerAddress", "PushResult", "Pusher", "build_manifest", "push_model"]
+__all__ = [
+    "FINAL_EVENTS",
+    "BrokerAddress",
+    "PushResult",
+    "Pusher",
+    "build_manifest",
+    "push_model",
+    "release_above",
+]
 
 FINAL_EVENTS = {EventKind.COMMITTED, EventKind.ROLLED_BACK, EventKind.REJECTED}
 
@@ -63,11 +85,12 @@ def build_manifest(
     ttl_s: int = 7 * 24 * 3600,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     targets: Mapping[str, list[str]] | None = None,
-    slot: str | None = None,
+    slot: str = DEFAULT_SLOT,
 ) -> SignedManifest:
     """Inspect the model, fill variant and requirements from it, and sign. ``targets``
     ({"devices": [...], "classes": [...]}) and ``slot`` are signed: a device refuses a
-    manifest not addressed to it, and keeps anti-rollback counters per slot."""
+    manifest not addressed to it or naming another slot than the one it serves, and keeps
+    its anti-rollback counter per slot, whatever the model's name."""
     info = modelfile.inspect(model)
     fields = model_fields(model, chunk_size)
     now = int(time.time())
@@ -87,9 +110,18 @@ def build_manifest(
     )
     if targets is not None:
         fields["targets"] = {k: list(v) for k, v in targets.items()}
-    if slot is not None:
-        fields["slot"] = slot
+    fields["slot"] = slot
     return sign_manifest(fields, private_key)
+
+
+def release_above(state: State | None) -> int:
+    """The lowest release a device accepts next: above its slot's counter (``slot_release``,
+    which a failed install also advanced) and the release it serves, whatever the model's name
+    (one slot per device: a renamed model shares the counter). 1 when nothing is known."""
+    if state is None:
+        return 1
+    seen = [state.slot_release, state.model.release if state.model else None]
+    return max((r for r in seen if r is not None), default=0) + 1
 
 
 class Pusher:
@@ -278,8 +310,10 @@ def push_model(
     timeout_s: float = 600.0,
     progress: TextIO | None = sys.stderr,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    slot: str = DEFAULT_SLOT,
 ) -> PushResult:
-    """Sign and push ``model``; the release defaults to the current time in milliseconds."""
+    """Sign and push ``model`` for ``slot`` on ``device_id``; the release defaults to the
+    current time in milliseconds."""
     release = int(time.time() * 1000) if release is None else release
     signed = build_manifest(
         model,
@@ -291,6 +325,7 @@ def push_model(
         delegate=delegate,
         chunk_size=chunk_size,
         targets={"devices": [device_id]},
+        slot=slot,
     )
     with Pusher(broker, device_id, prefix=prefix, progress=progress) as pusher:
         pusher._chunk_size = signed.manifest.chunk_size

@@ -93,6 +93,12 @@ def snapshot(root: Path) -> dict[str, str]:
 # ---- checks on a real agent's state dir -----------------------------------------------------
 
 
+def store_view(state_dir: Path) -> dict[str, str]:
+    """The trusted state a refusal must leave untouched: models, staging, pointers, release
+    counters, command sequence numbers (the outbox changes: it carries the event)."""
+    return {k: v for k, v in snapshot(state_dir).items() if not k.startswith("outbox")}
+
+
 def sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 

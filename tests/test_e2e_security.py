@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from agent.wire.trust import key_id_of
 from deploy.mqtt import BrokerAddress
 from deploy.push import push_model
-from tests.delivery_helpers import model_files, pointer_sha, snapshot
+from tests.delivery_helpers import model_files, pointer_sha, store_view
 from tests.e2e_host import (
     GATES,
     ScriptedHost,
@@ -34,11 +34,6 @@ pytestmark = [pytest.mark.broker, pytest.mark.runtime]
 
 HW_TREES = Path(__file__).parent / "hwtrees"
 INSTALL_KINDS = ("install_accepted", "install_verified", "trial_started", "committed")
-
-
-def store_view(state_dir: Path) -> dict[str, str]:
-    """Everything a refusal must leave untouched (the outbox changes: it carries the event)."""
-    return {k: v for k, v in snapshot(state_dir).items() if not k.startswith("outbox")}
 
 
 def assert_nothing_installed(

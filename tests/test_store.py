@@ -127,24 +127,60 @@ def test_release_counter_rejects_older_and_replays_survive_restart(tmp_path: Pat
         restarted.check_release(r4)
     assert restarted.check_release(r5) == "replayed"
     assert restarted.check_release(r6) == "new"
-    assert restarted.check_release(signed(KEY, A, release=1, name="other").manifest) == "new"
     restarted.record_release(r4)  # never lowers
-    assert restarted.releases() == {"digits": 5}
-    assert json.loads((tmp_path / "counters.json").read_bytes())["releases"] == {"digits": 5}
+    assert restarted.releases() == {"digits": 5} and restarted.slot_release() == 5
+    saved = json.loads((tmp_path / "counters.json").read_bytes())
+    assert (saved["releases"], saved["slots"]) == ({"digits": 5}, {"main": 5})
 
 
-def test_a_renamed_model_cannot_take_its_slot_back_in_time(tmp_path: Path):
+@pytest.mark.parametrize("slot", [None, "main"], ids=["unslotted", "slotted"])
+def test_a_renamed_model_cannot_take_the_slot_back_in_time(tmp_path: Path, slot: str | None):
+    """The counter is the slot's, whatever the name: digits-renamed r1 after digits r20 is a
+    rollback, with or without a ``slot`` in either manifest (no slot = the device's)."""
     store = ModelStore(tmp_path)
-    r20 = signed(KEY, A, release=20, slot="vision").manifest
-    install(store, r20, A)
+    install(store, signed(KEY, A, release=20).manifest, A)
     before = (tmp_path / "counters.json").read_bytes()
-    renamed = signed(KEY, A, release=1, name="digits-renamed", slot="vision").manifest
-    with pytest.raises(ManifestError, match="slot 'vision'") as info:
+    renamed = signed(KEY, B, release=1, name="digits-renamed", slot=slot).manifest
+    with pytest.raises(ManifestError, match="slot 'main'") as info:
         store.check_release(renamed)
     assert info.value.code == "rollback"
     assert (tmp_path / "counters.json").read_bytes() == before
     current = store.current()
     assert current is not None and current.release == 20
+    assert store.check_release(signed(KEY, B, release=21, name="other").manifest) == "new"
+
+
+def test_a_manifest_for_another_slot_is_refused(tmp_path: Path):
+    store = ModelStore(tmp_path, slot="camera")
+    other = signed(KEY, A, release=99, slot="main").manifest
+    with pytest.raises(ManifestError, match="serves slot 'camera'") as info:
+        store.check_release(other)
+    assert info.value.code == "wrong_slot"
+    assert not (tmp_path / "counters.json").exists()
+    assert store.check_release(signed(KEY, A, release=1).manifest) == "new"  # no slot: its own
+
+
+@pytest.mark.parametrize(
+    "old",
+    [
+        {"releases": {"digits": 20}, "time_floor": 0},  # written before slots existed
+        {"releases": {"digits": 20}, "slots": {"digits": 20}, "time_floor": 0},  # slot = name
+    ],
+    ids=["names_only", "slot_named_like_the_model"],
+)
+def test_counters_written_before_device_slots_keep_their_history(
+    tmp_path: Path, old: dict[str, object]
+):
+    """A slot with no counter yet starts at the highest release ever accepted: an upgraded
+    device (or one whose configured slot was renamed) cannot be taken back in time."""
+    (tmp_path / "counters.json").write_text(json.dumps(old))
+    store = ModelStore(tmp_path)
+    assert store.slot_release() == 20
+    renamed = signed(KEY, A, release=1, name="digits-renamed").manifest
+    with pytest.raises(ManifestError) as info:
+        store.check_release(renamed)
+    assert info.value.code == "rollback"
+    assert ModelStore(tmp_path, slot="renamed-slot").slot_release() == 20
 
 
 def test_a_rollback_is_a_new_manifest_with_a_higher_release_for_old_bytes(tmp_path: Path):

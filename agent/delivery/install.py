@@ -5,7 +5,8 @@ nothing is locked. Slow work (the sandboxed probe) runs on a worker thread throu
 ``host.background`` and comes back as a call on the core thread.
 
 Order of the acceptance checks (nothing is written before all pass): signature, schema, expiry
-(agent.wire.manifest.verify_manifest), release counter (agent.delivery.store), compatibility with
+(agent.wire.manifest.verify_manifest), target (this device or its class), slot and its release
+counter (agent.delivery.counters, through the store), compatibility with
 this board (accelerator, operator versions the installed runtime resolves:
 agent.delivery.checks), free disk and limits (ModelStore.begin). Every rejection is an event with
 a reason code; the state is unchanged.

@@ -8,7 +8,8 @@ Layout under ``state_dir``::
     staging/<sha256>.bitmap         bit i set = chunk i is durable in the .part
     staging/<sha256>.manifest.json  the verified manifest of the transfer
     pointers/current|last_good|trial  JSON {sha256, name, version, release, manifest}
-    counters.json                   {"releases": {name: release}, "time_floor": unix seconds}
+    counters.json                   {"slots": {slot: release}, "releases": {name: release},
+                                    "time_floor": unix seconds} (agent.delivery.counters)
     tmp/                            temp files of atomic writes (removed by recover())
 
 Invariants (RELIABILITY P1, P4, P18): ``current`` only ever names a file in models/ whose sha256
@@ -20,8 +21,9 @@ Release counters advance at ACCEPT (TUF-style): the daemon calls ``record_releas
 manifest has passed every acceptance check and ``begin`` succeeded, not at commit. Once a newer
 release was authenticated, an older one is never accepted again, even if the newer install then
 fails its health gates. Going back is a NEW manifest with a higher release pointing at the old
-bytes (``begin`` finds them already in models/ and there is nothing to fetch), or the local
-``rollback()`` to last_good.
+bytes (``begin`` finds them already in models/ and there is nothing to fetch). The local
+``rollback()`` to last_good is the agent's own recovery (the current model fails to load at
+start), never a host command.
 
 Not thread-safe: the daemon's core thread owns the store.
 """
@@ -45,8 +47,9 @@ from agent.system.atomicfile import atomic_write, fsync_dir, unlink_durable
 from agent.system.crashpoints import crash_point
 from agent.wire.chunks import compact_ranges
 from agent.wire.codec import canonical_json
-from agent.wire.manifest import Manifest
+from agent.wire.manifest import DEFAULT_SLOT, Manifest
 from agent.wire.reasons import Reason
+from agent.wire.status import ModelRef
 from agent.wire.topics import valid_sha256
 
 log = logging.getLogger(__name__)
@@ -81,6 +84,10 @@ class Pointer:
     def to_dict(self) -> dict[str, Any]:
         return {**self.ref(), "manifest": self.manifest.to_dict()}
 
+    def model_ref(self, delegate: str | None = None) -> ModelRef:
+        """How the device's state names this model."""
+        return ModelRef(**self.ref(), variant=self.manifest.variant.to_dict(), delegate=delegate)
+
     @classmethod
     def of(cls, manifest: Manifest) -> Pointer:
         return cls(manifest.sha256, manifest.name, manifest.version, manifest.release, manifest)
@@ -110,6 +117,7 @@ class ModelStore:
         state_dir: str | Path,
         limits: StoreLimits | None = None,
         *,
+        slot: str = DEFAULT_SLOT,
         fsync_every_bytes: int = 1 << 20,
         background_persist: bool = True,
     ) -> None:
@@ -119,7 +127,7 @@ class ModelStore:
         self.pointers, self.tmp = self.root / "pointers", self.root / "tmp"
         for d in (self.root, self.models, self.staging_dir, self.pointers, self.tmp):
             d.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.counters = ReleaseCounters(self.root / "counters.json", self.tmp)
+        self.counters = ReleaseCounters(self.root / "counters.json", self.tmp, slot)
         self.staging = Staging(
             self.staging_dir, self.tmp, fsync_every_bytes, background=background_persist
         )
@@ -127,7 +135,8 @@ class ModelStore:
     # ---- release counters (anti-rollback) ------------------------------------------------------
 
     def check_release(self, manifest: Manifest) -> str:
-        """ "new" | "replayed"; raises ManifestError("rollback") for an older release."""
+        """ "new" | "replayed"; raises ManifestError "wrong_slot" (a manifest for another slot)
+        or "rollback" (an older release than the slot's counter)."""
         return self.counters.check(manifest)
 
     def record_release(self, manifest: Manifest) -> None:
@@ -136,6 +145,10 @@ class ModelStore:
 
     def releases(self) -> dict[str, int]:
         return self.counters.releases()
+
+    def slot_release(self) -> int | None:
+        """The anti-rollback counter of the slot this device serves."""
+        return self.counters.slot_release()
 
     def trusted_now(self) -> float:
         """Wall clock, never earlier than the newest accepted manifest's ``created``."""
@@ -273,6 +286,11 @@ class ModelStore:
     def current(self) -> Pointer | None:
         return self.pointer("current")
 
+    def held(self, which: str) -> Pointer | None:
+        """The pointer, if the model it names is still in models/."""
+        ptr = self.pointer(which)
+        return ptr if ptr is not None and self.has_model(ptr.sha256) else None
+
     def _set(self, which: str, ptr: Pointer) -> None:
         atomic_write(
             self.pointers / which, canonical_json(ptr.to_dict()), tmp_dir=self.tmp, label=which
@@ -319,9 +337,10 @@ class ModelStore:
         return trial
 
     def rollback(self) -> Pointer | None:
-        """The ``rollback`` command: abandon a running trial, else current = last_good.
-        Returns the new current. StoreError("no_last_good") if there is nothing to go back to
-        (so a repeated rollback changes nothing)."""
+        """Local recovery (the agent's current model fails to load at start): abandon a
+        running trial, else current = last_good. Returns the new current.
+        StoreError("no_last_good") if there is nothing to go back to (so a repeated rollback
+        changes nothing). Counters are untouched. A host going back sends a new manifest."""
         if self.abort_trial() is not None:
             return self.current()
         last, cur = self.pointer("last_good"), self.current()

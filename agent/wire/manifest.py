@@ -16,9 +16,9 @@ stops at the first failure, raising ManifestError with the reason code of that c
 6. schema of the (now authenticated) manifest fields -> "invalid"
 7. expiry (``now >= expires``)            -> "expired"
 
-Release counter ("replayed"/"rollback"), compatibility ("incompatible") and disk space
-("no_space") are checked after this by the daemon with agent.delivery.store and
-agent.runtime.compat.
+Target ("wrong_target"), slot ("wrong_slot") and its release counter ("replayed"/"rollback"),
+compatibility ("incompatible") and disk space ("no_space") are checked after this by the daemon
+with agent.delivery.counters, agent.delivery.store and agent.runtime.compat.
 """
 
 from __future__ import annotations
@@ -52,6 +52,9 @@ MIN_CHUNK_SIZE = 64
 MAX_MODEL_SIZE = 1 << 34
 MAX_INT = 2**53
 DEFAULT_TTL_S = 7 * 24 * 3600
+#: The one model slot a device serves unless its config names another (``slot``), and the slot
+#: ``edge-deploy push`` names unless told (``--slot``).
+DEFAULT_SLOT = "main"
 _OPTIONAL = frozenset({"slot", "targets"})
 
 _VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
@@ -117,17 +120,18 @@ class Manifest:
     variant: Variant = field(default_factory=Variant)
     requirements: Requirements = field(default_factory=Requirements)
     schema: str = SCHEMA
-    #: The model slot this manifest fills (anti-rollback counters are kept per slot too, so a
-    #: renamed model cannot go back in time); None: the slot named like the model (the
-    #: per-name counter alone, as before slots existed).
+    #: The model slot this manifest fills. A device serves one slot (its config ``slot``,
+    #: default :data:`DEFAULT_SLOT`), refuses a manifest naming another one and keeps the
+    #: anti-rollback counter per slot, whatever the model's name. None (manifests signed before
+    #: slots): the slot the receiving device serves.
     slot: str | None = None
     #: Who may install it: {"devices": [ids], "classes": [hardware classes]}; None: anyone
     #: trusting the key.
     targets: dict[str, tuple[str, ...]] | None = None
 
-    @property
-    def slot_name(self) -> str:
-        return self.slot or self.name
+    def slot_on(self, device_slot: str) -> str:
+        """The slot this manifest fills on a device serving ``device_slot``."""
+        return self.slot or device_slot
 
     def addressed_to(self, device_id: str, hardware_class: str | None) -> bool:
         if self.targets is None:

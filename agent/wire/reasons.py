@@ -29,6 +29,7 @@ class Reason(StrEnum):
     NOT_INSTALLED = "not_installed"
     NO_TRIAL = "no_trial"
     NO_LAST_GOOD = "no_last_good"
+    NO_INSTALL = "no_install"  # cmd/rollback with no install or trial to abandon
     IO_ERROR = "io_error"
     # protocol
     BAD_TOPIC = "bad_topic"
@@ -36,6 +37,7 @@ class Reason(StrEnum):
     # signed commands (agent/wire/signed.py)
     UNSIGNED = "unsigned"
     WRONG_TARGET = "wrong_target"
+    WRONG_SLOT = "wrong_slot"  # a manifest for another model slot than the device serves
     # install outcome (the daemon)
     PROBE_FAILED = "probe_failed"
     HEALTH_FAILED = "health_failed"

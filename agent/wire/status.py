@@ -200,6 +200,9 @@ class State:
     install: dict[str, Any] | None = None  # {"state": "idle"|"downloading"|..., ...}
     last_window: dict[str, Any] | None = None  # latest telemetry summary (fleet view)
     disk: dict[str, Any] | None = None  # set while the state disk is full (Outbox.disk_report)
+    slot: str | None = None  # the model slot the device serves (its config ``slot``)
+    slot_release: int | None = None  # that slot's anti-rollback counter: send a release above
+    last_good: ModelRef | None = None  # the model before ``model``, still held in the store
 
     @classmethod
     def offline(cls, reason: str | None = None) -> State:
@@ -213,7 +216,7 @@ class State:
     def from_dict(cls, obj: Any) -> State:
         """A state already parsed (e.g. the registry's copy); ProtocolError when malformed."""
         r = Reader(obj, "state")
-        model = r.obj.get("model")
+        model, last_good = r.obj.get("model"), r.obj.get("last_good")
         return cls(
             online=r.get_bool("online"),
             reason=r.opt_str("reason", max_len=64),
@@ -227,6 +230,9 @@ class State:
             install=r.opt_dict("install"),
             last_window=r.opt_dict("last_window"),
             disk=r.opt_dict("disk"),
+            slot=r.opt_str("slot", max_len=64),
+            slot_release=r.opt_int("slot_release"),
+            last_good=None if last_good is None else ModelRef.from_obj(last_good, "last_good"),
         )
 
     @property
@@ -243,6 +249,7 @@ class State:
     def to_dict(self) -> dict[str, Any]:
         out = {k: getattr(self, k) for k in self.__dataclass_fields__}
         out["model"] = None if self.model is None else self.model.to_dict()
+        out["last_good"] = None if self.last_good is None else self.last_good.to_dict()
         return drop_none(out)
 
     def to_json(self) -> bytes:

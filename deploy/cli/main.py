@@ -5,6 +5,8 @@
     edge-deploy push MODEL --device ID --broker HOST:PORT --keys DIR [--name N --version V]
                 [--chunk-kib 64] [--json]
     edge-deploy command VERB --device ID [--args JSON] [--keys DIR]   signed where it must be
+    edge-deploy rollback --device ID (--model FILE | --registry DB)    the previous model again,
+                as a new signed manifest above the device's release counter
     edge-deploy convert SOURCE --recipe NAME|all --out FILE|DIR [--calibration DATA]
                 [--validation DATA] [--backend auto|tf|aiq] [--json]
     edge-deploy fleet --broker HOST:PORT [--wait S] [--json]
@@ -41,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_parser(sub)
     push.add_parser(sub)
     push.add_command_parser(sub)
+    push.add_rollback_parser(sub)
     add_convert_parser(sub)
     fleet.add_parser(sub)
     loop.add_loop_parsers(sub)

@@ -1,4 +1,5 @@
-"""`edge-deploy push`: sign and install one model on one device."""
+"""`edge-deploy push`, `rollback` and `command`: sign and install one model on one device,
+send it back to its previous one, send it one command."""
 
 from __future__ import annotations
 
@@ -10,7 +11,16 @@ from typing import Any
 
 from agent.cliutil import EXIT_FAILED, EXIT_OK
 from agent.errors import ConfigError, EdgeloopError
-from deploy.cli.common import broker, broker_options, gates, host_config, keys_dir
+from agent.wire.manifest import DEFAULT_SLOT
+from deploy.cli.common import (
+    broker,
+    broker_options,
+    existing_file,
+    gates,
+    host_config,
+    keys_dir,
+    open_registry,
+)
 
 
 def cmd_push(args: argparse.Namespace) -> int:
@@ -41,7 +51,12 @@ def cmd_push(args: argparse.Namespace) -> int:
         timeout_s=args.timeout,
         progress=None if args.json else sys.stderr,
         chunk_size=args.chunk_kib * 1024,
+        slot=args.slot,
     )
+    return _print_result(args, result)
+
+
+def _print_result(args: argparse.Namespace, result: Any) -> int:
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
@@ -64,6 +79,12 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--release", type=int, default=None, help="default: now in milliseconds")
     p.add_argument("--recipe", default="unknown")
     p.add_argument("--delegate", default="auto")
+    p.add_argument(
+        "--slot",
+        default=DEFAULT_SLOT,
+        help=f"model slot the manifest fills (default {DEFAULT_SLOT!r}, the agent's default); "
+        "the device's counter is per slot, whatever the model's name",
+    )
     p.add_argument("--p95-gate", type=float, default=None, help="trial gate on p95 (ms)")
     p.add_argument("--min-inferences", type=int, default=None)
     p.add_argument("--min-seconds", type=float, default=None)
@@ -77,6 +98,42 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--json", action="store_true")
     broker_options(p)
     p.set_defaults(func=cmd_push)
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from deploy.keys import load_private
+    from deploy.rollback import roll_back
+
+    model = existing_file(args.model, "model", "give the .tflite of the previous model")
+    registry = open_registry(args.registry) if args.registry else None
+    result = roll_back(
+        broker(args),
+        args.device,
+        load_private(keys_dir(args)),
+        model=model,
+        registry=registry,
+        prefix=args.prefix,
+        gates=gates(args),
+        timeout_s=args.timeout,
+    )
+    return _print_result(args, result)
+
+
+def add_rollback_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "rollback",
+        help="send a device back to its previous model (a new signed manifest, higher release)",
+    )
+    p.add_argument("--device", required=True)
+    p.add_argument("--model", default=None, help="the previous model's .tflite")
+    p.add_argument("--registry", default=None, help="or a registry holding it as a variant")
+    p.add_argument("--keys", default=None, help="key directory (default: --host-config's)")
+    p.add_argument("--min-inferences", type=int, default=None)
+    p.add_argument("--min-seconds", type=float, default=None)
+    p.add_argument("--timeout", type=float, default=600.0)
+    p.add_argument("--json", action="store_true")
+    broker_options(p)
+    p.set_defaults(func=cmd_rollback)
 
 
 def cmd_command(args: argparse.Namespace) -> int:

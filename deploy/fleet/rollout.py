@@ -23,7 +23,7 @@ from deploy.fleet.registry import Registry
 from deploy.fleet.registry_types import Variant
 from deploy.fleet.rollout_plan import RolloutPlan, RolloutPolicy, Step
 from deploy.mqtt import BrokerAddress
-from deploy.push import PushResult, push_model
+from deploy.push import PushResult, push_model, release_above
 
 log = logging.getLogger(__name__)
 
@@ -67,15 +67,19 @@ class Deployer:
         log.info("%s on %s: %s (%s)", variant.recipe, device, outcome, result.message)
         return result
 
+    def rollback(self, device: str, variant: Variant, *, why: str) -> PushResult:
+        """Send ``device`` back to ``variant``: a NEW signed manifest of the older artifact
+        with a release above the device's slot counter (anti-rollback holds through it). A
+        device still holding those bytes (its last_good) installs them from its store: no
+        chunk moves."""
+        return self.push(device, variant, reason=f"rollback ({why})")
+
     def _release_floor(self, device: str) -> int:
-        """Above the release the device serves now: it accepts only higher ones, and that one
-        may not come from this registry (``edge-deploy push`` signs with the time in ms; a
-        registry restored from a backup is behind)."""
+        """Above the device's slot counter and the release it serves, under any model name:
+        it accepts only higher ones, and those may not come from this registry (``edge-deploy
+        push`` signs with the time in ms; a registry restored from a backup is behind)."""
         d = self.registry.device(device)
-        model = d.status.model if d else None
-        if model is not None and model.name == self.model and model.release is not None:
-            return model.release + 1
-        return 1
+        return release_above(d.status if d else None)
 
 
 @dataclass
@@ -176,7 +180,7 @@ class RolloutRunner:
         if prev is None:
             out.rolled_back[device] = "no previous variant to return to"
             return
-        r = self.deployer.push(device, prev, reason=f"rollout aborted ({why})")
+        r = self.deployer.rollback(device, prev, why=f"rollout aborted: {why}")
         state = "rolled_back" if r.ok else "rollback_failed"
         out.rolled_back[device] = r.outcome
         self.registry.set_rollout_device(rid, device, wave=0, state=state, reason=why)
