@@ -336,6 +336,9 @@ class Agent:
     # ---- messages ---------------------------------------------------------------------------
     def _handle_message(self, msg: IncomingMessage) -> None:
         try:
+            if (sha := self.topics.stream_sha(msg.topic)) is not None:  # shared model stream
+                self.installer.on_chunk(sha, msg.payload, stream=True)
+                return
             parsed = self.topics.parse(msg.topic)
             if parsed.kind == "chunks" and parsed.arg:
                 self.installer.on_chunk(parsed.arg, msg.payload)

@@ -36,6 +36,8 @@ HOST_PORT = 8884
 #: Device topics, relative to ``{prefix}/dev/{id}/``: what a device reads and what it writes.
 DEVICE_READS = ("cmd/+", "chunks/+", "infer")
 DEVICE_WRITES = ("state", "telemetry", "events", "need", "reply/#")
+#: The shared chunk streams, relative to ``{prefix}/``: hosts write, every device reads.
+MODEL_STREAMS = "models/+/chunks"
 
 
 @dataclass(frozen=True)
@@ -59,10 +61,13 @@ def acl_text(host_names: list[str], prefix: str = DEFAULT_PREFIX) -> str:
         lines.append(f"user {name}")
         lines += [f"topic read {dev}/+/{t}" for t in DEVICE_WRITES]
         lines += [f"topic write {dev}/+/{t}" for t in DEVICE_READS]
+        lines.append(f"topic write {prefix}/{MODEL_STREAMS}")
         lines.append("")
     lines.append("# every device: its own tree only (%u is its certificate CN, its device id)")
     lines += [f"pattern read {dev}/%u/{t}" for t in DEVICE_READS]
     lines += [f"pattern write {dev}/%u/{t}" for t in DEVICE_WRITES]
+    lines.append("# and the shared chunk streams (read only; every chunk is checked on the device)")
+    lines.append(f"pattern read {prefix}/{MODEL_STREAMS}")
     return "\n".join(lines) + "\n"
 
 

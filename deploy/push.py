@@ -13,13 +13,14 @@ import queue
 import sys
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NamedTuple, TextIO
 
 from agent.errors import ProtocolError
-from agent.mqtt.types import IncomingMessage
+from agent.mqtt.transport import Transport
+from agent.mqtt.types import IncomingMessage, PublishHandle
 from agent.runtime import modelfile
 from agent.wire.chunks import encode_chunk
 from agent.wire.manifest import (
@@ -48,7 +49,10 @@ __all__ = [
     "BrokerAddress",
     "PushResult",
     "Pusher",
+    "apply_event",
+    "apply_reply",
     "build_manifest",
+    "publish_chunks",
     "push_model",
     "release_above",
 ]
@@ -226,16 +230,10 @@ class Pusher:
                 event = Event.from_json(msg.payload)
                 if event.data.get("sha256") != sha:
                     return False
-                result.events.append(event.to_dict())
                 if self.on_event:
                     self.on_event(event.to_dict())
                 self._show(event.kind, event.data)
-                if event.kind in FINAL_EVENTS:
-                    result.ok = event.kind == EventKind.COMMITTED
-                    result.outcome = event.kind
-                    result.code = event.code
-                    result.message = event.message or event.kind
-                    return True
+                return apply_event(event, result)
         except ProtocolError as exc:
             log.warning("ignoring a malformed message on %s: %s", msg.topic, exc)
         return False
@@ -243,40 +241,17 @@ class Pusher:
     def _on_reply(self, reply: CommandReply, result: PushResult) -> bool:
         if reply.status == ReplyStatus.ACCEPTED:
             self._show("accepted", {})
-            return False
-        if reply.status == ReplyStatus.DUPLICATE and reply.message == "already installing":
-            # the device is resuming this very transfer (after a restart or reconnect): keep
-            # serving its needs and wait for the verdict event
+        elif reply.status == ReplyStatus.DUPLICATE and reply.message == "already installing":
             self._show("resuming", {})
-            return False
-        if reply.status == ReplyStatus.DUPLICATE and reply.message == "already installed":
-            result.ok, result.outcome = True, "duplicate"
-        elif reply.status == ReplyStatus.DUPLICATE:
-            result.ok, result.outcome = False, "duplicate"
-        elif reply.status == ReplyStatus.OK:
-            result.ok, result.outcome = True, str(reply.code or "committed")
-        else:
-            result.ok = False
-            result.outcome = "rejected" if reply.status == ReplyStatus.REJECTED else "rolled_back"
-        result.code, result.message = reply.code, reply.message
-        return True
+        return apply_reply(reply, result)
 
     def _serve(self, need: NeedRequest, data: bytes, topic: str, result: PushResult) -> None:
-        size = len(data)
-        cs = self._chunk_size
-        view = memoryview(data)  # slices without copies: encode_chunk copies each chunk once
-        for index in need.indexes():
-            start = index * cs
-            if start >= size:
-                continue
-            piece = view[start : start + cs]
-            # QoS 0: a chunk lost with the link is asked for again by the device, while a
-            # QoS 1 one is re-sent by the broker after every reconnect even when the device
-            # already has it (measured: 1.7x the model size over 5 link flaps)
-            self.transport.publish(topic, encode_chunk(need.sha256, index, piece), qos=0)
-            result.chunks_sent += 1
-            result.bytes_sent += len(piece)
-        self._show("transfer", {"sent": result.bytes_sent, "size": size})
+        n, sent, _last = publish_chunks(
+            self.transport, topic, need.sha256, data, self._chunk_size, need.indexes()
+        )
+        result.chunks_sent += n
+        result.bytes_sent += sent
+        self._show("transfer", {"sent": result.bytes_sent, "size": len(data)})
 
     _chunk_size = DEFAULT_CHUNK_SIZE  # push() sets it from the signed manifest
 
@@ -292,6 +267,73 @@ class Pusher:
         else:
             self.progress.write(f"\r{phase:<60}")
         self.progress.flush()
+
+
+def apply_reply(reply: CommandReply, result: PushResult) -> bool:
+    """Fold a device's reply to ``cmd/deploy`` into ``result``; True when it is the verdict."""
+    if reply.status == ReplyStatus.ACCEPTED:
+        return False
+    if reply.status == ReplyStatus.DUPLICATE and reply.message == "already installing":
+        # the device is resuming this very transfer (after a restart or reconnect): keep
+        # serving its needs and wait for the verdict event
+        return False
+    if reply.status == ReplyStatus.DUPLICATE and reply.message == "already installed":
+        result.ok, result.outcome = True, "duplicate"
+    elif reply.status == ReplyStatus.DUPLICATE:
+        result.ok, result.outcome = False, "duplicate"
+    elif reply.status == ReplyStatus.OK:
+        result.ok, result.outcome = True, str(reply.code or "committed")
+    else:
+        result.ok = False
+        result.outcome = "rejected" if reply.status == ReplyStatus.REJECTED else "rolled_back"
+    result.code, result.message = reply.code, reply.message
+    return True
+
+
+def apply_event(event: Event, result: PushResult) -> bool:
+    """Record a device's event about this push in ``result``; True when it is the verdict."""
+    result.events.append(event.to_dict())
+    if event.kind not in FINAL_EVENTS:
+        return False
+    result.ok = event.kind == EventKind.COMMITTED
+    result.outcome = event.kind
+    result.code = event.code
+    result.message = event.message or event.kind
+    return True
+
+
+class Published(NamedTuple):
+    chunks: int
+    bytes: int  # chunk data bytes (headers not counted)
+    last: PublishHandle | None  # resolves once the last frame is written to the socket
+
+
+def publish_chunks(
+    transport: Transport,
+    topic: str,
+    sha256: str,
+    data: bytes,
+    chunk_size: int,
+    indexes: Iterable[int],
+) -> Published:
+    """Publish the chunk frames of ``data`` at ``indexes`` on ``topic`` (a device's chunk topic
+    or the shared stream ``{p}/models/{sha256}/chunks``)."""
+    size = len(data)
+    view = memoryview(data)  # slices without copies: encode_chunk copies each chunk once
+    chunks = sent = 0
+    last = None
+    for index in indexes:
+        start = index * chunk_size
+        if start >= size:
+            continue
+        piece = view[start : start + chunk_size]
+        # QoS 0: a chunk lost with the link is asked for again by the device, while a
+        # QoS 1 one is re-sent by the broker after every reconnect even when the device
+        # already has it (measured: 1.7x the model size over 5 link flaps)
+        last = transport.publish(topic, encode_chunk(sha256, index, piece), qos=0)
+        chunks += 1
+        sent += len(piece)
+    return Published(chunks, sent, last)
 
 
 def push_model(

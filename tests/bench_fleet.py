@@ -2,6 +2,8 @@
 
     PYTHONPATH=. /work/main/.venv/bin/python tests/bench_fleet.py [--devices 5000]
         [--window 1] [--seconds 60] [--processes 3] [--workers 1] [--json OUT]
+    PYTHONPATH=. /work/main/.venv/bin/python tests/bench_fleet.py --egress [--devices 200]
+        [--model-kib 1024] [--processes 2] [--json OUT]
 
 A real Mosquitto (tests.broker), ``--devices`` simulated devices (deploy.sim, ``--processes``
 worker processes, one MQTT connection per device) publishing one telemetry window per
@@ -156,6 +158,34 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def run_egress(args: argparse.Namespace) -> dict[str, Any]:
+    """``--egress``: host bytes published / model size for one wave to ``--devices``
+    simulated devices, per-device pull against the shared stream (deploy.sim.egress)."""
+    from deploy.keys import init_keys, load_private
+    from deploy.mqtt import BrokerAddress
+    from deploy.sim.egress import compare_egress
+    from tests.delivery_helpers import model_bytes
+
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    work = Path(tempfile.mkdtemp(prefix="bench-egress-"))
+    init_keys(work / "keys")
+    broker = Broker(work / "broker").start()
+    try:
+        out = compare_egress(
+            BrokerAddress(broker.host, broker.port),
+            load_private(work / "keys"),
+            work / "keys" / "edgeloop.pub",
+            devices=args.devices,
+            data=model_bytes(args.model_kib * 1024),
+            processes=args.processes,
+        )
+    finally:
+        broker.stop(check=False)
+    load = os.getloadavg()[0]
+    return out | {"machine": f"{platform.machine()} {os.cpu_count()} cores, load {load:.1f}"}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--devices", type=int, default=5000)
@@ -165,8 +195,10 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--drain-timeout", type=float, default=300.0)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--egress", action="store_true", help="host egress of one wave instead")
+    ap.add_argument("--model-kib", type=int, default=1024, help="--egress: the model's size")
     args = ap.parse_args()
-    out = run(args)
+    out = run_egress(args) if args.egress else run(args)
     print(json.dumps(out, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))

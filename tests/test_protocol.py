@@ -25,7 +25,15 @@ from agent.wire.messages import (
     Telemetry,
 )
 from agent.wire.reasons import Reason
-from agent.wire.topics import VERBS, ParsedTopic, Topics, host_subscriptions, parse_topic
+from agent.wire.stream import StreamCursor, StreamPosition
+from agent.wire.topics import (
+    VERBS,
+    ParsedTopic,
+    Topics,
+    host_subscriptions,
+    model_stream_topic,
+    parse_topic,
+)
 
 SHA = hashlib.sha256(b"model").hexdigest()
 
@@ -170,6 +178,35 @@ def test_need_requests_carry_half_open_ranges():
         {"sha256": "../x", "ranges": []},
     ):
         assert code_of(NeedRequest.from_json, json.dumps(bad).encode()) == "malformed"
+
+
+def test_the_shared_stream_topic_and_the_stream_mark_of_a_need():
+    t = Topics("acme/edge", "pi-01")
+    assert t.model_stream(SHA) == model_stream_topic("acme/edge", SHA)
+    assert t.model_stream(SHA) == f"acme/edge/models/{SHA}/chunks"
+    assert t.stream_sha(t.model_stream(SHA)) == SHA
+    for other in (t.chunks(SHA), f"edgeloop/models/{SHA}/chunks", "acme/edge/models/x/chunks"):
+        assert t.stream_sha(other) is None
+    assert code_of(model_stream_topic, "acme/edge", "../x") == "bad_topic"
+    plain = NeedRequest.from_ranges(SHA, [range(0, 4)])
+    assert b"stream" not in plain.to_json()  # a plain pull's need is what it always was
+    marked = NeedRequest.from_ranges(SHA, [range(0, 4)], stream=True)
+    assert NeedRequest.from_json(marked.to_json()) == marked and marked.stream
+    bad = {"sha256": SHA, "ranges": [], "stream": "yes"}
+    assert code_of(NeedRequest.from_json, json.dumps(bad).encode()) == "malformed"
+
+
+def test_stream_rules_host_answers_only_what_it_streamed_device_asks_only_what_passed():
+    cursor = StreamCursor(chunk_count=10, published=4)
+    assert cursor.answer(NeedRequest.from_ranges(SHA, [range(2, 8)], stream=True)) == [2, 3]
+    assert cursor.answer(NeedRequest.from_ranges(SHA, [range(2, 8)])) == list(range(2, 8))
+    pos = StreamPosition()
+    assert pos.lost([0, 1, 2]) == []  # nothing streamed yet: everything is still coming
+    pos.passed(5)
+    assert pos.lost([1, 3, 5, 6, 9]) == [1, 3, 5]
+    fresh = StreamPosition(joined=True)
+    assert [fresh.stalled() for _ in range(4)] == [True, True, True, False]  # join 3x, then pull
+    assert not pos.stalled()  # the stream ran and stopped: pull the rest
 
 
 def test_telemetry_and_state_round_trip():

@@ -26,7 +26,8 @@ import pytest
 
 from agent.mqtt.transport import Transport
 from agent.mqtt.types import NOT_AUTHORIZED, IncomingMessage, TlsConfig, TransportConfig
-from agent.wire.topics import Topics
+from agent.wire.chunks import encode_chunk
+from agent.wire.topics import Topics, model_stream_topic
 from deploy.cli.main import main as deploy_main
 from deploy.hostconfig import load_host_config
 from tests.agent_proc import REPO, wait_for
@@ -400,3 +401,22 @@ def test_fleet_over_tls_from_the_host_config_lists_d1(
     assert deploy_main(argv) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [r["device"] for r in rows if r["online"]] == ["d1"], rows
+
+
+def test_shared_model_stream_hosts_write_devices_only_read(fleet: Fleet, host: Client) -> None:
+    """The generated ACL: the host publishes on ``edgeloop/models/{sha}/chunks`` and a device
+    subscribed to it receives the chunk; a device publishing there gets 0x87."""
+    stream = model_stream_topic("edgeloop", "ab" * 32)
+    d2 = Client(fleet, "d2", [stream])
+    try:
+        assert d2.wait_connected(), d2.transport.stats().last_error
+        frame = encode_chunk("ab" * 32, 0, b"chunk")
+        handle = host.transport.publish(stream, frame)
+        assert handle.wait(5) and handle.ok, handle.reason_code
+        got = d2.wait(lambda m: m.topic == stream, 10, "the stream chunk at d2")
+        assert got.payload == frame
+        forged = d2.transport.publish(stream, frame)
+        assert forged.wait(5)
+        assert forged.reason_code == NOT_AUTHORIZED, forged.reason_code
+    finally:
+        d2.close()

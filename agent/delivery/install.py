@@ -166,6 +166,8 @@ class Installer(Transfer, Trial):
         store.record_release(manifest)
         gates = Gates.merge(self.default_gates, cmd.args.get("gates") or {})
         self.active = Install(manifest, reply, gates, delegate)
+        if cmd.args.get("stream") is True:  # unsigned and harmless: every chunk is checked
+            self.join_stream(self.active)
         self.out.reply(reply, ReplyStatus.ACCEPTED, None, "accepted", **_ref(manifest))
         self.out.event(EventKind.INSTALL_ACCEPTED, cmd_id=cmd.id, **_ref(manifest))
         self._continue()  # the first requests go out before the state is republished
@@ -202,7 +204,11 @@ class Installer(Transfer, Trial):
                     log.info("asking again for %d chunks lost with the connection", len(lost))
                     a.inflight.update((i, now) for i in lost)
                     self.out.request_chunks(a.manifest.sha256, lost)
-        elif a.phase == "downloading" and a.inflight and now - a.last_rx > self.chunk_timeout_s:
+        elif (
+            a.phase == "downloading"
+            and (a.inflight or a.stream is not None)
+            and now - a.last_rx > self.chunk_timeout_s
+        ):
             log.info("no chunk for %.1fs: asking again for the missing ones", now - a.last_rx)
             a.last_rx = now
             self._request_more(a, force=True)
@@ -217,6 +223,7 @@ class Installer(Transfer, Trial):
         if a.phase == "trial":
             self._rollback_trial(a, "rollback command")
         else:
+            self._leave_stream(a)
             self.store.abort(a.manifest.sha256)
             self.active = None
             self.out.event(

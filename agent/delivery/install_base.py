@@ -19,6 +19,7 @@ from agent.serving.server import LatencyWindow, Server
 from agent.wire.manifest import Manifest
 from agent.wire.messages import EventKind, ReplyStatus, ReplyTo
 from agent.wire.reasons import Reason
+from agent.wire.stream import StreamPosition
 
 log = logging.getLogger("agent.delivery.install")  # the installer's lines keep their name
 
@@ -36,7 +37,8 @@ class Outputs(Protocol):
         message: str = "",
         **data: Any,
     ) -> None: ...
-    def request_chunks(self, sha256: str, indexes: list[int]) -> None: ...
+    def request_chunks(self, sha256: str, indexes: list[int], *, stream: bool = False) -> None: ...
+    def follow_stream(self, sha256: str, on: bool) -> None: ...
 
 
 class CoreHost(Protocol):
@@ -78,6 +80,7 @@ class Install:
     last_progress: float = 0.0
     scan_from: int = 0  # chunks below this are received or requested (the next request's start)
     checked_models: bool = False  # whether models/ was checked for these bytes already
+    stream: StreamPosition | None = None  # following {p}/models/{sha256}/chunks (deploy arg)
     trial_started: float | None = None
     trial_window: LatencyWindow | None = None
     trial_server: Server | None = None
@@ -108,8 +111,15 @@ class InstallerBase:
         """All bytes are here: verify, then probe (agent.delivery.trial)."""
         raise NotImplementedError
 
+    def _leave_stream(self, a: Install) -> None:
+        """Stop following the shared stream (transfer done, failed, stalled or abandoned)."""
+        if a.stream is not None:
+            a.stream = None
+            self.out.follow_stream(a.manifest.sha256, False)
+
     def _fail_install(self, a: Install, code: str, message: str, **data: Any) -> None:
         log.warning("install of %s failed (%s): %s", a.manifest.name, code, message)
+        self._leave_stream(a)
         self.store.abort(a.manifest.sha256)
         self.active = None
         self.host.state_changed()

@@ -17,6 +17,7 @@ from agent.wire.chunks import decode_chunk
 from agent.wire.manifest import Manifest
 from agent.wire.messages import EventKind
 from agent.wire.reasons import Reason
+from agent.wire.stream import StreamPosition
 
 log = logging.getLogger("agent.delivery.install")  # the installer's lines keep their name
 
@@ -43,12 +44,24 @@ class Transfer(InstallerBase):
             self._continue()
             return
 
-    def on_chunk(self, sha256: str, payload: bytes) -> None:
+    def join_stream(self, a: Install) -> None:
+        """The deploy asked for the shared stream (``"stream": true``): subscribe to
+        ``{p}/models/{sha256}/chunks`` before the first need, which tells the host this device
+        listens (``stream: true``); from then on only chunks the stream has passed are asked
+        for (agent.wire.stream)."""
+        a.stream = StreamPosition()
+        self.out.follow_stream(a.manifest.sha256, True)
+
+    def on_chunk(self, sha256: str, payload: bytes, *, stream: bool = False) -> None:
+        """One chunk frame, from the device's own chunk topic or (``stream``) the shared one:
+        the same checks and the same staging either way."""
         a = self.active
         if a is None or a.phase != "downloading" or a.manifest.sha256 != sha256:
             self.stale_chunks += 1  # a duplicate or a late chunk of a finished transfer
             return
         frame = decode_chunk(payload, sha256)  # ProtocolError -> the caller reports it
+        if stream and a.stream is not None:
+            a.stream.passed(frame.index)
         a.inflight.pop(frame.index, None)
         a.last_rx = time.monotonic()
         if a.first_chunk is None:
@@ -76,7 +89,7 @@ class Transfer(InstallerBase):
             return
         log.warning("chunk %d of %s failed its hash: asking again", index, a.manifest.sha256)
         a.inflight[index] = time.monotonic()
-        self.out.request_chunks(a.manifest.sha256, [index])
+        self.out.request_chunks(a.manifest.sha256, [index], stream=a.stream is not None)
 
     def on_connected(self) -> None:
         """Back online. Chunks requested before the link went down were lost with it (QoS 0
@@ -102,9 +115,11 @@ class Transfer(InstallerBase):
             if not a.checked_models:
                 a.checked_models = True
                 if store.has_model(a.manifest.sha256):
+                    self._leave_stream(a)
                     self._finish_transfer(a)
                     return
             if store.remaining(a.manifest.sha256) == 0:
+                self._leave_stream(a)
                 self._finish_transfer(a)
                 return
         except StoreError as exc:  # staging vanished or unreadable: end this install cleanly
@@ -122,6 +137,10 @@ class Transfer(InstallerBase):
         if force:
             a.inflight.clear()
             a.scan_from = 0
+            if a.stream is not None and a.stream.joined and not a.stream.stalled():
+                # the stream is over, or this device lost it: pull the rest on its own
+                log.info("the shared stream of %s stalled: pulling the rest", a.manifest.sha256)
+                self._leave_stream(a)
         window = self.window_chunks(a.manifest)
         if len(a.inflight) > window // 2:
             return  # refilled when half the window has arrived: a few large requests
@@ -129,11 +148,20 @@ class Transfer(InstallerBase):
         # from where the last request ended: a chunk lost on the way is asked for again by
         # the timeout (force, from 0), a corrupt one at once (_bad_chunk), so no rescan here
         want = self.store.next_missing(a.manifest.sha256, a.scan_from, room, a.inflight)
+        s = a.stream
+        if s is not None and not s.joined:
+            # the join: the first window, marked stream; the host answers what its stream has
+            # passed already (a late joiner) and leaves the rest to the stream
+            s.joined = True
+            self.out.request_chunks(a.manifest.sha256, want, stream=True)
+            return
+        if s is not None:
+            want = s.lost(want)  # what the stream has not reached yet is still coming
         if want:
             a.scan_from = want[-1] + 1
             now = time.monotonic()
             a.inflight.update((i, now) for i in want)
-            self.out.request_chunks(a.manifest.sha256, want)
+            self.out.request_chunks(a.manifest.sha256, want, stream=s is not None)
 
     def window_chunks(self, m: Manifest) -> int:
         """Chunks requested and not yet received, at most: ``window_bytes`` worth, >= 4."""

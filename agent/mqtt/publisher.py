@@ -72,9 +72,18 @@ class Publisher:
             content_type=JSON_CONTENT_TYPE,
         )
 
-    def request_chunks(self, sha256: str, indexes: list[int]) -> None:
-        need = NeedRequest.from_ranges(sha256, compact_ranges(indexes))
+    def request_chunks(self, sha256: str, indexes: list[int], *, stream: bool = False) -> None:
+        need = NeedRequest.from_ranges(sha256, compact_ranges(indexes), stream=stream)
         self._transport().publish(self.topics.need, need.to_json(), qos=1)
+
+    def follow_stream(self, sha256: str, on: bool) -> None:
+        """Subscribe to (or leave) the shared chunk stream of ``sha256``; the subscription is
+        sent before any later need, so the host's stream cannot outrun it."""
+        topic = self.topics.model_stream(sha256)
+        if on:
+            self._transport().subscribe(topic, qos=0)
+        else:
+            self._transport().unsubscribe(topic)
 
     def publish_state(self, state: State) -> None:
         """Keep ``state`` as the birth message and publish it retained when connected."""

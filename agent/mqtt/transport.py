@@ -132,6 +132,7 @@ class Transport(ConnectionLoop):
         self._pending: dict[int, PublishHandle] = {}
         self._early: dict[int, int] = {}
         self._sub_mids: dict[int, list[str]] = {}
+        self._extra_subs: dict[str, int] = {}  # subscribe(): kept across reconnects
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -192,6 +193,28 @@ class Transport(ConnectionLoop):
             if content_type is not None:
                 props.ContentType = content_type
         return self._publish(topic, payload, qos, retain, props)
+
+    def subscribe(self, topic: str, qos: int = 1) -> None:
+        """Subscribe to one more filter now (if connected) and on every later connect, until
+        :meth:`unsubscribe` (the agent follows a shared model stream while it downloads)."""
+        with self._lock:
+            self._extra_subs[topic] = qos
+        if self._connected.is_set():
+            self._send_subscribe([(topic, qos)])
+
+    def unsubscribe(self, topic: str) -> None:
+        with self._lock:
+            known = self._extra_subs.pop(topic, None) is not None
+        if known and self._connected.is_set():
+            self._client.unsubscribe(topic)
+            self._wake()
+
+    def _send_subscribe(self, subs: list[tuple[str, int]]) -> None:
+        _rc, mid = self._client.subscribe(subs)
+        if mid is not None:
+            with self._lock:
+                self._sub_mids[mid] = [t for t, _q in subs]
+        self._wake()
 
     def ack(self, mid: int, qos: int) -> None:
         """With ``manual_ack``: acknowledge a received message (after it is safely stored)."""
@@ -295,12 +318,10 @@ class Transport(ConnectionLoop):
         self._attempt = 0
         # SUBSCRIBE before the birth: the broker handles one connection's packets in order, so
         # whoever sees the birth and sends a command can count on the subscription being there.
-        subs = list(self.config.subscriptions)
+        with self._lock:
+            subs = list(self.config.subscriptions) + list(self._extra_subs.items())
         if subs:
-            _rc, mid = client.subscribe(subs)
-            if mid is not None:
-                with self._lock:
-                    self._sub_mids[mid] = [t for t, _q in subs]
+            self._send_subscribe(subs)
         if self.config.birth is not None:
             try:
                 topic, payload = self.config.birth()

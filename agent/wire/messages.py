@@ -178,14 +178,21 @@ class CommandReply:
 @dataclass(frozen=True)
 class NeedRequest:
     """Chunk indexes the device wants next, as half-open ``[start, end)`` ranges (a window:
-    the device asks for at most its window of chunks at a time)."""
+    the device asks for at most its window of chunks at a time).
+
+    ``stream`` true: the device listens to the shared stream ``{p}/models/{sha256}/chunks``, so
+    the host answers only the indexes its stream has already passed (the device missed them)
+    and leaves the rest to the stream (docs/protocol.md, "Shared chunk stream")."""
 
     sha256: str
     ranges: tuple[tuple[int, int], ...]
+    stream: bool = False
 
     @classmethod
-    def from_ranges(cls, sha256: str, ranges: Sequence[range]) -> NeedRequest:
-        return cls(sha256, tuple((r.start, r.stop) for r in ranges))
+    def from_ranges(
+        cls, sha256: str, ranges: Sequence[range], *, stream: bool = False
+    ) -> NeedRequest:
+        return cls(sha256, tuple((r.start, r.stop) for r in ranges), stream)
 
     @classmethod
     def from_json(cls, data: bytes) -> NeedRequest:
@@ -203,13 +210,16 @@ class NeedRequest:
             if not ok or not 0 <= item[0] < item[1] <= MAX_INDEX + 1:
                 raise ProtocolError(f"need: range {item!r:.40} is not [start, end) with start<end")
             out.append((item[0], item[1]))
-        return cls(sha, tuple(out))
+        return cls(sha, tuple(out), r.get_bool("stream", default=False))
 
     def indexes(self) -> list[int]:
         return sorted({i for start, end in self.ranges for i in range(start, end)})
 
     def to_dict(self) -> dict[str, Any]:
-        return {"sha256": self.sha256, "ranges": [list(r) for r in self.ranges]}
+        out: dict[str, Any] = {"sha256": self.sha256, "ranges": [list(r) for r in self.ranges]}
+        if self.stream:
+            out["stream"] = True  # absent otherwise: the message of a plain pull is unchanged
+        return out
 
     def to_json(self) -> bytes:
         return canonical_json(self.to_dict())

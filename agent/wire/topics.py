@@ -130,6 +130,18 @@ class Topics:
             raise ProtocolError(f"{sha256!r} is not a sha256 hex digest", code=Reason.BAD_TOPIC)
         return f"{self.base}/chunks/{sha256}"
 
+    def model_stream(self, sha256: str) -> str:
+        """The shared chunk stream of one artifact (:func:`model_stream_topic`)."""
+        return model_stream_topic(self.prefix, sha256)
+
+    def stream_sha(self, topic: str) -> str | None:
+        """The sha256 of a shared-stream topic under this prefix, None for any other topic."""
+        head, tail = f"{self.prefix}/models/", "/chunks"
+        if topic.startswith(head) and topic.endswith(tail):
+            sha = topic[len(head) : -len(tail)]
+            return sha if valid_sha256(sha) else None
+        return None
+
     def reply(self, client_id: str) -> str:
         """The response topic a host client names in its commands to this device: under the
         device's own tree, so an ACL bound to the device (``{p}/dev/%u/reply/#``) lets the
@@ -148,6 +160,24 @@ class Topics:
         if parsed.device_id != self.device_id:
             raise ProtocolError(f"topic {topic!r} is for another device", code=Reason.BAD_TOPIC)
         return parsed
+
+
+def model_stream_topic(prefix: str, sha256: str) -> str:
+    """``{p}/models/{sha256}/chunks``: one artifact's chunks, published once per wave by the host
+    for every device installing it (same framing as ``{p}/dev/{id}/chunks/{sha256}``). Devices
+    subscribe while they download that sha256 and repair what they missed through ``need``."""
+    check_prefix(prefix)
+    if not valid_sha256(sha256):
+        raise ProtocolError(f"{sha256!r} is not a sha256 hex digest", code=Reason.BAD_TOPIC)
+    return f"{prefix}/models/{sha256}/chunks"
+
+
+def host_reply_filter(prefix: str, client_id: str) -> str:
+    """The replies of every device to host client ``client_id`` (``Topics.reply`` of each)."""
+    check_prefix(prefix)
+    if not valid_id(client_id):
+        raise ProtocolError(f"client id {client_id!r} is invalid", code=Reason.BAD_TOPIC)
+    return f"{prefix}/dev/+/reply/{client_id}"
 
 
 HOST_KINDS = ("state", "telemetry", "events", "need")

@@ -23,7 +23,8 @@ from deploy.fleet.registry import Registry
 from deploy.fleet.registry_types import Variant
 from deploy.fleet.rollout_plan import RolloutPlan, RolloutPolicy, Step
 from deploy.mqtt import BrokerAddress
-from deploy.push import PushResult, push_model, release_above
+from deploy.push import PushResult, build_manifest, push_model, release_above
+from deploy.push_wave import WavePusher
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,48 @@ class Deployer:
         device still holding those bytes (its last_good) installs them from its store: no
         chunk moves."""
         return self.push(device, variant, reason=f"rollback ({why})")
+
+    def push_wave(
+        self,
+        devices: Sequence[str],
+        variant: Variant,
+        *,
+        reason: str = "",
+        on_result: Callable[[str, PushResult], None] | None = None,
+    ) -> dict[str, PushResult]:
+        """:meth:`push` to many devices at once: a manifest signed for each device, the
+        chunks published once on the shared stream (deploy.push_wave)."""
+        deps, manifests = {}, {}
+        for device in devices:
+            release = self.registry.next_release(self.model, at_least=self._release_floor(device))
+            deps[device] = self.registry.record_deployment(
+                device, variant.id, release, variant.sha256
+            )
+            manifests[device] = build_manifest(
+                Path(variant.path), self.private_key, name=self.model, version=str(release),
+                release=release, recipe=variant.recipe, targets={"devices": [device]},
+            )  # fmt: skip
+
+        def finished(device: str, result: PushResult) -> None:
+            outcome = "committed" if result.ok else result.outcome
+            if outcome not in ("committed", "rolled_back", "rejected"):
+                outcome = "rejected"  # timeout or duplicate: the device did not take it
+            why = result.message if not reason else f"{reason}: {result.message}"
+            self.registry.finish_deployment(deps[device], outcome, why)
+            if on_result is not None:
+                on_result(device, result)
+
+        try:
+            with WavePusher(self.broker, prefix=self.prefix, on_result=finished) as pusher:
+                wave = pusher.push(
+                    Path(variant.path), manifests, timeout_s=self.timeout_s, gates=self.gates
+                )
+        except Exception as exc:
+            for dep in deps.values():
+                self.registry.finish_deployment(dep, "rejected", f"push failed: {exc}")
+            raise
+        log.info("wave of %d devices: %s", len(devices), wave.to_dict())
+        return wave.results
 
     def _release_floor(self, device: str) -> int:
         """Above the device's slot counter and the release it serves, under any model name:
@@ -136,7 +179,8 @@ class RolloutRunner:
                 for device in step.notify:
                     pending.add(device)
                     self.registry.set_rollout_device(rid, device, wave=step.wave, state="notified")
-                    pool.submit(self._push_one, device, done)
+                if step.notify:  # one push for the wave: the chunks go out once, shared
+                    pool.submit(self._push_wave, list(step.notify), done)
                 for device in step.rollback:
                     if device not in pending:  # still installing: its result returns it again
                         self._roll_back(rid, device, out, step.reason)
@@ -167,13 +211,19 @@ class RolloutRunner:
         )
         return out
 
-    def _push_one(self, device: str, done: queue.Queue[tuple[str, str, str]]) -> None:
+    def _push_wave(self, devices: list[str], done: queue.Queue[tuple[str, str, str]]) -> None:
+        reported: set[str] = set()
+
+        def report(device: str, r: PushResult) -> None:
+            reported.add(device)
+            done.put((device, "committed" if r.ok else r.outcome, r.message))
+
         try:
-            r = self.deployer.push(device, self.variant, reason="rollout")
-            outcome = "committed" if r.ok else (r.outcome if r.outcome != "timeout" else "timeout")
-            done.put((device, outcome, r.message))
+            self.deployer.push_wave(devices, self.variant, reason="rollout", on_result=report)
         except Exception as exc:
-            done.put((device, "failed", str(exc)))
+            for device in devices:
+                if device not in reported:
+                    done.put((device, "failed", str(exc)))
 
     def _roll_back(self, rid: int, device: str, out: RolloutOutcome, why: str) -> None:
         prev = self.previous.get(device)

@@ -49,6 +49,7 @@ class Out:
     retain: bool = False
     response_topic: str | None = None
     correlation_data: bytes | None = None
+    action: str = "publish"  # or "subscribe" / "unsubscribe" ``topic`` (the shared stream)
 
 
 @dataclass
@@ -140,6 +141,9 @@ class SimDevice:
         response_topic: str | None = None,
         correlation: bytes | None = None,
     ) -> list[Out]:
+        stream_sha = self.topics.stream_sha(topic)
+        if stream_sha is not None:
+            return self._on_chunk(stream_sha, payload, now, stream=True)
         try:
             parsed = self.topics.parse(topic)
         except ProtocolError:
@@ -231,7 +235,6 @@ class SimDevice:
                     f"installing {t.manifest.name} now",
                     **ref,
                 )
-            need = t.next_need(now, force=True)
             return [
                 *self._reply(
                     to,
@@ -242,7 +245,7 @@ class SimDevice:
                     "already installing",
                     **ref,
                 ),
-                *([Out(self.topics.need, need.to_json(), 1)] if need else []),
+                *self._need(t, now, force=True),
             ]
         if m.release <= self._releases.get(m.name, 0):
             cur = self.current is not None and self.current.sha256 == m.sha256
@@ -251,22 +254,40 @@ class SimDevice:
                 to, "deploy", cmd.id, ReplyStatus.DUPLICATE, Reason.REPLAYED, msg, **ref
             )
         self._releases[m.name] = m.release
-        self.transfer = Transfer(
+        t = self.transfer = Transfer(
             m, self.rates.fate(self.device_id, m.sha256, m.release), to, cmd.id
         )
-        need = self.transfer.next_need(now)
+        follow: list[Out] = []
+        if cmd.args.get("stream") is True:  # subscribed before the join (the first need)
+            t.follow_stream()
+            follow = [Out(self.topics.model_stream(m.sha256), b"", 0, action="subscribe")]
         return [
             *self._reply(to, "deploy", cmd.id, ReplyStatus.ACCEPTED, None, "accepted", **ref),
             self.event(EventKind.INSTALL_ACCEPTED, cmd_id=cmd.id, **ref),
-            *([Out(self.topics.need, need.to_json(), 1)] if need else []),
+            *follow,
+            *self._need(t, now),
             self.birth(),
         ]
 
+    def _need(self, t: Transfer, now: float, *, force: bool = False) -> list[Out]:
+        """The transfer's next need, and leaving the shared stream once it is done with it."""
+        need = t.next_need(now, force=force)
+        out = [Out(self.topics.need, need.to_json(), 1)] if need else []
+        return out + self._unfollow(t, done=False)
+
+    def _unfollow(self, t: Transfer, *, done: bool = True) -> list[Out]:
+        if not t.following or (t.stream is not None and not done):
+            return []
+        t.following = False
+        return [Out(self.topics.model_stream(t.manifest.sha256), b"", 0, action="unsubscribe")]
+
     def _on_rollback(self, cmd: Command, to: tuple[str, bytes | None] | None) -> list[Out]:
         if self.transfer is not None:
-            ref = self.transfer.ref()
+            t = self.transfer
+            ref = t.ref()
             self.transfer, self.trial_until = None, None
             return [
+                *self._unfollow(t),
                 *self._reply(to, "rollback", cmd.id, ReplyStatus.OK, None, "install abandoned"),
                 self.event(EventKind.ROLLED_BACK, "rollback_command", "install abandoned", **ref),
                 self.birth(),
@@ -297,19 +318,20 @@ class SimDevice:
             self.birth(),
         ]
 
-    def _on_chunk(self, sha256: str, payload: bytes, now: float) -> list[Out]:
+    def _on_chunk(
+        self, sha256: str, payload: bytes, now: float, *, stream: bool = False
+    ) -> list[Out]:
         t = self.transfer
         if t is None or t.manifest.sha256 != sha256 or self.trial_until is not None:
             return []
-        t.receive(payload, now)
+        t.receive(payload, now, stream=stream)
         if t.fate == "offline" and t.hashed * 2 >= t.manifest.chunk_count:
             t.fate = "commit"  # comes back after offline_s and finishes the transfer
             self.offline_until = now + self.rates.offline_s
             return []
         if not t.complete:
-            need = t.next_need(now)
-            return [Out(self.topics.need, need.to_json(), 1)] if need else []
-        return self._verified(t, now)
+            return self._need(t, now)
+        return [*self._unfollow(t), *self._verified(t, now)]
 
     def _verified(self, t: Transfer, now: float) -> list[Out]:
         problem = t.verify()
@@ -342,8 +364,7 @@ class SimDevice:
         if t is None:
             return []
         if self.trial_until is None:
-            need = t.next_need(now)
-            return [Out(self.topics.need, need.to_json(), 1)] if need else []
+            return self._need(t, now)
         if now < self.trial_until:
             return []
         self.transfer, self.trial_until = None, None

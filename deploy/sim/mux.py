@@ -17,7 +17,7 @@ import selectors
 import socket
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -47,6 +47,7 @@ class Link:
     retry_at: float = 0.0  # when to (re)connect
     hold_until: float = 0.0  # dropped off the network until then
     failures: int = 0
+    extra: set[str] = field(default_factory=set)  # subscriptions taken while needed
 
 
 class Mux:
@@ -111,6 +112,8 @@ class Mux:
         link.connected, link.failures = True, 0
         if link.subscriptions:
             link.client.subscribe([(t, 1) for t in link.subscriptions])
+        if link.extra:
+            link.client.subscribe([(t, 0) for t in sorted(link.extra)])
         link.on_connect(link)
 
     def _lost(self, link: Link) -> None:
@@ -119,6 +122,9 @@ class Mux:
 
     # ---- use ---------------------------------------------------------------------------------
     def publish(self, link: Link, out: Out) -> bool:
+        """Publish ``out`` (or subscribe / unsubscribe its topic: ``out.action``)."""
+        if out.action != "publish":
+            return self._follow(link, out.topic, out.action == "subscribe")
         props = None
         if out.response_topic is not None or out.correlation_data is not None:
             props = _props(PacketTypes.PUBLISH)
@@ -129,6 +135,16 @@ class Mux:
         self.published += ok
         self.publish_errors += not ok
         return ok
+
+    def _follow(self, link: Link, topic: str, on: bool) -> bool:
+        """A subscription the device takes while it needs it (kept across reconnects)."""
+        if on:
+            link.extra.add(topic)
+            rc, _mid = link.client.subscribe(topic, 0)
+        else:
+            link.extra.discard(topic)
+            rc, _mid = link.client.unsubscribe(topic)
+        return bool(rc == mqtt.MQTT_ERR_SUCCESS)
 
     def drop(self, link: Link, hold_s: float) -> None:
         """Cut the connection without DISCONNECT (the broker publishes the will); reconnect
