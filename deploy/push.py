@@ -171,25 +171,8 @@ class Pusher:
     ) -> PushResult:
         data = model.read_bytes()
         m = signed.manifest
-        self._chunk_size = m.chunk_size  # serve chunks at the size the manifest was signed with
         result = PushResult(False, "timeout", None, "no verdict in time", m.sha256, m.release)
-        cmd = Command(
-            "deploy",
-            uuid.uuid4().hex,
-            {"manifest": signed.to_dict()} | ({"gates": dict(gates)} if gates else {}),
-            time.time(),
-        )
-        correlation = cmd.id.encode()
-        # Subscriptions are in place once connected (the transport subscribes before it
-        # reports the connection), so no need request can be missed.
-        self.transport.publish(
-            self.topics.cmd("deploy"),
-            cmd.to_json(),
-            qos=1,
-            response_topic=self.reply_topic,
-            correlation_data=correlation,
-            message_expiry_interval=command_expiry_s,
-        ).wait(10)
+        correlation = self.announce(signed, gates=gates, command_expiry_s=command_expiry_s)
         t0 = time.monotonic()
         deadline = t0 + timeout_s
         chunk_topic = self.topics.chunks(m.sha256)
@@ -205,6 +188,39 @@ class Pusher:
         if self.progress:
             self.progress.write("\n")
         return result
+
+    def announce(
+        self,
+        signed: SignedManifest,
+        *,
+        gates: Mapping[str, Any] | None = None,
+        command_expiry_s: int = 300,
+        wait_s: float | None = 10.0,
+        stream: bool = False,
+    ) -> bytes:
+        """Publish the deploy command (waiting ``wait_s`` for the broker's PUBACK, or not at
+        all with None); returns its correlation data. ``stream``: the device follows the shared
+        chunk stream of the artifact (deploy.fleet.fleet_push) and repairs through its need."""
+        self._chunk_size = signed.manifest.chunk_size  # serve at the size it was signed with
+        args: dict[str, Any] = {"manifest": signed.to_dict()}
+        if gates:
+            args["gates"] = dict(gates)
+        if stream:
+            args["stream"] = True
+        cmd = Command("deploy", uuid.uuid4().hex, args, time.time())
+        # Subscriptions are in place once connected (the transport subscribes before it
+        # reports the connection), so no need request can be missed.
+        info = self.transport.publish(
+            self.topics.cmd("deploy"),
+            cmd.to_json(),
+            qos=1,
+            response_topic=self.reply_topic,
+            correlation_data=cmd.id.encode(),
+            message_expiry_interval=command_expiry_s,
+        )
+        if wait_s is not None:
+            info.wait(wait_s)
+        return cmd.id.encode()
 
     def _handle(
         self,
@@ -245,9 +261,16 @@ class Pusher:
             self._show("resuming", {})
         return apply_reply(reply, result)
 
+    def _wanted(self, need: NeedRequest) -> list[int]:
+        """The indexes of ``need`` to answer on the device's own chunk topic."""
+        return need.indexes()
+
     def _serve(self, need: NeedRequest, data: bytes, topic: str, result: PushResult) -> None:
+        indexes = self._wanted(need)
+        if not indexes:
+            return
         n, sent, _last = publish_chunks(
-            self.transport, topic, need.sha256, data, self._chunk_size, need.indexes()
+            self.transport, topic, need.sha256, data, self._chunk_size, indexes
         )
         result.chunks_sent += n
         result.bytes_sent += sent

@@ -13,6 +13,8 @@ then the simulator stops cleanly and the workers drain. Figures: windows publish
 during the run, lost windows (published but never stored, and gaps in seq per device at the
 registry), ingest lag p50/p99 (commit time - window timestamp, from the workers' counters),
 worker CPU seconds and peak RSS (from /proc), simulator CPU, registry size. One run.
+``--rollout`` runs the rollout section instead (tests/bench_fleet_rollout.py: 1,000 devices,
+install failures at 0 %, 5 % and 30 %).
 """
 
 from __future__ import annotations
@@ -197,8 +199,16 @@ def main() -> int:
     ap.add_argument("--json", default=None)
     ap.add_argument("--egress", action="store_true", help="host egress of one wave instead")
     ap.add_argument("--model-kib", type=int, default=1024, help="--egress: the model's size")
+    ap.add_argument("--rollout", action="store_true", help="the rollout section")
+    ap.add_argument("--rates", default="0,0.05,0.3", help="--rollout: install-failure rates")
     args = ap.parse_args()
-    out = run_egress(args) if args.egress else run(args)
+    if args.rollout:
+        from tests import bench_fleet_rollout
+
+        args.devices = 1000 if "--devices" not in sys.argv else args.devices
+        out = bench_fleet_rollout.run(args)
+    else:
+        out = run_egress(args) if args.egress else run(args)
     print(json.dumps(out, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))

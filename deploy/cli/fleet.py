@@ -1,19 +1,29 @@
-"""`edge-deploy fleet | watch`: the fleet table and the live feed."""
+"""`edge-deploy fleet | watch`: the fleet table and the live feed.
+
+``edge-deploy fleet`` prints a summary per class (online, stale, model, variant, p95, targets
+met, worst device), then the devices worst first (``--limit``, default 50); ``rich`` tables on
+a terminal, plain text otherwise; ``--json`` lists every device (``--by-class``: the summary).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TextIO
 
 from agent.cliutil import EXIT_OK
+from agent.errors import ConfigError
 from deploy.cli.common import broker, broker_options, open_registry, read_targets
 
 
 def cmd_fleet(args: argparse.Namespace) -> int:
-    from deploy.fleet.view import COLUMNS, REGISTRY_COLUMNS, FleetWatcher, format_table
+    from deploy.fleet.summary import class_summary, mark_stale
+    from deploy.fleet.view import COLUMNS, REGISTRY_COLUMNS, FleetWatcher
 
+    if args.stale <= 0 or args.limit < 0:
+        raise ConfigError("--stale must be > 0 seconds and --limit >= 0 (0: every device)")
     rows: list[dict[str, Any]] = []
     if args.registry is None or args.live:
         watcher = FleetWatcher(broker(args), args.prefix)
@@ -36,11 +46,50 @@ def cmd_fleet(args: argparse.Namespace) -> int:
         finally:
             registry.close()
         columns = REGISTRY_COLUMNS
+    rows = mark_stale(rows, args.stale)
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps(class_summary(rows) if args.by_class else rows, indent=2))
     else:
-        print(format_table(rows, columns))
+        show_fleet(rows, columns, args.limit, sys.stdout)
     return EXIT_OK
+
+
+def show_fleet(
+    rows: list[dict[str, Any]], columns: Sequence[tuple[str, int]], limit: int, out: TextIO
+) -> None:
+    """The class summary, then the devices worst first (``limit`` of them, 0: all): ``rich``
+    tables on a terminal, plain text otherwise."""
+    from deploy.fleet.summary import SUMMARY_COLUMNS, class_summary, summary_cells, worst_first
+
+    summary = [summary_cells(c) for c in class_summary(rows)]
+    devices = worst_first(rows)
+    shown = devices[:limit] if limit else devices
+    title = f"devices, worst first ({len(shown)} of {len(devices)})"
+    if out.isatty():
+        from rich.console import Console
+
+        console = Console(file=out)
+        console.print(rich_table(summary, SUMMARY_COLUMNS, "classes"))
+        console.print(rich_table(shown, [*columns, ("stale", 5)], title))
+        return
+    from deploy.fleet.view import format_table
+
+    out.write(format_table(summary, SUMMARY_COLUMNS) + "\n\n")
+    out.write(title + "\n" + format_table(shown, [*columns, ("stale", 5)]) + "\n")
+
+
+def rich_table(rows: list[dict[str, Any]], columns: Sequence[tuple[str, int]], title: str) -> Any:
+    from rich.table import Table
+
+    from deploy.fleet.view import cell
+
+    table = Table(title=title, title_justify="left")
+    for name, _width in columns:
+        table.add_column(name, overflow="fold")
+    for row in rows:
+        bad = row.get("online") is False or str(row.get("targets", "")).startswith("misses")
+        table.add_row(*(cell(row.get(n)) for n, _w in columns), style="red" if bad else None)
+    return table
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
@@ -74,7 +123,10 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--registry", default=None, help="add class, target status, optimizer state")
     p.add_argument("--targets", default=None, help="targets TOML for the target status")
     p.add_argument("--live", action="store_true", help="with --registry: also the MQTT view")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="every device (or --by-class) as JSON")
+    p.add_argument("--by-class", action="store_true", help="with --json: the class summary")
+    p.add_argument("--stale", type=float, default=300.0, help="online but silent this long (s)")
+    p.add_argument("--limit", type=int, default=50, help="devices shown, worst first (0: all)")
     broker_options(p)
     p.set_defaults(func=cmd_fleet)
 

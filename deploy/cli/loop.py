@@ -1,11 +1,9 @@
-"""`edge-deploy optimize | rollout | report`: the closed loop's host commands.
+"""`edge-deploy optimize | report`: the closed loop's host commands (`rollout` is in
+deploy/cli/rollout.py).
 
     edge-deploy optimize MODEL --source SRC --targets FILE --broker HOST:PORT --keys DIR
                 --registry FILE [--calibration DATA] [--validation DATA] [--recipes a,b]
                 [--class CLASS ...] [--timeout S] [--service [--poll S]] [--json]
-    edge-deploy rollout MODEL --variant RECIPE_OR_ID --class CLASS --broker ... --keys DIR
-                --registry FILE [--canary N] [--waves 25%,100%] [--max-failure-ratio R]
-                [--wave-timeout S] [--json]
     edge-deploy report MODEL --registry FILE [--targets FILE] [--out DIR]
 
 Exit status: 0 done (every class converged / rollout done / report written), 1 not (a class
@@ -225,99 +223,6 @@ def _serve(
     return EXIT_OK
 
 
-# ---- rollout ------------------------------------------------------------------------------------
-def resolve_variant(registry: Any, model: str, name: str) -> Variant:
-    v: Variant | None = registry.variant(name)
-    if v is None or v.model != model:
-        matches = [x for x in registry.variants_for(model) if x.recipe == name]
-        v = next((x for x in matches if x.available), matches[0] if matches else None)
-    if v is None:
-        known = ", ".join(sorted({x.recipe for x in registry.variants_for(model)})) or "none"
-        raise ConfigError(
-            f"model {model!r} has no variant {name!r} in the registry (recipes: {known})",
-            hint="run `edge-deploy optimize` first",
-        )
-    if not v.available:
-        raise ConfigError(f"variant {v.id} ({v.recipe}) is unavailable: {v.unavailable_reason}")
-    if not Path(v.path).is_file():
-        raise ConfigError(
-            f"variant {v.id}: file {v.path} is missing",
-            hint="convert again with `edge-deploy optimize`",
-        )
-    return v
-
-
-def parse_waves(text: str) -> tuple[int | str, ...]:
-    out: list[int | str] = []
-    for part in text.split(","):
-        p = part.strip()
-        if not p:
-            continue
-        out.append(int(p) if p.isdigit() else p)
-    if not out:
-        raise ConfigError(f"--waves {text!r}: expected counts or percentages, e.g. 25%,100%")
-    return tuple(out)
-
-
-def cmd_rollout(args: argparse.Namespace) -> int:
-    from deploy.fleet.rollout import RolloutRunner
-    from deploy.fleet.rollout_plan import RolloutPolicy
-    from deploy.loop.service import class_matches, current_variant, wait_for_devices
-
-    existing_file(keys_dir(args), "key directory", KEYS_HINT)
-    registry = open_registry(args.registry)
-    try:
-        variant = resolve_variant(registry, args.model, args.variant)
-        known = {c.id for c in registry.hardware_classes()}
-        if not any(class_matches(c, [args.class_]) for c in known):
-            raise ConfigError(
-                f"class {args.class_!r} is not in the registry "
-                f"(known: {', '.join(sorted(known)) or 'none'})"
-            )
-        waves = parse_waves(args.waves)
-        say = printer(sys.stderr if args.json else sys.stdout)
-        with fleet_session(args, registry) as (collector, deployer):
-            found = wait_for_devices(registry, collector, [args.class_], args.wait_devices)
-            if len(found) > 1:
-                raise ConfigError(
-                    f"--class {args.class_!r} names several classes: {', '.join(found)}",
-                    hint="give the full class id",
-                )
-            if not found and not args.service:
-                say(f"no online device of {args.class_} after {args.wait_devices:g}s")
-                return EXIT_FAILED
-            cid, devices = next(iter(found.items()))
-            policy = RolloutPolicy(
-                canary=args.canary,
-                waves=waves,
-                max_failure_ratio=args.max_failure_ratio,
-                wave_timeout_s=args.wave_timeout,
-            )
-            policy.validate(len(devices))
-            previous = {d: current_variant(registry, d) for d in devices}
-            say(
-                f"rolling {variant.recipe} ({variant.id}) out to {cid}: {', '.join(devices)}; "
-                f"canary {args.canary}, waves {','.join(map(str, waves))}"
-            )
-            runner = RolloutRunner(deployer, variant, previous, class_id=cid, policy=policy)
-            outcome = runner.run(devices)
-    finally:
-        registry.close()
-    if args.json:
-        print(json.dumps(outcome.to_dict(), indent=2))
-    else:
-        say(
-            f"rollout {outcome.rollout_id}: {outcome.state}"
-            + (f" ({outcome.reason})" if outcome.reason else "")
-        )
-        say(f"  committed: {', '.join(outcome.committed) or '-'}")
-        for d, why in outcome.failed.items():
-            say(f"  failed: {d}: {why}")
-        for d, how in outcome.rolled_back.items():
-            say(f"  rolled back: {d}: {how}")
-    return EXIT_OK if outcome.state == "done" else EXIT_FAILED
-
-
 # ---- report -------------------------------------------------------------------------------------
 def cmd_report(args: argparse.Namespace) -> int:
     from deploy.report import write_report
@@ -373,17 +278,6 @@ def add_loop_parsers(sub: Any) -> None:
     p.add_argument("--service", action="store_true", help="keep running until SIGTERM")
     p.add_argument("--poll", type=float, default=30.0, help="service re-evaluation period (s)")
     p.set_defaults(func=cmd_optimize)
-
-    p = sub.add_parser("rollout", help="staged rollout of a variant to a hardware class")
-    _fleet_options(p)
-    p.add_argument("--variant", required=True, help="recipe name or variant id")
-    p.add_argument("--class", dest="class_", required=True, help="hardware class or full id")
-    p.add_argument("--canary", type=int, default=1)
-    p.add_argument("--waves", default="25%,100%", help="counts or percentages")
-    p.add_argument("--max-failure-ratio", type=float, default=0.2)
-    p.add_argument("--wave-timeout", type=float, default=600.0, help="seconds per wave")
-    p.add_argument("--p95-gate", type=float, default=None, help="device trial gate on p95 (ms)")
-    p.set_defaults(func=cmd_rollout)
 
     p = sub.add_parser("report", help="write the HTML report of a model")
     p.add_argument("model")

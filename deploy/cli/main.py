@@ -16,9 +16,11 @@
     edge-deploy simulate --devices N --broker HOST:PORT        simulated devices (cli/simulate.py)
     edge-deploy demo [--workdir DIR] [--secure]  a whole fleet on this machine (--secure: TLS, ACL)
     edge-deploy pki | provision | broker-config   a locked-down fleet (deploy/cli/secure.py)
-    edge-deploy optimize | rollout | report    the closed loop (deploy/cli/loop.py)
+    edge-deploy optimize | report    the closed loop (deploy/cli/loop.py)
+    edge-deploy rollout MODEL --variant V --class C   staged rollout, live progress (cli/rollout.py)
 
-One module per command group (keys, push, convert in deploy/convert/cli.py, fleet, loop, demo);
+One module per command group (keys, push, convert in deploy/convert/cli.py, fleet, loop,
+rollout, demo);
 what they share is in deploy/cli/common.py.
 
 Bad input prints one line on stderr and exits 2; a push that ends rolled back or rejected exits 1.
@@ -31,7 +33,7 @@ from collections.abc import Sequence
 
 from agent.cliutil import run_main
 from deploy import __version__
-from deploy.cli import collect, demo, fleet, keys, loop, push, secure, simulate
+from deploy.cli import collect, demo, fleet, keys, loop, push, rollout, secure, simulate
 from deploy.convert.cli import add_convert_parser
 
 
@@ -47,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_convert_parser(sub)
     fleet.add_parser(sub)
     loop.add_loop_parsers(sub)
+    rollout.add_rollout_parser(sub)
     simulate.add_simulate_parser(sub)
     collect.add_collect_parser(sub)
     demo.add_parser(sub)

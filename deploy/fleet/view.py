@@ -135,16 +135,18 @@ COLUMNS = (
 )
 
 
-def format_table(rows: list[dict[str, Any]], columns: Sequence[tuple[str, int]] = COLUMNS) -> str:
-    def cell(value: Any) -> str:
-        if value is None:
-            return "-"
-        if isinstance(value, bool):
-            return "yes" if value else "no"
-        if isinstance(value, float):
-            return f"{value:.2f}"
-        return str(value)
+def cell(value: Any) -> str:
+    """One value as a table shows it."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return str(value)
 
+
+def format_table(rows: list[dict[str, Any]], columns: Sequence[tuple[str, int]] = COLUMNS) -> str:
     header = "  ".join(name.ljust(width) for name, width in columns)
     lines = [header, "  ".join("-" * width for _n, width in columns)]
     for row in rows:

@@ -52,32 +52,51 @@ def registry_rows(
 ) -> list[dict[str, Any]]:
     """One row per registry device: the live-view columns from its stored state, plus
     ``class`` (registry class id), ``targets`` / ``missed`` and ``optimizer`` (the last
-    decision for the device's model on its class: action and recipe)."""
+    decision for the device's model on its class: action and recipe).
+
+    The status and the decision depend only on (class, variant) and (model, class): each is
+    computed once, so thousands of devices cost a few queries, not a few per device."""
     now = time.time()
+    variants: dict[str, Variant | None] = {}
+    statuses: dict[tuple[str | None, str | None], tuple[str, list[str]]] = {}
+    optimizers: dict[tuple[str, str], str] = {}
     rows = []
     for d in registry.devices():
         view = DeviceView(d.id, d.online, dict(d.state), None, d.last_seen)
         row = view.row(now)
         serving = d.status.model
-        sha = serving.sha256 if serving else None
-        variant = registry.variant_by_sha(str(sha)) if sha else None
-        status, missed = target_status(registry, d, variant, targets, rule)
-        optimizer = "-"
+        sha = str(serving.sha256) if serving and serving.sha256 else None
+        if sha is not None and sha not in variants:
+            variants[sha] = registry.variant_by_sha(sha)
+        variant = variants.get(sha) if sha else None
+        key = (d.hardware_class, variant.id if variant else None)
+        if key not in statuses:
+            statuses[key] = target_status(registry, d, variant, targets, rule)
+        status, missed = statuses[key]
         model = variant.model if variant else (serving.name if serving else None)
+        optimizer = "-"
         if model and d.hardware_class:
-            decisions = registry.decisions(str(model), d.hardware_class)
-            if decisions:
-                last = decisions[-1]
-                chosen = registry.variant(last.variant) if last.variant else None
-                optimizer = f"{last.action} {chosen.recipe if chosen else ''}".strip()
+            okey = (str(model), d.hardware_class)
+            if okey not in optimizers:
+                optimizers[okey] = _last_decision(registry, *okey)
+            optimizer = optimizers[okey]
         row |= {
             "class": d.hardware_class,
             "model": model or "-",
             "variant": variant.recipe if variant else row["variant"],
             "variant_id": variant.id if variant else None,
             "targets": status,
-            "missed": missed,
+            "missed": list(missed),
             "optimizer": optimizer,
         }
         rows.append(row)
     return rows
+
+
+def _last_decision(registry: Registry, model: str, class_id: str) -> str:
+    decisions = registry.decisions(model, class_id)
+    if not decisions:
+        return "-"
+    last = decisions[-1]
+    chosen = registry.variant(last.variant) if last.variant else None
+    return f"{last.action} {chosen.recipe if chosen else ''}".strip()

@@ -6,7 +6,9 @@ never touches a socket. It builds every payload with the agent's typed messages
 ``NeedRequest``), parses commands with ``Command.from_json``, authenticates deploys with
 ``verify_manifest`` against the trusted keys, and pulls chunks through :mod:`deploy.sim.install`.
 What becomes of an accepted install (commit, install failure, trial failure, going offline) is
-drawn once per (device, model, release) from the configured rates, so a run is reproducible.
+drawn once per (device, model, release) from the configured rates, so a run is reproducible;
+an artifact the device has already served (the model it started with, or one it committed)
+always commits again, so a roll-back to the last good model succeeds whatever the rates.
 """
 
 from __future__ import annotations
@@ -74,6 +76,10 @@ class SimDevice:
         self._releases: dict[str, int] = {}
         self._seen_cmds: deque[str] = deque(maxlen=64)
         self._rng = random.Random(f"{self.rates.seed}:{self.device_id}")
+        self._good: set[str] = set()  # artifacts this device has served: they always commit
+        if self.current is not None:
+            self._good.add(self.current.sha256)
+            self._releases[self.current.name] = self.current.release or 0
 
     def _count(self, what: str) -> None:
         self.counts[what] = self.counts.get(what, 0) + 1
@@ -254,9 +260,12 @@ class SimDevice:
                 to, "deploy", cmd.id, ReplyStatus.DUPLICATE, Reason.REPLAYED, msg, **ref
             )
         self._releases[m.name] = m.release
-        t = self.transfer = Transfer(
-            m, self.rates.fate(self.device_id, m.sha256, m.release), to, cmd.id
+        fate = (
+            "commit"
+            if m.sha256 in self._good
+            else self.rates.fate(self.device_id, m.sha256, m.release)
         )
+        t = self.transfer = Transfer(m, fate, to, cmd.id)
         follow: list[Out] = []
         if cmd.args.get("stream") is True:  # subscribed before the join (the first need)
             t.follow_stream()
@@ -386,6 +395,7 @@ class SimDevice:
             ]
         self.previous = self.current
         self.current = ModelRef(m.sha256, m.name, m.version, m.release, m.variant.to_dict())
+        self._good.add(m.sha256)
         return [
             *self._reply(
                 t.reply_to, "deploy", t.cmd_id, ReplyStatus.OK, "committed", "committed", **t.ref()

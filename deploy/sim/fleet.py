@@ -20,7 +20,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from agent.wire.messages import State
+from agent.wire.messages import ModelRef, State
 from agent.wire.trust import load_trust_keys
 from deploy.sim.device import Out, SimDevice
 from deploy.sim.mux import Link, Mux
@@ -48,6 +48,7 @@ class FleetSpec:
     duration_s: float | None = None
     stats_s: float = 1.0
     telemetry: bool = True
+    model: dict[str, Any] | None = None  # the model every device serves at start (a ModelRef)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -71,6 +72,7 @@ class SimFleet:
         classes = assign_classes(
             [SimClass.parse(c) for c, _w in weighted], spec.total, [w for _c, w in weighted]
         )
+        first_model = ModelRef.from_obj(spec.model, "model") if spec.model else None
         self.mux = Mux(spec.host, spec.port)
         self.devices: list[SimDevice] = []
         self.links: list[Link] = []
@@ -78,7 +80,10 @@ class SimFleet:
         t0 = time.monotonic()
         for k in range(spec.count):
             i = spec.first + k
-            dev = SimDevice(spec.device_id(i), classes[i], trust, rates, spec.prefix, spec.window_s)
+            dev = SimDevice(
+                spec.device_id(i), classes[i], trust, rates, spec.prefix, spec.window_s,
+                current=first_model,
+            )  # fmt: skip
             link = self.mux.add(
                 dev.device_id,
                 dev.will(),
