@@ -68,6 +68,13 @@ class Deployer:
         self._finish(dep, device, variant, result, reason)
         return result
 
+    def rollback(self, device: str, variant: Variant, *, why: str) -> PushResult:
+        """Send ``device`` back to ``variant``: a NEW signed manifest of the older artifact
+        with a release above the device's slot counter (anti-rollback holds through it). A
+        device still holding those bytes (its last_good) installs them from its store: no
+        chunk moves. Rollout waves roll back in batches through :meth:`prepare`."""
+        return self.push(device, variant, reason=f"rollback ({why})")
+
     def prepare(
         self, devices: Sequence[str], variant: Variant, *, reason: str = ""
     ) -> list[PushJob]:
