@@ -2,17 +2,20 @@
 
     PYTHONPATH=. /work/main/.venv/bin/python tests/bench_fleet.py [--devices 5000]
         [--window 1] [--seconds 60] [--processes 3] [--workers 1] [--json OUT]
+        [--engine sqlite|postgresql] [--registry postgresql://...]
     PYTHONPATH=. /work/main/.venv/bin/python tests/bench_fleet.py --egress [--devices 200]
         [--model-kib 1024] [--processes 2] [--json OUT]
 
 A real Mosquitto (tests.broker), ``--devices`` simulated devices (deploy.sim, ``--processes``
 worker processes, one MQTT connection per device) publishing one telemetry window per
-``--window`` seconds, and ``--workers`` real ``edge-deploy collect`` processes on one SQLite
-registry. After every device is connected and a 10 s warm-up, the run lasts ``--seconds``;
-then the simulator stops cleanly and the workers drain. Figures: windows published and stored
-during the run, lost windows (published but never stored, and gaps in seq per device at the
-registry), ingest lag p50/p99 (commit time - window timestamp, from the workers' counters),
-worker CPU seconds and peak RSS (from /proc), simulator CPU, registry size. One run.
+``--window`` seconds, and ``--workers`` real ``edge-deploy collect`` processes on one registry:
+a SQLite file, or with ``--engine postgresql`` a database on a PostgreSQL cluster the bench
+makes (tests.postgres; fsync on) or the database of ``--registry URL``. After every device is
+connected and a 10 s warm-up, the run lasts ``--seconds``; then the simulator stops cleanly and
+the workers drain. Figures: windows published and stored during the run, lost windows
+(published but never stored, and gaps in seq per device at the registry), ingest lag p50/p99
+(commit time - window timestamp, from the workers' counters), worker CPU seconds and peak RSS
+(from /proc), simulator CPU, registry size. One run.
 ``--rollout`` runs the rollout section instead (tests/bench_fleet_rollout.py: 1,000 devices,
 install failures at 0 %, 5 % and 30 %).
 """
@@ -38,6 +41,7 @@ from deploy.sim.fleet import FleetSpec
 from deploy.sim.launch import Launcher
 from tests.broker import Broker
 from tests.mqtt_util import read_until
+from tests.postgres import PgServer
 
 CLI = [sys.executable, "-c", "import sys; from deploy.cli import main; sys.exit(main())"]
 
@@ -62,16 +66,30 @@ def _follow(p: subprocess.Popen[str], last: list[dict[str, Any]], k: int) -> Non
             continue
 
 
-def _stored(registry: Path) -> int:
+def _stored(registry: Path | str) -> int:
     with Registry(registry) as reg:
         return sum(n for n, _lo, _hi in window_counts(reg).values())
+
+
+def _sizes(reg: Registry, work: Path) -> tuple[float, int]:
+    """(registry MiB, bytes of the telemetry table): the file (+ WAL), or the database."""
+    if reg.engine == "sqlite":
+        total = sum(f.stat().st_size for f in work.glob("fleet.sqlite*"))
+        return total / 2**20, reg.path.stat().st_size
+    row = reg._all(
+        "SELECT pg_database_size(current_database()), pg_total_relation_size('telemetry_windows')"
+    )[0]
+    return int(row[0]) / 2**20, int(row[1])
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # Mosquitto inherits it
     work = Path(tempfile.mkdtemp(prefix="bench-fleet-"))
-    registry = work / "fleet.sqlite"
+    pg = PgServer().start() if args.engine == "postgresql" and not args.registry else None
+    registry: Path | str = work / "fleet.sqlite"
+    if args.engine == "postgresql":
+        registry = pg.database("bench") if pg is not None else args.registry
     Registry(registry).close()
     # the backlog waits at the broker (backpressure): no cap on its queue for the worker
     broker = Broker(work / "broker", extra_conf=["max_queued_messages 2000000"]).start()
@@ -94,6 +112,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     sim = Launcher(spec, args.processes).start()
     out: dict[str, Any] = {
         "devices": n,
+        "engine": args.engine,
         "window_s": args.window,
         "workers": args.workers,
         "sim_processes": args.processes,
@@ -144,6 +163,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with Registry(registry) as reg:
         counts = window_counts(reg)
         missing = gaps(reg)
+        size_mb, window_bytes = _sizes(reg, work)
+    if pg is not None:
+        pg.stop()
     stored = sum(c[0] for c in counts.values())
     out |= {
         "stored_total": stored,
@@ -153,8 +175,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "lag_p99_s": [f.get("lag_p99_s") for f in finals],
         "duplicates": [f.get("duplicates") for f in finals],
         "batches": [f.get("batches") for f in finals],
-        "registry_mb": round(sum(f.stat().st_size for f in work.glob("fleet.sqlite*")) / 2**20, 1),
-        "bytes_per_window": round(registry.stat().st_size / max(1, stored)),
+        "registry_mb": round(size_mb, 1),
+        "bytes_per_window": round(window_bytes / max(1, stored)),
         "machine": f"{platform.machine()} {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}",
     }
     return out
@@ -201,6 +223,8 @@ def main() -> int:
     ap.add_argument("--model-kib", type=int, default=1024, help="--egress: the model's size")
     ap.add_argument("--rollout", action="store_true", help="the rollout section")
     ap.add_argument("--rates", default="0,0.05,0.3", help="--rollout: install-failure rates")
+    ap.add_argument("--engine", choices=("sqlite", "postgresql"), default="sqlite")
+    ap.add_argument("--registry", default=None, help="with --engine postgresql: a database URL")
     args = ap.parse_args()
     if args.rollout:
         from tests import bench_fleet_rollout

@@ -1,10 +1,12 @@
 """Fixtures shared by the suite: the real parts every end-to-end test starts from.
 
-``broker`` (a fresh Mosquitto), ``keys_dir`` (a host key pair), ``start_agent`` (agent
-subprocesses, stopped and checked at the end), ``procs`` (other child processes, killed at the
-end); ``push_digits`` (digits_int8 r1 pushed as ``edge-deploy push`` does); ``seed`` (a state dir
-with digits_int8 r1 committed, made once per run) and ``seeded`` (a ``tests.e2e_host.SeededDevice``:
-sign with the trusted key, start pi-01 on a copy of the seed, open a ``ScriptedHost``).
+``broker`` (a fresh Mosquitto), ``pg_server`` / ``pg_url`` (a PostgreSQL cluster for the run,
+a fresh database per test), ``registry_target`` (a registry on each engine), ``keys_dir`` (a
+host key pair), ``start_agent`` (agent subprocesses, stopped and checked at the end), ``procs``
+(other child processes, killed at the end); ``push_digits`` (digits_int8 r1 pushed as
+``edge-deploy push`` does); ``seed`` (a state dir with digits_int8 r1 committed, made once per
+run) and ``seeded`` (a ``tests.e2e_host.SeededDevice``: sign with the trusted key, start pi-01
+on a copy of the seed, open a ``ScriptedHost``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import pytest
 
 from tests.agent_proc import AgentProcess
 from tests.broker import Broker
+from tests.postgres import PgServer
 
 if TYPE_CHECKING:
     from deploy.push import PushResult
@@ -119,3 +122,28 @@ def procs() -> Iterator[list[subprocess.Popen[str]]]:
         if p.poll() is None:
             p.kill()
         p.wait(10)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """One PostgreSQL cluster for the run (tests.postgres); fails when the binaries are
+    missing, and if the server does not exit cleanly."""
+    server = PgServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_url(pg_server: PgServer) -> str:
+    """A fresh empty database on the run's PostgreSQL server: its ``postgresql://`` URL."""
+    return pg_server.database()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def registry_target(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh registry on each engine: a SQLite file path, then a PostgreSQL URL."""
+    if request.param == "sqlite":
+        return str(tmp_path / "registry.sqlite")
+    return str(request.getfixturevalue("pg_url"))

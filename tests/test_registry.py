@@ -37,8 +37,8 @@ def window(seq: int, sha: str = "a" * 64, **kw: Any) -> dict[str, Any]:
     return rec
 
 
-def seeded(path: Path) -> Registry:
-    reg = Registry(path)
+def seeded(target: str | Path) -> Registry:
+    reg = Registry(target)
     reg.add_model(ModelRow("digits", "/src/digits.keras", "f" * 64, {"accuracy": 0.97}))
     reg.add_variant(variant(accuracy=0.965, operators=[{"name": "CONV_2D", "version": 3}]))
     reg.upsert_device("pi-01", hardware_class=CLS, board="rpi4b", runtime="ai-edge-litert")
@@ -102,8 +102,8 @@ def test_a_file_from_a_newer_edgeloop_is_refused_untouched(tmp_path):
     assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 5
 
 
-def test_telemetry_is_deduplicated_by_device_and_seq(tmp_path):
-    with seeded(tmp_path / "r.db") as reg:
+def test_telemetry_is_deduplicated_by_device_and_seq(registry_target):
+    with seeded(registry_target) as reg:
         assert reg.record_telemetry("pi-01", window(1)) is True
         assert reg.record_telemetry("pi-01", window(1, inferences=999)) is False  # redelivery
         assert reg.record_telemetry("pi-01", window(2)) is True
@@ -117,8 +117,8 @@ def test_telemetry_is_deduplicated_by_device_and_seq(tmp_path):
             reg.record_telemetry("pi-01", window(True))  # a bool is not a seq
 
 
-def test_class_stats_weights_windows_and_keeps_the_worst_memory(tmp_path):
-    with seeded(tmp_path / "r.db") as reg:
+def test_class_stats_weights_windows_and_keeps_the_worst_memory(registry_target):
+    with seeded(registry_target) as reg:
         reg.record_telemetry("pi-01", window(1, inferences=100, latency_ms={"p50": 2, "p95": 3}))
         reg.record_telemetry("pi-01", window(2, inferences=300, latency_ms={"p50": 2, "p95": 4},
                                              rss_mb=70.0, temp_c=51.0))  # fmt: skip
@@ -139,20 +139,21 @@ def test_class_stats_weights_windows_and_keeps_the_worst_memory(tmp_path):
         assert reg.class_stats(CLS, "unknown-variant").windows == 0
 
 
-def test_release_counter_is_monotonic_and_persisted(tmp_path):
-    with Registry(tmp_path / "r.db") as reg:
+def test_release_counter_is_monotonic_and_persisted(registry_target):
+    with Registry(registry_target) as reg:
         assert [reg.next_release("digits") for _ in range(3)] == [1, 2, 3]
         assert reg.next_release("other") == 1
         assert reg.next_release("digits", at_least=10) == 10  # past a device's accepted release
-    with Registry(tmp_path / "r.db") as reg:
+        assert reg.next_release("fresh", at_least=7) == 7
+    with Registry(registry_target) as reg:
         assert reg.next_release("digits") == 11
 
 
-def test_state_message_registers_device_and_class(tmp_path):
+def test_state_message_registers_device_and_class(registry_target):
     hw = detect(HWTREES / "rpi4b-coral-usb").to_dict()
     state = {"online": True, "hardware": hw, "hardware_class": "rpi4b-edgetpu-usb",
              "runtime": {"name": "ai-edge-litert", "version": "2.3.0"}}  # fmt: skip
-    with Registry(tmp_path / "r.db") as reg:
+    with Registry(registry_target) as reg:
         dev = reg.upsert_device_from_state("pi-07", state, now=123.0)
         cid = class_id("rpi4b-edgetpu-usb", "ai-edge-litert")
         assert dev.hardware_class == cid and dev.online and dev.last_seen == 123.0
@@ -165,8 +166,8 @@ def test_state_message_registers_device_and_class(tmp_path):
     assert HardwareClass.from_id("x86_64-edgetpu-pci/tensorflow").board == "x86_64"
 
 
-def test_restart_mid_loop_keeps_deployments_decisions_and_telemetry(tmp_path):
-    path = tmp_path / "r.db"
+def test_restart_mid_loop_keeps_deployments_decisions_and_telemetry(registry_target):
+    path = registry_target
     reg = seeded(path)
     release = reg.next_release("digits")
     dep = reg.record_deployment("pi-01", "v-int8", release, "m" * 64, started=50.0)
@@ -188,8 +189,8 @@ def test_restart_mid_loop_keeps_deployments_decisions_and_telemetry(tmp_path):
     reg.close()
 
 
-def test_rollout_rows_round_trip(tmp_path):
-    with seeded(tmp_path / "r.db") as reg:
+def test_rollout_rows_round_trip(registry_target):
+    with seeded(registry_target) as reg:
         rid = reg.create_rollout("digits", "v-int8", class_id=CLS, state="canary", waves=[1, "50%"],
                                  counts={"notified": 1}, plan={"state": "canary"})  # fmt: skip
         reg.set_rollout_device(rid, "pi-01", wave=0, state="notified")
@@ -200,8 +201,8 @@ def test_rollout_rows_round_trip(tmp_path):
         assert [(d.device, d.state) for d in reg.rollout_devices(rid)] == [("pi-01", "committed")]
 
 
-def test_threads_share_one_registry(tmp_path):
-    with seeded(tmp_path / "r.db") as reg:
+def test_threads_share_one_registry(registry_target):
+    with seeded(registry_target) as reg:
 
         def feed(base: int) -> None:
             for i in range(25):
@@ -213,3 +214,80 @@ def test_threads_share_one_registry(tmp_path):
         for t in threads:
             t.join()
         assert reg.class_stats(CLS, "v-int8").windows == 100
+
+
+def test_a_re_added_variant_replaces_its_row(registry_target):
+    with seeded(registry_target) as reg:
+        reg.add_variant(variant(accuracy=0.5, available=False, unavailable_reason="gone"))
+        v = reg.variant("v-int8")
+        assert v is not None and v.accuracy == 0.5 and not v.available
+        assert v.unavailable_reason == "gone" and v.operators == []
+
+
+def test_two_hosts_allocating_releases_at_once_never_share_one(registry_target):
+    Registry(registry_target).close()
+    got: list[int] = []
+
+    def allocate() -> None:
+        with Registry(registry_target) as reg:  # its own connection, as another host
+            got.extend(reg.next_release("digits") for _ in range(20))
+
+    threads = [threading.Thread(target=allocate) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(got) == list(range(1, 61))
+
+
+@pytest.mark.postgres
+def test_postgres_database_is_migrated_once_even_by_racing_hosts(pg_url):
+    import psycopg
+
+    errors: list[BaseException] = []
+
+    def open_one() -> None:
+        try:
+            Registry(pg_url).close()
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_one) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with Registry(pg_url) as reg:
+        assert reg.engine == "postgresql" and reg.schema_version == SCHEMA_VERSION
+        with pytest.raises(psycopg.errors.ForeignKeyViolation):  # variant of an unknown model
+            reg.add_variant(variant())
+        reg.add_model(ModelRow("digits", "/src", "f" * 64, {}))
+        reg.upsert_device("pi-01", hardware_class=CLS)
+        reg.record_telemetry("pi-01", window(1, ts=1_700_000_000.123))
+        # REAL is DOUBLE PRECISION there: a timestamp keeps its milliseconds
+        assert reg.windows(CLS, "a" * 64)[0].ts == 1_700_000_000.123
+        with psycopg.connect(pg_url) as db:
+            (n,) = db.execute("SELECT COUNT(*) FROM edgeloop_schema").fetchone() or (0,)
+            assert n == 1
+
+
+@pytest.mark.postgres
+def test_a_postgres_database_from_a_newer_edgeloop_is_refused_untouched(pg_url):
+    import psycopg
+
+    Registry(pg_url).close()
+    with psycopg.connect(pg_url) as db:
+        db.execute("UPDATE edgeloop_schema SET version = %s", (SCHEMA_VERSION + 5,))
+    with pytest.raises(ConfigError, match="newer"):
+        Registry(pg_url)
+    with psycopg.connect(pg_url) as db:
+        assert db.execute("SELECT version FROM edgeloop_schema").fetchone() == (SCHEMA_VERSION + 5,)
+
+
+@pytest.mark.postgres
+def test_a_bad_postgres_url_names_the_registry_without_its_password(pg_server):
+    url = f"postgresql://edgeloop:s3cret@127.0.0.1:{pg_server.port}/no_such_db"
+    with pytest.raises(ConfigError, match="no_such_db") as err:
+        Registry(url)
+    assert "s3cret" not in str(err.value) and "***" in str(err.value)

@@ -80,9 +80,17 @@ def existing_file(path: str | None, what: str, hint: str) -> Path | None:
     return p
 
 
+REGISTRY_HELP = "registry: a SQLite file, or a postgresql://USER@HOST/DB URL"
+
+
 def open_registry(path: str, *, create: bool = False) -> Any:
+    """The registry at ``path``: a SQLite file (``create``: made if missing) or a
+    ``postgresql://`` URL (the database must exist; its tables are made on first use)."""
+    from deploy.fleet.engine import is_url
     from deploy.fleet.registry import Registry
 
+    if is_url(path):
+        return Registry(path)
     p = Path(path)
     if not create and not p.is_file():
         raise ConfigError(
@@ -92,6 +100,14 @@ def open_registry(path: str, *, create: bool = False) -> Any:
     if create and not p.parent.is_dir():
         raise ConfigError(f"registry {path}: directory {p.parent} does not exist")
     return Registry(p)
+
+
+def registry_dir(path: str) -> Path:
+    """Where files kept beside the registry go: the SQLite file's directory, or the current
+    directory for a PostgreSQL registry."""
+    from deploy.fleet.engine import is_url
+
+    return Path.cwd() if is_url(path) else Path(path).parent
 
 
 def read_targets(path: str | None, model: str | None = None) -> Any:

@@ -24,6 +24,7 @@ from typing import Any
 
 from agent.errors import ConfigError
 from deploy.cli.common import (
+    REGISTRY_HELP,
     broker,
     broker_options,
     existing_file,
@@ -32,6 +33,7 @@ from deploy.cli.common import (
     open_registry,
     printer,
     read_targets,
+    registry_dir,
 )
 from deploy.convert.cli import stdout_to_stderr
 from deploy.fleet.registry_types import Variant
@@ -140,7 +142,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
                     registry,
                     args.model,
                     source,
-                    Path(args.out or Path(args.registry).parent / "variants" / args.model),
+                    Path(args.out or registry_dir(args.registry) / "variants" / args.model),
                     recipes=recipes,
                     calibration=calib,
                     validation=valid,
@@ -245,7 +247,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def _fleet_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="model name (the registry's)")
     p.add_argument("--keys", default=None, help="key directory (default: --host-config's)")
-    p.add_argument("--registry", required=True, help="the registry SQLite file")
+    p.add_argument("--registry", required=True, help=REGISTRY_HELP)
     p.add_argument("--min-inferences", type=int, default=None, help="device trial gate")
     p.add_argument("--min-seconds", type=float, default=None, help="device trial gate")
     p.add_argument("--push-timeout", type=float, default=300.0, help="per push (s)")
@@ -281,7 +283,7 @@ def add_loop_parsers(sub: Any) -> None:
 
     p = sub.add_parser("report", help="write the HTML report of a model")
     p.add_argument("model")
-    p.add_argument("--registry", required=True)
+    p.add_argument("--registry", required=True, help=REGISTRY_HELP)
     p.add_argument("--targets", default=None)
     p.add_argument("--out", default="report", help="output directory")
     p.set_defaults(func=cmd_report)

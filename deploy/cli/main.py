@@ -12,7 +12,9 @@
     edge-deploy fleet --broker HOST:PORT [--wait S] [--json]
     edge-deploy fleet --registry FILE [--targets FILE] [--live --broker HOST:PORT] [--json]
     edge-deploy watch --broker HOST:PORT [--seconds S] [--device ID]
-    edge-deploy collect --broker HOST:PORT --registry FILE     the ingest worker (cli/collect.py)
+    edge-deploy collect --broker HOST:PORT --registry REG   the ingest worker (cli/collect.py)
+    edge-deploy retention --registry REG [--keep-days 7]   hourly roll-ups of old windows
+                (REG: a registry file or a postgresql:// URL)
     edge-deploy simulate --devices N --broker HOST:PORT        simulated devices (cli/simulate.py)
     edge-deploy demo [--workdir DIR] [--secure]  a whole fleet on this machine (--secure: TLS, ACL)
     edge-deploy pki | provision | broker-config   a locked-down fleet (deploy/cli/secure.py)
@@ -52,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     rollout.add_rollout_parser(sub)
     simulate.add_simulate_parser(sub)
     collect.add_collect_parser(sub)
+    collect.add_retention_parser(sub)
     demo.add_parser(sub)
     secure.add_parser(sub)
     return parser

@@ -30,13 +30,15 @@ from agent.errors import EdgeloopError, ProtocolError
 from agent.mqtt.types import IncomingMessage
 from agent.wire.status import Telemetry
 from agent.wire.topics import FLEET_KINDS, ParsedTopic, host_subscriptions, parse_topic
+from deploy.fleet.engine import Engine
 from deploy.fleet.registry import Registry
-from deploy.fleet.rollup import WINDOW_INSERT, window_row
+from deploy.fleet.rollup import TOUCH_LAST_SEEN, WINDOW_INSERT, WindowRow, window_row
 from deploy.mqtt import BrokerAddress
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SHARE_GROUP = "edgeloop-collect"
+RETRIES = 8  # transient failures of one batch before it is left unacknowledged
 
 
 @dataclass
@@ -155,7 +157,25 @@ class Ingest:
         return batch
 
     def apply(self, batch: Sequence[IncomingMessage]) -> None:
-        """Store one batch in one transaction: births and deaths first, then windows."""
+        """Store one batch in one transaction: births, deaths and ``last_seen`` first, then the
+        windows. A transient failure (another worker's lock, a deadlock between two workers, a
+        dropped database connection) rolls it back and it is tried again, after a growing
+        pause, up to RETRIES times."""
+        states, rows = self._parse(batch)
+        for attempt in range(RETRIES + 1):
+            try:
+                self._store(states, rows)
+                return
+            except Exception as exc:
+                if attempt == RETRIES or not self.registry.is_transient(exc):
+                    raise
+                log.warning("batch of %d failed (%s); retrying", len(batch), exc)
+                self._stop.wait(min(2.0, 0.05 * 2**attempt))
+
+    def _parse(
+        self, batch: Sequence[IncomingMessage]
+    ) -> tuple[list[tuple[str, dict[str, Any]]], list[WindowRow]]:
+        """(births and deaths, telemetry windows) of a batch; malformed messages dropped."""
         states: list[tuple[str, dict[str, Any]]] = []
         windows: list[tuple[str, dict[str, Any]]] = []
         for msg in batch:
@@ -178,8 +198,59 @@ class Ingest:
             else:
                 self.stats.events += 1
                 self.events.append((parsed.device_id, body))
+        return states, self._rows(windows)
+
+    def _store(self, states: list[tuple[str, dict[str, Any]]], rows: list[WindowRow]) -> None:
+        seen: dict[str, float] = {}
+        for r in rows:
+            seen[r.device] = max(seen.get(r.device, 0.0), r.ts)
         with self.registry.transaction() as db:
-            for device, body in states:
+            self._write_devices(db, states, seen)
+            rows = [
+                r if r.class_id else r._replace(class_id=self._class_of(r.device)) for r in rows
+            ]
+            # in key order: two workers' transactions lock rows in one order (no deadlock)
+            rows.sort(key=lambda r: (r.device, r.seq))
+            stored = db.executemany(WINDOW_INSERT, [r.as_tuple() for r in rows])
+        now = time.time()
+        self.stats.lags.extend(now - r.ts for r in rows)
+        self.stats.states += len(states)
+        self.stats.stored += stored
+        self.stats.duplicates += len(rows) - stored
+        self.stats.batches += 1
+
+    def _rows(self, windows: Sequence[tuple[str, dict[str, Any]]]) -> list[WindowRow]:
+        rows = []
+        for device, body in windows:
+            try:
+                t = Telemetry.from_dict(body)
+            except ProtocolError as exc:
+                self.stats.dropped += 1
+                log.warning("dropped a window of %s: %s", device, exc)
+                continue
+            if t.trial or t.warmup:
+                self.stats.skipped += 1
+                continue
+            rows.append(window_row(device, self._classes.get(device), t))
+        return rows
+
+    def _write_devices(
+        self, db: Engine, states: Sequence[tuple[str, dict[str, Any]]], seen: dict[str, float]
+    ) -> None:
+        """Births/deaths and ``last_seen``, in one pass in device order: every worker locks
+        device rows in the same order, so two of them on PostgreSQL cannot deadlock there."""
+        by_device: dict[str, list[dict[str, Any]]] = {}
+        for device, body in states:  # a device's birth stays before its death
+            by_device.setdefault(device, []).append(body)
+        touch: list[tuple[float, str, float]] = []
+        for device in sorted(by_device.keys() | seen.keys()):
+            if device not in by_device:
+                touch.append((seen[device], device, seen[device]))
+                continue
+            if touch:
+                db.executemany(TOUCH_LAST_SEEN, touch)
+                touch = []
+            for body in by_device[device]:
                 dev = self.registry.upsert_device_from_state(device, body)
                 if dev.hardware_class is not None:
                     self._classes[device] = dev.hardware_class
@@ -188,32 +259,10 @@ class Ingest:
                         "class_id IS NULL",
                         (dev.hardware_class, device),
                     )
-                self.stats.states += 1
-            rows, seen = [], dict[str, float]()
-            for device, body in windows:
-                try:
-                    t = Telemetry.from_dict(body)
-                except ProtocolError as exc:
-                    self.stats.dropped += 1
-                    log.warning("dropped a window of %s: %s", device, exc)
-                    continue
-                if t.trial or t.warmup:
-                    self.stats.skipped += 1
-                    continue
-                rows.append(window_row(device, self._class_of(device), t))
-                seen[device] = max(seen.get(device, 0.0), rows[-1].ts)
-            before = db.total_changes
-            db.executemany(WINDOW_INSERT, [r.as_tuple() for r in rows])
-            stored = db.total_changes - before
-            db.executemany(
-                "UPDATE devices SET last_seen = MAX(COALESCE(last_seen, 0), ?) WHERE id = ?",
-                [(ts, d) for d, ts in seen.items()],
-            )
-        now = time.time()
-        self.stats.lags.extend(now - r.ts for r in rows)
-        self.stats.stored += stored
-        self.stats.duplicates += len(rows) - stored
-        self.stats.batches += 1
+            if device in seen:
+                db.execute(TOUCH_LAST_SEEN, (seen[device], device, seen[device]))
+        if touch:
+            db.executemany(TOUCH_LAST_SEEN, touch)
 
     def _class_of(self, device: str) -> str | None:
         cid = self._classes.get(device)

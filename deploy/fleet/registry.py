@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 import time
 from collections.abc import Mapping
 from typing import Any
 
 from agent.wire.status import Telemetry
+from deploy.fleet.engine import Row
 from deploy.fleet.registry_db import dumps, now_or
 from deploy.fleet.registry_history import RegistryHistory
 from deploy.fleet.registry_types import (
@@ -36,11 +36,15 @@ from deploy.fleet.registry_types import (
     Variant,
     class_id,
 )
-from deploy.fleet.rollup import WINDOW_INSERT, WindowRow, rollup, window_row
+from deploy.fleet.rollup import TOUCH_LAST_SEEN, WINDOW_INSERT, WindowRow, rollup, window_row
 
 log = logging.getLogger(__name__)
 
 OUTCOMES = ("committed", "rolled_back", "rejected")
+VARIANT_COLUMNS = (
+    "id", "model", "recipe", "path", "sha256", "size", "quantization", "accuracy", "agreement",
+    "snr_db", "operators", "min_runtime", "conversion_s", "available", "unavailable_reason",
+)  # fmt: skip
 
 
 class Registry(RegistryHistory):
@@ -52,7 +56,7 @@ class Registry(RegistryHistory):
             db.execute(
                 "INSERT INTO hardware_classes VALUES (?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET "
                 "description = CASE WHEN excluded.description != '' THEN excluded.description "
-                "ELSE description END",
+                "ELSE hardware_classes.description END",
                 (
                     cls.id,
                     cls.hardware_class,
@@ -92,13 +96,14 @@ class Registry(RegistryHistory):
         with self._tx() as db:
             db.execute(
                 "INSERT INTO devices VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET "
-                "hardware_class = COALESCE(excluded.hardware_class, hardware_class), "
-                "board = COALESCE(excluded.board, board), "
-                "accelerator = COALESCE(excluded.accelerator, accelerator), "
-                "runtime = COALESCE(excluded.runtime, runtime), "
-                "runtime_version = COALESCE(excluded.runtime_version, runtime_version), "
+                "hardware_class = COALESCE(excluded.hardware_class, devices.hardware_class), "
+                "board = COALESCE(excluded.board, devices.board), "
+                "accelerator = COALESCE(excluded.accelerator, devices.accelerator), "
+                "runtime = COALESCE(excluded.runtime, devices.runtime), "
+                "runtime_version = COALESCE(excluded.runtime_version, devices.runtime_version), "
                 "last_seen = excluded.last_seen, online = excluded.online, "
-                "state = CASE WHEN excluded.state != '{}' THEN excluded.state ELSE state END",
+                "state = CASE WHEN excluded.state != '{}' THEN excluded.state "
+                "ELSE devices.state END",
                 (
                     device_id,
                     hardware_class,
@@ -131,17 +136,13 @@ class Registry(RegistryHistory):
             board = str(hw.get("board_id") or parsed.board)
             family = str(hw.get("board_family") or parsed.board_family)
             family = board if family == "generic" else family  # generic boards share nothing
-            self.upsert_class(
-                HardwareClass(
-                    cid,
-                    str(hw_class),
-                    board,
-                    family,
-                    parsed.accelerator,
-                    str(rt_name),
-                    str(hw.get("board") or ""),
-                )
-            )
+            cls = HardwareClass(
+                cid, str(hw_class), board, family, parsed.accelerator, str(rt_name),
+                str(hw.get("board") or ""),
+            )  # fmt: skip
+            known = self.hardware_class(cid)
+            if known is None or (cls.description and known.description != cls.description):
+                self.upsert_class(cls)  # not rewritten when unchanged: no row lock per birth
         accels = hw.get("accelerators") or []
         accel = ",".join(f"{a.get('kind')}:{a.get('device')}" for a in accels) or (
             "cpu" if hw else None
@@ -172,7 +173,7 @@ class Registry(RegistryHistory):
         return [self._device(r) for r in rows]
 
     @staticmethod
-    def _device(r: sqlite3.Row) -> Device:
+    def _device(r: Row) -> Device:
         d = dict(r)
         d["online"] = bool(d["online"])
         d["state"] = json.loads(d["state"])
@@ -205,7 +206,9 @@ class Registry(RegistryHistory):
         """Insert or replace a variant (same id = same content: a re-conversion is a no-op)."""
         with self._tx() as db:
             db.execute(
-                "INSERT OR REPLACE INTO variants VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT INTO variants ({', '.join(VARIANT_COLUMNS)}) VALUES "
+                f"({','.join('?' * len(VARIANT_COLUMNS))}) ON CONFLICT (id) DO UPDATE SET "
+                + ", ".join(f"{c} = excluded.{c}" for c in VARIANT_COLUMNS[1:]),
                 (
                     v.id,
                     v.model,
@@ -226,7 +229,7 @@ class Registry(RegistryHistory):
             )
 
     @staticmethod
-    def _variant(r: sqlite3.Row) -> Variant:
+    def _variant(r: Row) -> Variant:
         d = dict(r)
         d["operators"] = json.loads(d["operators"])
         d["min_runtime"] = json.loads(d["min_runtime"])
@@ -249,14 +252,15 @@ class Registry(RegistryHistory):
     def next_release(self, name: str, *, at_least: int = 1) -> int:
         """Allocate the next release counter of model ``name`` (persisted, strictly increasing).
         ``at_least`` lifts the counter past a release a device already accepted."""
-        with self._tx() as db:
-            row = db.execute("SELECT counter FROM releases WHERE name = ?", (name,)).fetchone()
-            nxt = max((row[0] + 1) if row else 1, at_least)
-            db.execute(
-                "INSERT INTO releases VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET counter = ?",
-                (name, nxt, nxt),
-            )
-        return nxt
+        floor = max(1, at_least)
+        with self._tx() as db:  # one statement: atomic on both engines, even across hosts
+            row = db.execute(
+                "INSERT INTO releases VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET counter = "
+                "CASE WHEN releases.counter + 1 > ? THEN releases.counter + 1 ELSE ? END "
+                "RETURNING counter",
+                (name, floor, floor, floor),
+            ).fetchone()
+            return int(row[0])
 
     # ---- deployments ----------------------------------------------------------------------------
     def record_deployment(
@@ -273,10 +277,10 @@ class Registry(RegistryHistory):
         with self._tx() as db:
             cur = db.execute(
                 "INSERT INTO deployments (device, class_id, variant, release, manifest_sha256, "
-                "started) VALUES (?,?,?,?,?,?)",
+                "started) VALUES (?,?,?,?,?,?) RETURNING id",
                 (device, cid, variant, release, manifest_sha256, now_or(started)),
             )
-            return int(cur.lastrowid or 0)
+            return int(cur.fetchone()[0])
 
     def finish_deployment(
         self,
@@ -325,11 +329,8 @@ class Registry(RegistryHistory):
         with self._tx() as db:
             cur = db.execute(WINDOW_INSERT, w.as_tuple())
             if dev is not None:
-                db.execute(
-                    "UPDATE devices SET last_seen = MAX(COALESCE(last_seen, 0), ?) WHERE id = ?",
-                    (w.ts, device),
-                )
-            return cur.rowcount == 1
+                db.execute(TOUCH_LAST_SEEN, (w.ts, device, w.ts))
+            return bool(cur.rowcount == 1)
 
     def windows(self, class_id: str, sha256: str, since: float | None = None) -> list[WindowRow]:
         rows = self._all(

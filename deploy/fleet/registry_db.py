@@ -1,13 +1,14 @@
-"""The registry's SQLite plumbing: open, migrate, one locked connection, transactions.
+"""The registry's plumbing: open (SQLite file or PostgreSQL URL), migrate, one locked
+connection, transactions.
 
-See :mod:`deploy.fleet.registry` for what the file holds.
+See :mod:`deploy.fleet.registry` for what the registry holds and :mod:`deploy.fleet.engine`
+for the differences between the two engines.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from agent.errors import ConfigError
+from deploy.fleet.engine import Engine, Row, is_url, open_engine, redact
 from deploy.fleet.migrations import MIGRATIONS, SCHEMA_VERSION
 
 log = logging.getLogger("deploy.fleet.registry")
@@ -30,78 +32,80 @@ def dumps(obj: Any) -> str:
 
 
 class RegistryDB:
-    """One connection to the registry file (migrated on open), guarded by a lock."""
+    """One connection to the registry (migrated on open), guarded by a lock.
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
+    ``target`` is a file path (SQLite, created if missing) or a ``postgresql://`` URL."""
+
+    def __init__(self, target: str | Path) -> None:
+        self.url = str(target) if is_url(target) else None
+        self.path = Path(target) if self.url is None else Path(redact(str(target)))
         self._lock = threading.RLock()
-        try:
-            self._db = sqlite3.connect(
-                str(self.path), isolation_level=None, check_same_thread=False, timeout=30.0
-            )
-        except sqlite3.Error as exc:
-            raise ConfigError(
-                f"cannot open the registry {self.path}: {exc}",
-                hint="check the directory exists and is writable",
-            ) from exc
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db: Engine = open_engine(target)
         self._migrate()
 
     # ---- plumbing -----------------------------------------------------------------------------
     @property
+    def engine(self) -> str:
+        """``"sqlite"`` or ``"postgresql"``."""
+        return self._db.name
+
+    @property
+    def where(self) -> str:
+        """The registry's file or URL (password hidden), for messages."""
+        return redact(self.url) if self.url else str(self.path)
+
+    @property
     def schema_version(self) -> int:
-        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        with self._lock:
+            return self._db.schema_version()
 
     def _migrate(self) -> None:
         with self._lock:
             version = self.schema_version
             if version > SCHEMA_VERSION:
                 raise ConfigError(
-                    f"registry {self.path} has schema version {version}, newer than this "
+                    f"registry {self.where} has schema version {version}, newer than this "
                     f"edgeloop understands ({SCHEMA_VERSION})",
-                    hint="upgrade edgeloop, or point --registry at another file",
+                    hint="upgrade edgeloop, or point --registry at another registry",
                 )
             while version < SCHEMA_VERSION:
-                script = MIGRATIONS[version]
                 try:
-                    self._db.executescript(
-                        f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {version + 1};\nCOMMIT;"
-                    )
-                except sqlite3.Error as exc:
-                    if self._db.in_transaction:
-                        self._db.execute("ROLLBACK")
+                    self._db.migrate_step(MIGRATIONS[version], version + 1)
+                except Exception as exc:
                     if self.schema_version > version:  # another process migrated meanwhile
                         version = self.schema_version
                         continue
                     raise ConfigError(
-                        f"registry {self.path}: migration to version {version + 1} failed: {exc}",
-                        hint="the file is unchanged; restore it from a backup if it is damaged",
+                        f"registry {self.where}: migration to version {version + 1} failed: {exc}",
+                        hint="the registry is unchanged; restore it from a backup if damaged",
                     ) from exc
-                log.info("registry %s migrated to schema version %d", self.path, version + 1)
-                version += 1
+                log.info("registry %s migrated to schema version %d", self.where, version + 1)
+                version = self.schema_version
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _tx(self) -> Iterator[Engine]:
         with self._lock:
             if self._db.in_transaction:  # inside transaction(): one commit for the batch
                 yield self._db
                 return
-            self._db.execute("BEGIN IMMEDIATE")
+            self._db.begin()
             try:
                 yield self._db
             except BaseException:
-                self._db.execute("ROLLBACK")
+                self._db.rollback()
                 raise
-            self._db.execute("COMMIT")
+            self._db.commit()
 
-    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+    def transaction(self) -> AbstractContextManager[Engine]:
         """One transaction around many calls (the ingest's batches): they commit together."""
         return self._tx()
 
-    def _all(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+    def is_transient(self, exc: BaseException) -> bool:
+        """True for an error worth retrying the transaction for (lock contention, deadlock,
+        a dropped server connection)."""
+        return isinstance(exc, self._db.transient)
+
+    def _all(self, sql: str, args: tuple[Any, ...] = ()) -> list[Row]:
         with self._lock:
             return list(self._db.execute(sql, args).fetchall())
 

@@ -26,10 +26,10 @@ class RegistryHistory(RegistryDB):
         with self._tx() as db:
             cur = db.execute(
                 "INSERT INTO decisions (ts, model, class_id, action, variant, reason, evidence) "
-                "VALUES (?,?,?,?,?,?,?)",
+                "VALUES (?,?,?,?,?,?,?) RETURNING id",
                 (now_or(ts), model, class_id, action, variant, reason, dumps(dict(evidence))),
             )
-            return int(cur.lastrowid or 0)
+            return int(cur.fetchone()[0])
 
     def decisions(self, model: str, class_id: str | None = None) -> list[DecisionRow]:
         sql, args = "SELECT * FROM decisions WHERE model = ?", [model]
@@ -55,7 +55,7 @@ class RegistryHistory(RegistryDB):
         with self._tx() as db:
             cur = db.execute(
                 "INSERT INTO rollouts (model, variant, class_id, state, waves, counts, plan, "
-                "created, updated) VALUES (?,?,?,?,?,?,?,?,?)",
+                "created, updated) VALUES (?,?,?,?,?,?,?,?,?) RETURNING id",
                 (
                     model,
                     variant,
@@ -68,7 +68,7 @@ class RegistryHistory(RegistryDB):
                     t,
                 ),
             )
-            return int(cur.lastrowid or 0)
+            return int(cur.fetchone()[0])
 
     def update_rollout(
         self,

@@ -41,10 +41,15 @@ class WindowRow(NamedTuple):
 
 #: Store one WindowRow (``as_tuple()``), once per (device, seq): a redelivery is a no-op.
 WINDOW_INSERT = (
-    "INSERT OR IGNORE INTO telemetry_windows (device, seq, class_id, model_sha256, ts, "
+    "INSERT INTO telemetry_windows (device, seq, class_id, model_sha256, ts, "
     "inferences, errors, p50_ms, p95_ms, rss_mb, peak_rss_mb, mj_per_inference, "
     "energy_measured, temp_c, throttled, window_s, energy_basis) "
-    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (device, seq) DO NOTHING"
+)
+
+#: Move a device's ``last_seen`` forward to ``ts`` (args: ts, device, ts); never backwards.
+TOUCH_LAST_SEEN = (
+    "UPDATE devices SET last_seen = ? WHERE id = ? AND (last_seen IS NULL OR last_seen < ?)"
 )
 
 

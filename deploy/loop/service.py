@@ -14,6 +14,12 @@ classes need the loop again (:meth:`LoopService.evaluate`):
 
 An infeasible class is re-run only when its devices change. The loop itself keeps all state in
 the registry, so a restarted service re-runs every class once and picks up from the registry.
+
+Only one service drives a model: a cycle runs only under the registry lease ``loop/<model>``
+(deploy/fleet/lease.py), held for as long as :meth:`LoopService.serve` runs (a one-shot
+:meth:`LoopService.run_cycle` gives it back at the end). Another host's service on the same
+registry waits, and takes over when the holder stops or dies; a holder that loses the lease
+winds its loop down like a stop.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from typing import Any
 
 from agent.errors import EdgeloopError
 from deploy.fleet.collector import Collector
+from deploy.fleet.lease import DEFAULT_TTL_S, Lease
 from deploy.fleet.registry import Registry
 from deploy.fleet.registry_types import Variant
 from deploy.fleet.rollout import Deployer
@@ -37,6 +44,7 @@ from deploy.loop.targets import Targets
 log = logging.getLogger(__name__)
 
 STOPPED_NOTE = "stopped by the operator"
+LEASE_LOST_NOTE = "stopped: the model's lease was lost to another host"
 
 
 def class_matches(class_id: str, wanted: Iterable[str]) -> bool:
@@ -87,15 +95,19 @@ class StoppableLoop(ClosedLoop):
     """A :class:`ClosedLoop` that winds down when ``stop`` is set: a push in flight finishes
     (bounded by the deployer's timeout), then the class ends with note :data:`STOPPED_NOTE`."""
 
-    def __init__(self, *args: Any, stop: threading.Event, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, stop: threading.Event, lease: Lease | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.stop = stop
+        self.lease = lease
 
     def _step(self, run: ClassRun, since: float) -> None:
-        if self.stop.is_set() and run.state not in ("done", "infeasible"):
+        lost = self.lease is not None and not self.lease.held
+        if (self.stop.is_set() or lost) and run.state not in ("done", "infeasible"):
             if run.pending is not None and not run.pending.done():
                 return
-            run.note = f"{STOPPED_NOTE} (was {run.state})"
+            run.note = f"{LEASE_LOST_NOTE if lost else STOPPED_NOTE} (was {run.state})"
             run.state = "infeasible"  # ClosedLoop.run ends on done/infeasible
             return
         super()._step(run, since)
@@ -141,6 +153,9 @@ class LoopService:
     clock: Callable[[], float] = time.time
     watches: dict[str, ClassWatch] = field(default_factory=dict)
     cycles: int = 0
+    lease_ttl_s: float = DEFAULT_TTL_S
+    lease: Lease | None = None  # made at the first cycle: "loop/<model>"
+    serving: bool = False
 
     def evaluate(self) -> list[Trigger]:
         """The classes that need the loop now, with why. Advances the telemetry window of a
@@ -178,6 +193,20 @@ class LoopService:
         how each ended."""
         if not triggers:
             return []
+        if self.lease is None:
+            self.lease = Lease(self.registry, f"loop/{self.deployer.model}", ttl_s=self.lease_ttl_s)
+        if not self.lease.acquire():
+            log.info(
+                "not running the loop of %s: %s drives it", self.deployer.model, self.lease.holder()
+            )
+            return []
+        try:
+            return self._run_cycle(triggers, self.lease)
+        finally:
+            if not self.serving:
+                self.lease.release()
+
+    def _run_cycle(self, triggers: Sequence[Trigger], lease: Lease) -> list[ClassRun]:
         for t in triggers:
             log.info("re-running the loop on %s: %s", t.class_id, t.reason)
             if self.on_trigger:
@@ -197,12 +226,13 @@ class LoopService:
             settings,
             on_decision=self.on_decision,
             stop=self.stop,
+            lease=lease,
         )
         runs = loop.run(only=[t.class_id for t in triggers])
         self.cycles += 1
         end = self.clock()
         for r in runs:
-            if r.note.startswith(STOPPED_NOTE):
+            if r.note.startswith((STOPPED_NOTE, LEASE_LOST_NOTE)):
                 continue  # not finished: the next start runs it again
             self.watches[r.class_id] = ClassWatch(
                 r.class_id, r.state, r.final_variant or r.current, frozenset(r.devices), end
@@ -210,13 +240,20 @@ class LoopService:
         return runs
 
     def serve(self, on_runs: Callable[[list[ClassRun]], None] | None = None) -> None:
-        """Evaluate and run every ``poll_s`` seconds until :attr:`stop` is set."""
-        while not self.stop.is_set():
-            try:
-                runs = self.run_cycle(self.evaluate())
-            except EdgeloopError as exc:
-                log.warning("loop cycle failed: %s", exc)
-                runs = []
-            if runs and on_runs:
-                on_runs(runs)
-            self.stop.wait(self.poll_s)
+        """Evaluate and run every ``poll_s`` seconds until :attr:`stop` is set (holding the
+        model's lease from the first cycle that gets it to the end)."""
+        self.serving = True
+        try:
+            while not self.stop.is_set():
+                try:
+                    runs = self.run_cycle(self.evaluate())
+                except EdgeloopError as exc:
+                    log.warning("loop cycle failed: %s", exc)
+                    runs = []
+                if runs and on_runs:
+                    on_runs(runs)
+                self.stop.wait(self.poll_s)
+        finally:
+            self.serving = False
+            if self.lease is not None:
+                self.lease.release()

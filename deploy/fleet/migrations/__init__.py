@@ -137,5 +137,48 @@ V3 = """
 ALTER TABLE telemetry_windows ADD COLUMN energy_basis TEXT;
 """
 
-MIGRATIONS: tuple[str, ...] = (V1, V2, V3)
+# Who drives the loop of a model (deploy/fleet/lease.py): on SQLite the row is the lease (it
+# expires unless renewed); on PostgreSQL an advisory lock is, and the row says who holds it.
+V4 = """
+CREATE TABLE leases (
+    name TEXT PRIMARY KEY,               -- "loop/<model>"
+    holder TEXT NOT NULL,                -- "<host>:<pid>:<random>"
+    acquired REAL NOT NULL,
+    expires REAL NOT NULL
+);
+"""
+
+# Retention (deploy/fleet/retention.py): raw windows older than the policy are folded into one
+# row per (class, model, hour) and deleted. Sums, not means, so a late window folds in exactly:
+# mean p95 = p95_wsum / p95_w (inference-weighted), likewise p50 and energy (net and gross).
+# '' stands for an unknown class or model (a key column cannot be NULL on PostgreSQL).
+V5 = """
+CREATE INDEX telemetry_ts ON telemetry_windows(ts);
+CREATE TABLE telemetry_hourly (
+    class_id TEXT NOT NULL,
+    model_sha256 TEXT NOT NULL,
+    hour INTEGER NOT NULL,               -- floor(ts / 3600): the hour's start is hour * 3600
+    windows INTEGER NOT NULL,
+    served_windows INTEGER NOT NULL,     -- windows with inferences > 0
+    inferences INTEGER NOT NULL,
+    errors INTEGER NOT NULL,
+    p50_wsum REAL NOT NULL, p50_w INTEGER NOT NULL,
+    p95_wsum REAL NOT NULL, p95_w INTEGER NOT NULL,
+    p95_max_ms REAL,
+    rss_max_mb REAL,
+    peak_rss_max_mb REAL,
+    mj_net_wsum REAL NOT NULL, mj_net_w INTEGER NOT NULL,
+    mj_gross_wsum REAL NOT NULL, mj_gross_w INTEGER NOT NULL,
+    energy_windows INTEGER NOT NULL,
+    energy_measured_windows INTEGER NOT NULL,
+    hot_windows INTEGER NOT NULL,
+    throttled_windows INTEGER NOT NULL,
+    temp_max_c REAL,
+    first_ts REAL NOT NULL,
+    last_ts REAL NOT NULL,
+    PRIMARY KEY (class_id, model_sha256, hour)
+);
+"""
+
+MIGRATIONS: tuple[str, ...] = (V1, V2, V3, V4, V5)
 SCHEMA_VERSION = len(MIGRATIONS)
