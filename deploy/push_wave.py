@@ -205,8 +205,9 @@ class WavePusher:
             for d, s in manifests.items()
         }
         out = WaveResult(sha, len(data), {d: dev.result for d, dev in devices.items()}, self.stream)
-        return _Wave(data, sha, chunk_size, devices, out, StreamCursor(m.chunk_count),
-                     pending=set(devices))  # fmt: skip
+        return _Wave(
+            data, sha, chunk_size, devices, out, StreamCursor(m.chunk_count), pending=set(devices)
+        )
 
     def _deploy(
         self,
@@ -251,9 +252,13 @@ class WavePusher:
         end = min(cursor.chunk_count, cursor.published + STREAM_BATCH)
         topic = model_stream_topic(self.prefix, wave.sha256)
         sent = publish_chunks(
-            self.transport, topic, wave.sha256, wave.data, wave.chunk_size,
+            self.transport,
+            topic,
+            wave.sha256,
+            wave.data,
+            wave.chunk_size,
             range(cursor.published, end),
-        )  # fmt: skip
+        )
         cursor.published = end
         wave.last = sent.last
         wave.out.stream_chunks += sent.chunks
@@ -271,8 +276,11 @@ class WavePusher:
                 self._on_need(wave, dev, NeedRequest.from_json(msg.payload))
             elif parsed.kind == "reply":
                 if msg.correlation_data == dev.correlation:
-                    self._verdict(wave, parsed.device_id, apply_reply(
-                        CommandReply.from_json(msg.payload), dev.result))  # fmt: skip
+                    self._verdict(
+                        wave,
+                        parsed.device_id,
+                        apply_reply(CommandReply.from_json(msg.payload), dev.result),
+                    )
             elif parsed.kind == "events":
                 event = Event.from_json(msg.payload)
                 if event.data.get("sha256") != wave.sha256:
@@ -291,8 +299,14 @@ class WavePusher:
         indexes = wave.cursor.answer(need) if self.stream else need.indexes()
         if not indexes:
             return
-        sent = publish_chunks(self.transport, dev.topics.chunks(wave.sha256), wave.sha256,
-                              wave.data, wave.chunk_size, indexes)  # fmt: skip
+        sent = publish_chunks(
+            self.transport,
+            dev.topics.chunks(wave.sha256),
+            wave.sha256,
+            wave.data,
+            wave.chunk_size,
+            indexes,
+        )
         dev.result.chunks_sent += sent.chunks
         dev.result.bytes_sent += sent.bytes
         wave.out.repair_chunks += sent.chunks

@@ -24,9 +24,15 @@ def progress_table(p: Progress) -> Any:
     if p.rollback_pending or p.rolled_back or p.rollback_failed:
         total = p.rollback_pending + p.rolled_back + p.rollback_failed
         table.add_row(
-            "roll-back", str(total), str(p.rolled_back), str(p.rollback_failed),
-            str(p.rollback_pending), "", "", style="yellow",
-        )  # fmt: skip
+            "roll-back",
+            str(total),
+            str(p.rolled_back),
+            str(p.rollback_failed),
+            str(p.rollback_pending),
+            "",
+            "",
+            style="yellow",
+        )
     return table
 
 

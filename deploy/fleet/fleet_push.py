@@ -133,9 +133,13 @@ class _Session(Pusher):
 
     def handle(self, msg: IncomingMessage) -> bool:
         return self._handle(
-            msg, self.job.signed.manifest.sha256, self.correlation, self.data, self.chunk_topic,
+            msg,
+            self.job.signed.manifest.sha256,
+            self.correlation,
+            self.data,
+            self.chunk_topic,
             self.result,
-        )  # fmt: skip
+        )
 
 
 class FleetPusher:

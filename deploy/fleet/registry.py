@@ -41,6 +41,7 @@ from deploy.fleet.rollup import TOUCH_LAST_SEEN, WINDOW_INSERT, WindowRow, rollu
 log = logging.getLogger(__name__)
 
 OUTCOMES = ("committed", "rolled_back", "rejected")
+# fmt: skip below: the variants table's columns packed; one per line would hide them over 17 lines
 VARIANT_COLUMNS = (
     "id", "model", "recipe", "path", "sha256", "size", "quantization", "accuracy", "agreement",
     "snr_db", "operators", "min_runtime", "conversion_s", "available", "unavailable_reason",
@@ -137,9 +138,14 @@ class Registry(RegistryHistory):
             family = str(hw.get("board_family") or parsed.board_family)
             family = board if family == "generic" else family  # generic boards share nothing
             cls = HardwareClass(
-                cid, str(hw_class), board, family, parsed.accelerator, str(rt_name),
+                cid,
+                str(hw_class),
+                board,
+                family,
+                parsed.accelerator,
+                str(rt_name),
                 str(hw.get("board") or ""),
-            )  # fmt: skip
+            )
             known = self.hardware_class(cid)
             if known is None or (cls.description and known.description != cls.description):
                 self.upsert_class(cls)  # not rewritten when unchanged: no row lock per birth

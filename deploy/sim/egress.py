@@ -36,8 +36,15 @@ def wave_manifests(
     now = int(time.time())
     out = {}
     for device in devices:
-        body = dict(fields, name=name, version=str(release), release=release, created=now,
-                    expires=now + ttl_s, targets={"devices": [device]})  # fmt: skip
+        body = dict(
+            fields,
+            name=name,
+            version=str(release),
+            release=release,
+            created=now,
+            expires=now + ttl_s,
+            targets={"devices": [device]},
+        )
         out[device] = sign_manifest(body, key)
     return out
 
@@ -68,16 +75,25 @@ def compare_egress(
 ) -> dict[str, Any]:
     """Both waves to the same simulated fleet; returns each wave's :meth:`WaveResult.to_dict`
     (``egress_ratio`` = host bytes published / model size) under ``pull`` and ``stream``."""
-    spec = FleetSpec(broker.host, broker.port, 0, devices, devices, trust=(str(trust_pub),),
-                     telemetry=False, id_prefix="egress-")  # fmt: skip
+    spec = FleetSpec(
+        broker.host,
+        broker.port,
+        0,
+        devices,
+        devices,
+        trust=(str(trust_pub),),
+        telemetry=False,
+        id_prefix="egress-",
+    )
     ids = [spec.device_id(i) for i in range(devices)]
     out: dict[str, Any] = {"devices": devices, "model_bytes": len(data), "chunk_size": chunk_size}
     with Launcher(spec, processes) as sim:
         if not sim.wait_connected(120):
             raise RuntimeError(f"the simulated devices did not all connect: {sim.counters()}")
         for release, (mode, stream) in enumerate((("pull", False), ("stream", True)), start=1):
-            manifests = wave_manifests(data, key, ids, name="egress", release=release,
-                                       chunk_size=chunk_size)  # fmt: skip
+            manifests = wave_manifests(
+                data, key, ids, name="egress", release=release, chunk_size=chunk_size
+            )
             wave = push_wave(broker, data, manifests, stream=stream, timeout_s=timeout_s)
             out[mode] = wave.to_dict()
     return out

@@ -81,9 +81,14 @@ class SimFleet:
         for k in range(spec.count):
             i = spec.first + k
             dev = SimDevice(
-                spec.device_id(i), classes[i], trust, rates, spec.prefix, spec.window_s,
+                spec.device_id(i),
+                classes[i],
+                trust,
+                rates,
+                spec.prefix,
+                spec.window_s,
                 current=first_model,
-            )  # fmt: skip
+            )
             link = self.mux.add(
                 dev.device_id,
                 dev.will(),
