@@ -50,8 +50,10 @@ def send_command(
     *,
     prefix: str = "edgeloop",
     timeout_s: float = 30.0,
+    final: bool = False,
 ) -> CommandReply:
-    """Publish ``cmd`` (QoS 1, 5-minute expiry) and return the device's reply."""
+    """Publish ``cmd`` (QoS 1, 5-minute expiry) and return the device's reply; with ``final``
+    the reply after ``accepted`` (a bench's result), within the same ``timeout_s``."""
     topics = Topics(prefix, device_id)
     client_id = new_client_id("cmd")
     reply_topic = topics.reply(client_id)
@@ -74,7 +76,9 @@ def send_command(
             except queue.Empty:
                 continue
             if msg.correlation_data == correlation:
-                return CommandReply.from_json(msg.payload)
+                reply = CommandReply.from_json(msg.payload)
+                if not (final and reply.status == "accepted"):
+                    return reply
         raise EdgeloopError(
             f"{device_id} did not answer cmd/{cmd.verb} within {timeout_s:.0f} s",
             hint="is the device online (edge-deploy fleet)?",

@@ -13,7 +13,7 @@ what the devices really did, not only what the registry says.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -66,8 +66,8 @@ def agent_config(spec: DeviceSpec, path: Path) -> Path:
 class Host:
     """The host process's parts on one registry file; :meth:`restart` reopens them."""
 
-    def __init__(self, path: Path, broker: Broker, key: Any) -> None:
-        self.path = path
+    def __init__(self, path: Path, broker: Broker, key: Any, model: str = MODEL) -> None:
+        self.path, self.model = path, model
         self.address = BrokerAddress(broker.host, broker.port)
         self.key = key
         self.registry: Registry | None = None
@@ -78,7 +78,7 @@ class Host:
         self.registry = Registry(self.path)
         self.collector = Collector(self.registry, self.address).start()
         self.deployer = Deployer(
-            self.registry, self.address, self.key, MODEL, gates=GATES, timeout_s=90
+            self.registry, self.address, self.key, self.model, gates=GATES, timeout_s=90
         )
         return self
 
@@ -167,14 +167,18 @@ def running_fleet(
     specs: Sequence[DeviceSpec],
     recipes: Sequence[str],
     source: Path = DIGITSNET / "digitsnet.keras",
+    *,
+    model: str = MODEL,
+    convert: Callable[[Registry, Path, Sequence[str]], list[Variant]] | None = None,
 ) -> Iterator[Fleet]:
     """Broker, agents, host; every recipe of ``source`` (a Keras model of the digits) in the
-    registry and its float model committed on every ``deploy_float`` device."""
+    registry and its float model committed on every ``deploy_float`` device. ``model`` and
+    ``convert`` (registry, out_dir, recipes): another task than the digits."""
     broker = Broker(workdir / "broker").start()
     keys = workdir / "keys"
     init_keys(keys)
     agents: dict[str, AgentProcess] = {}
-    host = Host(workdir / "registry.sqlite", broker, load_private(keys))
+    host = Host(workdir / "registry.sqlite", broker, load_private(keys), model)
     failures: list[str] = []
     try:
         for spec in specs:
@@ -185,7 +189,11 @@ def running_fleet(
                 extra_args=["--config", str(cfg)],
             ).start(wait_online=False)  # fmt: skip
         host.start()
-        variants = convert_source(host.reg, source, workdir / "variants", recipes)
+        out = workdir / "variants"
+        variants = (
+            convert(host.reg, out, recipes) if convert else
+            convert_source(host.reg, source, out, recipes)
+        )  # fmt: skip
         for agent in agents.values():
             agent.wait_online(60)
             agent.wait_ready()

@@ -120,6 +120,7 @@ def _print_runs(registry: Any, runs: list[Any], say: Callable[[str], None]) -> N
 def cmd_optimize(args: argparse.Namespace) -> int:
     from deploy.convert.progress import Progress
     from deploy.loop.driver import LoopSettings, prepare_variants
+    from deploy.loop.generate import Generator
     from deploy.loop.optimizer import Decision, EnoughRule
     from deploy.loop.service import LoopService, Trigger, wait_for_devices
 
@@ -127,6 +128,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     existing_file(args.source, "source", "give a Keras file, SavedModel or .tflite")
     calib = existing_file(args.calibration, "calibration data", "see docs/convert.md (Data)")
     valid = existing_file(args.validation, "validation data", "see docs/convert.md (Data)")
+    train = existing_file(args.train, "training data", "labelled, see docs/convert.md (Data)")
     existing_file(keys_dir(args), "key directory", KEYS_HINT)
     targets = read_targets(args.targets, args.model)
     recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
@@ -137,12 +139,13 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     ok = False
     try:
         with fleet_session(args, registry) as (collector, deployer):
+            out_dir = Path(args.out or registry_dir(args.registry) / "variants" / args.model)
             with stdout_to_stderr():
                 variants = prepare_variants(
                     registry,
                     args.model,
                     source,
-                    Path(args.out or registry_dir(args.registry) / "variants" / args.model),
+                    out_dir,
                     recipes=recipes,
                     calibration=calib,
                     validation=valid,
@@ -166,6 +169,19 @@ def cmd_optimize(args: argparse.Namespace) -> int:
             def trigger(t: Trigger) -> None:
                 say(f"{t.class_id}: running the loop: {t.reason}")
 
+            generator = None
+            if not args.no_generate:
+                generator = Generator(
+                    registry,
+                    args.model,
+                    source,
+                    out_dir,
+                    calibration=calib,
+                    validation=valid,
+                    train=train,
+                    max_k=args.max_k,
+                    say=say,
+                )
             settings = LoopSettings(
                 timeout_s=args.timeout,
                 rule=EnoughRule(
@@ -181,6 +197,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
                 poll_s=args.poll,
                 on_decision=show,
                 on_trigger=trigger,
+                generator=generator,
             )
             if args.service:
                 return _serve(service, registry, say, args)
@@ -265,7 +282,15 @@ def add_loop_parsers(sub: Any) -> None:
     p.add_argument("--targets", required=True, help="targets TOML (docs/loop.md)")
     p.add_argument("--calibration", default=None)
     p.add_argument("--validation", default=None)
+    p.add_argument("--train", default=None, help="labelled training data: enables the QAT step")
     p.add_argument("--recipes", default="fp32,fp16,dynamic-int8,int8,int16x8,selective,edgetpu")
+    p.add_argument(
+        "--no-generate",
+        action="store_true",
+        help="the recipes converted up front are the whole search space (no selective search, "
+        "no QAT on demand)",
+    )
+    p.add_argument("--max-k", type=int, default=8, help="selective search: most operators kept")
     p.add_argument("--out", default=None, help="variants directory (default: next to registry)")
     p.add_argument(
         "--class",

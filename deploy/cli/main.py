@@ -20,6 +20,7 @@
     edge-deploy pki | provision | broker-config   a locked-down fleet (deploy/cli/secure.py)
     edge-deploy optimize | report    the closed loop (deploy/cli/loop.py)
     edge-deploy rollout MODEL --variant V --class C   staged rollout, live progress (cli/rollout.py)
+    edge-deploy study SOURCE... --recipes LIST --device ID   the seed table (deploy/cli/study.py)
 
 One module per command group (keys, push, convert in deploy/convert/cli.py, fleet, loop,
 rollout, demo);
@@ -35,7 +36,7 @@ from collections.abc import Sequence
 
 from agent.cliutil import run_main
 from deploy import __version__
-from deploy.cli import collect, demo, fleet, keys, loop, push, rollout, secure, simulate
+from deploy.cli import collect, demo, fleet, keys, loop, push, rollout, secure, simulate, study
 from deploy.convert.cli import add_convert_parser
 
 
@@ -57,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_retention_parser(sub)
     demo.add_parser(sub)
     secure.add_parser(sub)
+    study.add_parser(sub)
     return parser
 
 

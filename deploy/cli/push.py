@@ -153,7 +153,9 @@ def cmd_command(args: argparse.Namespace) -> int:
     has_keys = args.keys is not None or host_config(args) is not None
     key = load_private(keys_dir(args)) if has_keys else None
     cmd = build_command(args.verb, args.device, cmd_args, key)
-    reply = send_command(broker(args), args.device, cmd, prefix=args.prefix, timeout_s=args.timeout)
+    reply = send_command(
+        broker(args), args.device, cmd, prefix=args.prefix, timeout_s=args.timeout, final=args.wait
+    )
     print(reply.to_json().decode())
     return EXIT_OK if reply.status in ("ok", "accepted", "duplicate") else EXIT_FAILED
 
@@ -165,5 +167,10 @@ def add_command_parser(sub: Any) -> None:
     p.add_argument("--args", default="{}", help="the command's args as a JSON object")
     p.add_argument("--keys", default=None, help="key directory (default: --host-config's)")
     p.add_argument("--timeout", type=float, default=30.0)
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="print the final reply (a bench's result), not 'accepted'",
+    )
     broker_options(p)
     p.set_defaults(func=cmd_command)

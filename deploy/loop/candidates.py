@@ -51,6 +51,7 @@ class Exclusion:
     recipe: str
     gate: str  # "unavailable" | "accuracy" | "hardware" | "runtime" | "rolled_back"
     reason: str
+    accuracy_drop: float | None = None  # points vs float, when known
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -125,7 +126,7 @@ def build_candidates(
         elif v.id in rolled and v.id not in forced_set:
             gate, reason = "rolled_back", f"rolled back on {hw.id} before: {rolled[v.id]}"
         if gate is not None and reason is not None:
-            out.append(Exclusion(v.id, v.recipe, gate, reason))
+            out.append(Exclusion(v.id, v.recipe, gate, reason, drop))
             continue
         cand = Candidate(v.id, v.recipe, v.quantization, v.size_mb, v.accuracy, drop, basis)
         keep.append(cand)

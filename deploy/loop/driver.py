@@ -25,6 +25,7 @@ from deploy.fleet.registry_types import HardwareClass, ModelRow, Variant
 from deploy.fleet.rollout import Deployer, RolloutOutcome, RolloutRunner
 from deploy.fleet.rollout_plan import RolloutPolicy
 from deploy.loop.candidates import build_candidates, float_accuracy
+from deploy.loop.generate import Generated, Generator, variant_from_result
 from deploy.loop.learning import Priors, observations_from_registry
 from deploy.loop.optimizer import ClassContext, Decision, EnoughRule, decide, enough_telemetry
 from deploy.loop.targets import Targets
@@ -48,8 +49,10 @@ def build_context(
     rule: EnoughRule = DEFAULT_RULE,
     since: float | None = None,
     runtime_version: str | None = None,
+    generator: Generator | None = None,
 ) -> ClassContext:
-    """Read what :func:`decide` needs from the registry."""
+    """Read what :func:`decide` needs from the registry (and the generation steps
+    ``generator`` can run, with their predicted cost)."""
     hw = reg.hardware_class(class_id) or HardwareClass.from_id(class_id)
     ct = targets.for_class(class_id)
     variants = reg.variants_for(model)
@@ -67,8 +70,9 @@ def build_context(
     measured = {c.variant: reg.class_stats(class_id, c.variant, since) for c in cands}
     obs = observations_from_registry(reg, judge=lambda s: enough_telemetry(s, rule)[0])
     priors = Priors(obs, reg.hardware_classes())
+    steps = generator.steps(variants) if generator is not None else ()
     return ClassContext(
-        model, hw, ct, tuple(cands), tuple(excluded), measured, priors, current, rule
+        model, hw, ct, tuple(cands), tuple(excluded), measured, priors, current, rule, steps
     )
 
 
@@ -119,24 +123,7 @@ def prepare_variants(
     registry.add_model(ModelRow(model, str(source), src_sha, {"accuracy": float_acc}))
     variants = []
     for r in results:
-        ev = r.evaluation
-        v = Variant(
-            id=f"{r.recipe}-{(r.sha256 or hashlib.sha256(r.recipe.encode()).hexdigest())[:12]}",
-            model=model,
-            recipe=r.recipe,
-            path=r.path or "",
-            sha256=r.sha256 or "",
-            size=r.size or 0,
-            quantization=r.quantization or "unknown",
-            accuracy=ev.accuracy if ev else None,
-            agreement=ev.agreement if ev else None,
-            snr_db=ev.snr_db if ev else None,
-            operators=list(r.operators),
-            min_runtime=list(r.min_runtime),
-            conversion_s=r.conversion_s,
-            available=r.ok,
-            unavailable_reason=None if r.ok else (r.error or r.status),
-        )
+        v = variant_from_result(model, r)
         registry.add_variant(v)
         variants.append(v)
     return variants
@@ -149,7 +136,8 @@ class ClassRun:
     class_id: str
     canary: str
     devices: list[str]
-    state: str = "deciding"  # deciding | deploying | measuring | promoting | done | infeasible
+    # deciding | deploying | measuring | generating | promoting | done | infeasible
+    state: str = "deciding"
     current: str | None = None  # variant id serving on the canary
     release: int | None = None  # its release (newer ones in the canary's state are followed)
     trials: int = 0
@@ -159,6 +147,7 @@ class ClassRun:
     rollout: RolloutOutcome | None = None
     final_variant: str | None = None
     note: str = ""
+    generated: list[Generated] = field(default_factory=list)  # steps run for this class
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -168,6 +157,7 @@ class ClassRun:
             "state": self.state,
             "variant": self.final_variant or self.current,
             "trials": self.trials,
+            "generated": [g.to_dict() for g in self.generated],
             "note": self.note,
             "rollout": self.rollout.to_dict() if self.rollout else None,
         }
@@ -196,6 +186,7 @@ class ClosedLoop:
         settings: LoopSettings | None = None,
         *,
         on_decision: Callable[[str, Decision], None] | None = None,
+        generator: Generator | None = None,
     ) -> None:
         self.registry = registry
         self.deployer = deployer
@@ -203,6 +194,7 @@ class ClosedLoop:
         self.targets = targets
         self.settings = settings or LoopSettings()
         self.on_decision = on_decision
+        self.generator = generator  # None: the menu converted up front is the whole space
         self.pool = ThreadPoolExecutor(4, thread_name_prefix="loop-push")
 
     # ---- fleet view from the registry ----------------------------------------------------------
@@ -249,7 +241,7 @@ class ClosedLoop:
         return runs
 
     def _step(self, run: ClassRun, since: float) -> None:
-        if run.state in ("deploying", "promoting"):
+        if run.state in ("deploying", "promoting", "generating"):
             if run.pending is None or not run.pending.done():
                 return
             self._finished(run)
@@ -266,6 +258,7 @@ class ClosedLoop:
             current=run.current,
             rule=self.settings.rule,
             since=since,
+            generator=self.generator,
         )
         decision = decide(ctx)
         last = run.decisions[-1] if run.decisions else None
@@ -294,6 +287,11 @@ class ClosedLoop:
         elif decision.action == "promote":
             run.final_variant = decision.variant
             self._promote(run)
+        elif decision.action == "generate" and self.generator is not None:
+            step = str(decision.evidence.get("generate", {}).get("name"))
+            run.state = "generating"  # host time, not a device trial
+            budget = ctx.targets.max_accuracy_drop
+            run.pending = self.pool.submit(self.generator.run, step, budget)
         else:
             run.state, run.note = "infeasible", decision.reason
 
@@ -305,6 +303,12 @@ class ClosedLoop:
             log.warning("%s: push to %s failed: %s", run.class_id, run.canary, exc)
             result = None
         run.pending = None
+        if run.state == "generating":
+            if isinstance(result, Generated):
+                run.generated.append(result)
+                log.info("%s: %s: %s", run.class_id, result.step, result.note)
+            run.state = "deciding"  # the new variants are candidates (or exclusions) now
+            return
         if run.state == "promoting":
             run.rollout = result if isinstance(result, RolloutOutcome) else None
             run.state = "done"

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from deploy.fleet.registry_types import HardwareClass, Stats
+from deploy.loop.steps import recipe_family
 from deploy.loop.targets import UNITS
 
 if TYPE_CHECKING:
@@ -55,6 +56,9 @@ DEFAULTS: dict[str, dict[str, tuple[float, float, str]]] = {
 }
 DEFAULTS["edgetpu"] = DEFAULTS["cpu"] | {"edgetpu": (0.057, 0.85, _TPU)}
 UNKNOWN_RECIPE = (1.0, 1.0, "no default for this recipe; assumed like fp32")
+# A recipe that runs another's kernels borrows its ratios until it is measured itself: a QAT
+# model is full int8 (the same int8 kernels, the same I/O).
+KIN = {"qat": "int8"}
 
 
 @dataclass(frozen=True)
@@ -176,8 +180,14 @@ class Priors:
             if got:
                 text = describe_ratio(recipe, metric, got[0])
                 return Estimate(got[0], "similar", f"{text} on {other} ({why})", got[1])
+        kin = KIN.get(recipe)
+        if kin is not None:
+            est = self.ratio(cid, kin, metric)
+            return Estimate(
+                est.value, est.basis, f"{recipe} runs {kin} kernels: {est.source}", est.n
+            )
         table = DEFAULTS.get(self.hw(cid).accelerator, DEFAULTS["cpu"])
-        lat, mem, why = table.get(recipe, UNKNOWN_RECIPE)
+        lat, mem, why = table.get(recipe) or table.get(recipe_family(recipe), UNKNOWN_RECIPE)
         value = mem if metric == "peak_memory_mb" else lat
         return Estimate(
             value, "default", f"default prior: {why if metric != 'peak_memory_mb' else _MEM}"

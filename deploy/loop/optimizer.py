@@ -7,6 +7,8 @@ hardware class, the class's measured telemetry and the learned priors, what happ
   measurement missed a target);
 * ``wait`` for enough telemetry of the variant on the canary (:func:`enough_telemetry`);
 * ``promote`` the canary's variant to the class: it met every target;
+* ``generate`` a new candidate with the next open step of the search space (deploy.loop.steps:
+  selective k searched, then QAT), when the candidates there are cannot meet the targets;
 * ``infeasible``: no candidate left that is expected to fix the violated targets; the evidence
   lists the Pareto front over (accuracy drop, p95, memory, energy).
 
@@ -26,44 +28,17 @@ from typing import Any
 
 from deploy.fleet.registry_types import HardwareClass, Stats
 from deploy.loop.candidates import Candidate, Exclusion
+from deploy.loop.enough import EnoughRule, enough_telemetry
 from deploy.loop.learning import DEVICE_METRICS, Estimate, Priors
+from deploy.loop.pareto import pareto_front as _front
+from deploy.loop.steps import Step, open_steps, step_status
 from deploy.loop.targets import LABELS, UNITS, ClassTargets, Violation
 
-ACTIONS = ("deploy", "wait", "promote", "infeasible")
+__all__ = ["ACTIONS", "ClassContext", "Decision", "EnoughRule", "decide", "enough_telemetry",
+           "pareto_front"]  # fmt: skip
+ACTIONS = ("deploy", "wait", "promote", "generate", "infeasible")
 IMPROVEMENT = 0.95  # a fallback choice must be predicted >= 5 % better on every violated metric
 PARETO_METRICS = ("accuracy_drop", *DEVICE_METRICS)
-
-
-@dataclass(frozen=True)
-class EnoughRule:
-    """When a (class, variant) roll-up is enough to judge: windows, inferences, and a stable
-    temperature (the last ``temp_windows`` windows within ``max_temp_spread_c``)."""
-
-    min_windows: int = 3
-    min_inferences: int = 100
-    temp_windows: int = 3
-    max_temp_spread_c: float = 2.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def enough_telemetry(stats: Stats | None, rule: EnoughRule = EnoughRule()) -> tuple[bool, str]:
-    """(enough, why) for one roll-up."""
-    if stats is None or stats.windows == 0:
-        return False, "no telemetry yet"
-    if stats.windows < rule.min_windows:
-        return False, f"{stats.windows}/{rule.min_windows} windows"
-    if stats.inferences < rule.min_inferences:
-        return False, f"{stats.inferences}/{rule.min_inferences} inferences"
-    temps = stats.recent_temps_c[-rule.temp_windows :]
-    if len(temps) >= 2 and max(temps) - min(temps) >= rule.max_temp_spread_c:
-        spread = max(temps) - min(temps)
-        return (
-            False,
-            f"temperature still moving ({spread:.1f} C over the last {len(temps)} windows)",
-        )
-    return True, f"{stats.windows} windows, {stats.inferences} inferences, temperature stable"
 
 
 @dataclass(frozen=True)
@@ -89,7 +64,14 @@ class ClassContext:
     measured: Mapping[str, Stats] = field(default_factory=dict)  # variant id -> stats here
     priors: Priors = field(default_factory=lambda: Priors(()))
     current: str | None = None  # the variant on the canary now
-    rule: EnoughRule = EnoughRule()
+    rule: EnoughRule = field(default_factory=EnoughRule)
+    steps: tuple[Step, ...] = ()  # generation steps the driver can run (deploy.loop.steps)
+
+    def recipes(self) -> list[str]:
+        return [c.recipe for c in self.candidates] + [e.recipe for e in self.excluded]
+
+    def open_steps(self) -> list[Step]:
+        return open_steps(self.steps, self.recipes(), [(e.recipe, e.gate) for e in self.excluded])
 
 
 @dataclass(frozen=True)
@@ -169,12 +151,14 @@ def _decide(ctx: ClassContext) -> Decision:
         "excluded": [e.to_dict() for e in ctx.excluded],
         "candidates": [c.to_dict() for c in ctx.candidates],
         "measured": {v: s.to_dict() for v, s in ctx.measured.items()},
+        "search_space": step_status(
+            ctx.steps, ctx.recipes(), [(e.recipe, e.gate) for e in ctx.excluded]
+        ),
     }
     if not ctx.candidates:
         why = "; ".join(f"{e.recipe}: {e.reason}" for e in ctx.excluded) or "no variants"
         text = f"no candidate for {ctx.hw.id} passed the host gates ({why})"
-        empty: dict[str, Any] = {"pareto": [], "pareto_metrics": [], "pareto_all": []}
-        return Decision("infeasible", None, text, ev | empty)
+        return _generate(ctx, None, text, ev) or _infeasible(ctx, [], text, ev)
     cands = {c.variant: c for c in ctx.candidates}
     cur = ctx.current
     if cur is not None and cur not in cands:
@@ -220,7 +204,8 @@ def _first_guess(ctx: ClassContext, judged: Mapping[str, Stats], ev: dict[str, A
     tried = {o.cand.variant for o in options if o.cand.variant in judged and o.violations}
     fresh = [o for o in options if o.cand.variant not in tried]
     if not fresh:
-        return _infeasible(ctx, options, "every candidate was measured and missed a target", ev)
+        why = "every candidate was measured and missed a target"
+        return _generate(ctx, None, why, ev) or _infeasible(ctx, options, why, ev)
     skipped = []
     for o in fresh:
         if not o.violations:
@@ -279,6 +264,9 @@ def _next_choice(
                 )
         text = f"{cur.cand.recipe} on {ctx.hw.id}: {missed}; " + "; ".join(parts or [o.cand.recipe])
         return Decision("deploy", o.cand.variant, f"{text}, {_cost(o.cand)}", ev | {"basis": "fix"})
+    no_fix = f"{cur.cand.recipe} on {ctx.hw.id}: {missed}; no candidate is predicted to fix it"
+    if (step := _generate(ctx, anchor, no_fix, ev, must_fix=True)) is not None:
+        return step
     improvers = []
     for o in fresh:
         ratios = []
@@ -301,29 +289,52 @@ def _next_choice(
             + f"), {_cost(o.cand)}"
         )
         return Decision("deploy", o.cand.variant, text, ev | {"basis": "closest"})
-    return _infeasible(
-        ctx,
-        options,
-        f"{cur.cand.recipe} on {ctx.hw.id}: {missed}; no candidate left is expected to fix it",
-        ev,
-    )
+    why = f"{cur.cand.recipe} on {ctx.hw.id}: {missed}; no candidate left is expected to fix it"
+    return _generate(ctx, anchor, why, ev) or _infeasible(ctx, options, why, ev)
+
+
+def _generate(
+    ctx: ClassContext, anchor: str | None, why: str, ev: dict[str, Any], *, must_fix: bool = False
+) -> Decision | None:
+    """``generate`` with the first open step (predicted to meet every target when
+    ``must_fix``), or None when the search space has no such step left."""
+    for step in ctx.open_steps():
+        values = {m: ctx.priors.predict(ctx.hw.id, ctx.model, step.predict_as, m, anchor=anchor)
+                  for m in DEVICE_METRICS}  # fmt: skip
+        if step.size_mb is not None:
+            values["size_mb"] = Estimate(step.size_mb, "similar", "the int8 variant's size")
+        violations = ctx.targets.check({m: e.value if e else None for m, e in values.items()})
+        if must_fix and violations:
+            continue
+        parts = [
+            f"{LABELS[m]} predicted {_fmt(m, e.value)} ({e.source})"
+            for m in DEVICE_METRICS
+            if (e := values.get(m)) is not None and ctx.targets.get(m) is not None
+        ]
+        gain = "; ".join(parts) or "no device target to predict"
+        if violations:
+            gain += "; still predicted to miss " + ", ".join(v.describe() for v in violations)
+        text = (
+            f"{why}; next in the search space: {step.name} ({step.what}), {gain}; "
+            f"host cost ~{step.host_cost_s:.0f} s (bound {step.host_bound_s:.0f} s)"
+        )
+        generate = {
+            **step.to_dict(),
+            "predicted": {m: e.to_dict() if e else None for m, e in values.items()},
+            "violations": [v.describe() for v in violations],
+        }
+        learned = ctx.priors.learned().get(ctx.hw.id, {})
+        extra = {"basis": "generate", "generate": generate, "learned": learned}
+        return Decision("generate", None, text, ev | extra)
+    return None
 
 
 def pareto_front(
     points: Iterable[Mapping[str, Any]], metrics: Sequence[str] = PARETO_METRICS
 ) -> list[dict[str, Any]]:
-    """Points (dicts with ``metrics`` keys, lower is better, None = unknown = worst) that no
-    other point dominates."""
-    pts = [dict(p) for p in points]
-
-    def key(p: Mapping[str, Any]) -> tuple[float, ...]:
-        return tuple(float("inf") if p.get(m) is None else float(p[m]) for m in metrics)
-
-    def dominates(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
-        return all(x <= y for x, y in zip(a, b, strict=True)) and a != b
-
-    keys = [key(p) for p in pts]
-    return [p for p, k in zip(pts, keys, strict=True) if not any(dominates(o, k) for o in keys)]
+    """Points that no other point dominates (deploy.loop.pareto), by default over
+    accuracy drop and every device metric."""
+    return _front(points, metrics)
 
 
 def _infeasible(
@@ -359,5 +370,18 @@ def _infeasible(
         + ")"
         for p in front
     )
-    extra = {"pareto": front, "pareto_metrics": dims, "pareto_all": pareto_front(points)}
-    return Decision("infeasible", None, f"{why}; Pareto front: {listing}", ev | extra)
+    tried: list[dict[str, Any]] = points + [
+        {"variant": e.variant, "recipe": e.recipe, "accuracy_drop": e.accuracy_drop,
+         "violations": [f"{e.gate}: {e.reason}"]}
+        for e in ctx.excluded
+    ]  # fmt: skip
+    extra = {
+        "pareto": front,
+        "pareto_metrics": dims,
+        "pareto_all": pareto_front(points),
+        "tried": tried,
+    }
+    failed = "; ".join(f"{t['recipe']}: {t['violations'][0]}" for t in tried if t["violations"])
+    text = f"{why}; search space exhausted; Pareto front: {listing or 'empty'}"
+    return Decision("infeasible", None, text + (f"; why each failed: {failed}" if failed else ""),
+                    ev | extra)  # fmt: skip

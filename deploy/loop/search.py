@@ -44,6 +44,7 @@ class SearchResult:
     attempts: list[Attempt] = field(default_factory=list)
     chosen: VariantResult | None = None
     stopped: str = ""
+    results: list[VariantResult] = field(default_factory=list)  # every attempt's variant
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -86,6 +87,7 @@ def search_selective(
         recipe = selective_recipe(k)
         t0 = time.monotonic()
         r = conv.convert(recipe, out_dir / f"{conv.source.stem}_{recipe.name}.tflite")
+        result.results.append(r)
         acc = r.evaluation.accuracy if r.ok and r.evaluation else None
         drop = None if acc is None else round((float_accuracy - acc) * 100, 2)
         if not r.ok:

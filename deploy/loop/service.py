@@ -38,6 +38,7 @@ from deploy.fleet.registry import Registry
 from deploy.fleet.registry_types import Variant
 from deploy.fleet.rollout import Deployer
 from deploy.loop.driver import ClassRun, ClosedLoop, LoopSettings
+from deploy.loop.generate import Generator
 from deploy.loop.optimizer import Decision, enough_telemetry
 from deploy.loop.targets import Targets
 
@@ -156,6 +157,7 @@ class LoopService:
     lease_ttl_s: float = DEFAULT_TTL_S
     lease: Lease | None = None  # made at the first cycle: "loop/<model>"
     serving: bool = False
+    generator: Generator | None = None  # new candidates on demand (deploy.loop.generate)
 
     def evaluate(self) -> list[Trigger]:
         """The classes that need the loop now, with why. Advances the telemetry window of a
@@ -227,6 +229,7 @@ class LoopService:
             on_decision=self.on_decision,
             stop=self.stop,
             lease=lease,
+            generator=self.generator,
         )
         runs = loop.run(only=[t.class_id for t in triggers])
         self.cycles += 1
