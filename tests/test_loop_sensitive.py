@@ -25,7 +25,12 @@ def test_the_loop_ships_an_accurate_variant_meeting_a_latency_target_float_misse
     assert run.trials <= MAX_TRIALS, got.log
     assert chosen is not None and chosen.recipe not in PTQ, got.log  # generated on demand
     generated = [d for d in run.decisions if d.action == "generate"]
-    assert generated and generated[0].evidence["generate"]["name"] == "selective-search"
+    assert generated, got.log
+    # the practitioner's order: selective before QAT, unless the cheaper step was predicted to
+    # miss the target (a loaded host measures float slower, and the prior scales from it)
+    first = generated[0].evidence["generate"]
+    passed = [d["step"] for d in first["skipped"] if d["violations"]]
+    assert first["name"] == "selective-search" or passed == ["selective-search"], got.log
     assert "host cost" in generated[0].reason and run.generated
     # within 1 point of float on the held-out data, measured on the host
     assert fp32.accuracy is not None and chosen.accuracy is not None

@@ -72,7 +72,7 @@ def test_ptq_menu_missing_the_target_asks_for_the_selective_search_with_gain_and
     assert gen["name"] == "selective-search"
     # predicted gain: fp32 measured x the selective prior (0.6), below the 0.013 ms target
     assert abs(gen["predicted"]["p95_ms"]["value"] - FP32_P95 * 0.6) < 1e-4
-    assert gen["host_cost_s"] == 4.0 and gen["violations"] == []
+    assert gen["host_cost_s"] == 4.0 and gen["violations"] == [] and gen["skipped"] == []
     assert "next in the search space: selective-search" in d.reason
     assert "host cost ~4 s" in d.reason and "int8" not in d.evidence["learned"]
     space = {s["step"]: s["state"] for s in d.evidence["search_space"]}
@@ -141,3 +141,16 @@ def test_no_generation_when_full_int8_is_within_the_budget() -> None:
 def test_without_steps_the_menu_is_the_whole_space() -> None:
     d = decide(context(PTQ, {"fp32": FP32_P95}, step_list=()))
     assert d.action == "infeasible" and d.evidence["search_space"] == []
+
+
+def test_a_step_predicted_to_miss_is_passed_over_and_named() -> None:
+    """A target the selective prior misses but full int8's meets: QAT goes first, and the
+    decision says the selective search was passed over and what it was predicted to miss."""
+    target = FP32_P95 * 0.55  # selective predicts 0.6 x float, int8 less
+    d = decide(context(PTQ, {"fp32": FP32_P95}, p95_target=target))
+    assert d.action == "generate", d.reason
+    gen = d.evidence["generate"]
+    assert gen["name"] == "qat" and gen["violations"] == []
+    assert [s["step"] for s in gen["skipped"]] == ["selective-search"]
+    assert "p95" in gen["skipped"][0]["violations"][0]
+    assert "selective-search passed over (predicted to miss p95" in d.reason

@@ -297,7 +297,9 @@ def _generate(
     ctx: ClassContext, anchor: str | None, why: str, ev: dict[str, Any], *, must_fix: bool = False
 ) -> Decision | None:
     """``generate`` with the first open step (predicted to meet every target when
-    ``must_fix``), or None when the search space has no such step left."""
+    ``must_fix``), or None when the search space has no such step left. Steps passed over
+    because they are predicted to miss are named in the evidence (``skipped``)."""
+    skipped: list[dict[str, Any]] = []
     for step in ctx.open_steps():
         values = {m: ctx.priors.predict(ctx.hw.id, ctx.model, step.predict_as, m, anchor=anchor)
                   for m in DEVICE_METRICS}  # fmt: skip
@@ -305,6 +307,7 @@ def _generate(
             values["size_mb"] = Estimate(step.size_mb, "similar", "the int8 variant's size")
         violations = ctx.targets.check({m: e.value if e else None for m, e in values.items()})
         if must_fix and violations:
+            skipped.append({"step": step.name, "violations": [v.describe() for v in violations]})
             continue
         parts = [
             f"{LABELS[m]} predicted {_fmt(m, e.value)} ({e.source})"
@@ -314,14 +317,19 @@ def _generate(
         gain = "; ".join(parts) or "no device target to predict"
         if violations:
             gain += "; still predicted to miss " + ", ".join(v.describe() for v in violations)
+        passed = "".join(
+            f"; {d['step']} passed over (predicted to miss {', '.join(d['violations'])})"
+            for d in skipped
+        )
         text = (
-            f"{why}; next in the search space: {step.name} ({step.what}), {gain}; "
+            f"{why}{passed}; next in the search space: {step.name} ({step.what}), {gain}; "
             f"host cost ~{step.host_cost_s:.0f} s (bound {step.host_bound_s:.0f} s)"
         )
         generate = {
             **step.to_dict(),
             "predicted": {m: e.to_dict() if e else None for m, e in values.items()},
             "violations": [v.describe() for v in violations],
+            "skipped": skipped,
         }
         learned = ctx.priors.learned().get(ctx.hw.id, {})
         extra = {"basis": "generate", "generate": generate, "learned": learned}
