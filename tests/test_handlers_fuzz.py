@@ -45,7 +45,7 @@ from agent.service import Agent
 from agent.serving.server import NPY_CONTENT_TYPE, Server
 from agent.wire.chunks import encode_chunk
 from agent.wire.codec import canonical_json
-from agent.wire.manifest import model_fields, sign_manifest
+from agent.wire.manifest_signing import model_fields, sign_manifest
 from agent.wire.messages import EventKind
 from agent.wire.topics import VERBS
 from agent.wire.trust import key_id_of

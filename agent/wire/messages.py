@@ -91,7 +91,8 @@ class Command:
 
 def _check_args(verb: str, a: Reader) -> None:
     if verb == "deploy":
-        a.get_dict("manifest")  # verified byte-for-byte by agent.wire.manifest.verify_manifest
+        # verified byte-for-byte by agent.wire.manifest_signing.verify_manifest
+        a.get_dict("manifest")
     elif verb == "bench":
         a.opt_int("runs", lo=1, hi=MAX_BENCH_RUNS)
         a.opt_int("threads", lo=1, hi=256)

@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from agent.wire.manifest import DEFAULT_CHUNK_SIZE, SignedManifest, model_fields, sign_manifest
+from agent.wire.manifest import DEFAULT_CHUNK_SIZE, SignedManifest
+from agent.wire.manifest_signing import model_fields, sign_manifest
 from deploy.mqtt import BrokerAddress
 from deploy.push_wave import WavePusher, WaveResult
 from deploy.sim.fleet import FleetSpec
