@@ -29,7 +29,9 @@ from agent.commands import Commands
 from agent.config import AgentConfig
 from agent.delivery.cmdguard import CommandGuard
 from agent.delivery.install import Gates, Installer
-from agent.delivery.store import ModelStore, Pointer, StoreLimits
+from agent.delivery.pointers import Pointer
+from agent.delivery.space import StoreLimits
+from agent.delivery.store import ModelStore
 from agent.errors import EdgeloopError, ProtocolError, StoreError
 from agent.mqtt.outbox import Outbox, OutboxDrainer
 from agent.mqtt.publisher import Publisher

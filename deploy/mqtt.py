@@ -3,7 +3,7 @@
 Every host worker (push, collector, fleet view, the loop's deployer) gets its MQTT v5 client from
 :meth:`BrokerAddress.client` and connects it with :func:`connect`, so host connection options
 (credentials, session, TLS) live here only. The client is the agent's
-:class:`~agent.mqtt.transport.Transport` (the only paho importer) with a clean session.
+:class:`~agent.mqtt.transport.Transport` (the agent's paho side) with a clean session.
 """
 
 from __future__ import annotations

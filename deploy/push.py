@@ -23,13 +23,8 @@ from agent.mqtt.transport import Transport
 from agent.mqtt.types import IncomingMessage, PublishHandle
 from agent.runtime import modelfile
 from agent.wire.chunks import encode_chunk
-from agent.wire.manifest import (
-    DEFAULT_CHUNK_SIZE,
-    DEFAULT_SLOT,
-    SignedManifest,
-    model_fields,
-    sign_manifest,
-)
+from agent.wire.manifest import DEFAULT_CHUNK_SIZE, DEFAULT_SLOT, SignedManifest
+from agent.wire.manifest_signing import model_fields, sign_manifest
 from agent.wire.messages import (
     Command,
     CommandReply,

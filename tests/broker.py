@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from deploy.broker import find_mosquitto, free_port
 
@@ -28,6 +29,17 @@ def wait_port(port: int, deadline_s: float = 10.0) -> None:
         except OSError:
             time.sleep(0.02)
     raise TimeoutError(f"mosquitto did not listen on 127.0.0.1:{port} within {deadline_s}s")
+
+
+def wait_or_kill(proc: subprocess.Popen[Any], timeout: float, message: str) -> int:
+    """``proc``'s exit status once it exits within ``timeout`` seconds; else it is killed and
+    AssertionError(``message``) raised."""
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise AssertionError(message) from None
 
 
 @dataclass
@@ -113,12 +125,7 @@ class Broker:
             # SIGCONT first, in case a test left it stopped.
             proc.send_signal(signal.SIGCONT)
             proc.terminate()
-            try:
-                rc = proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-                raise AssertionError("mosquitto did not exit on SIGTERM within 10s") from None
+            rc = wait_or_kill(proc, 10, "mosquitto did not exit on SIGTERM within 10s")
         else:
             rc = proc.returncode
         if check and rc not in (0, -signal.SIGTERM):

@@ -13,7 +13,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.wire.codec import canonical_json
 from agent.wire.ed25519 import PublicKey
-from agent.wire.manifest import Manifest, SignedManifest, model_fields, sign_manifest
+from agent.wire.manifest import Manifest, SignedManifest
+from agent.wire.manifest_signing import model_fields, sign_manifest
 from agent.wire.trust import key_id_of
 
 NOW = 1_700_000_000

@@ -27,7 +27,8 @@ from agent.mqtt.transport import Transport
 from agent.mqtt.types import IncomingMessage, TransportConfig
 from agent.runtime import modelfile
 from agent.wire.chunks import encode_chunk
-from agent.wire.manifest import SignedManifest, model_fields, sign_manifest
+from agent.wire.manifest import SignedManifest
+from agent.wire.manifest_signing import model_fields, sign_manifest
 from agent.wire.messages import Command, CommandReply, Event, NeedRequest
 from agent.wire.topics import Topics
 from tests.agent_proc import AgentProcess, Observer, wait_for

@@ -22,7 +22,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.broker import free_port
+from tests.broker import free_port, wait_or_kill
 
 __all__ = ["PgServer", "find_pg_bin"]
 
@@ -127,12 +127,7 @@ class PgServer:
         try:
             if proc is not None:
                 proc.send_signal(2)
-                try:
-                    rc = proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-                    raise AssertionError("postgres did not exit on SIGINT in 30s") from None
+                rc = wait_or_kill(proc, 30, "postgres did not exit on SIGINT in 30s")
                 if rc != 0:
                     raise AssertionError(f"postgres exited with {rc}:\n{self.log()}")
         finally:

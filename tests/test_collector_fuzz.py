@@ -24,6 +24,7 @@ from agent.mqtt.types import IncomingMessage
 from deploy.fleet.collector import Collector
 from deploy.fleet.registry import Registry
 from deploy.mqtt import BrokerAddress
+from tests.json_strategies import json_values
 from tests.records import telemetry
 
 HWTREES = Path(__file__).parent / "hwtrees"
@@ -33,20 +34,7 @@ GOOD_STATE = {
     "hardware_class": "rpi4b-edgetpu-usb",
     "runtime": {"name": "ai-edge-litert", "version": "2.3.0"},
 }
-scalars = (
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**80), 2**80)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=20)
-)
-values = st.recursive(
-    scalars,
-    lambda kids: (
-        st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids, max_size=4)
-    ),
-    max_leaves=20,
-)
+values = json_values(int_bits=80, text_size=20, key_size=8, size=4, leaves=20)
 state_keys = st.sampled_from(
     ["online", "hardware", "hardware_class", "runtime", "model", "boot_id", "x"]
 )

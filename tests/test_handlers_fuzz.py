@@ -45,12 +45,13 @@ from agent.service import Agent
 from agent.serving.server import NPY_CONTENT_TYPE, Server
 from agent.wire.chunks import encode_chunk
 from agent.wire.codec import canonical_json
-from agent.wire.manifest import model_fields, sign_manifest
+from agent.wire.manifest_signing import model_fields, sign_manifest
 from agent.wire.messages import EventKind
 from agent.wire.topics import VERBS
 from agent.wire.trust import key_id_of
 from deploy.keys import init_keys, load_private
 from deploy.push import PushResult
+from tests import json_strategies as strategies
 from tests.agent_proc import AgentProcess, Observer, observing, wait_for
 from tests.broker import Broker, free_port
 from tests.modelzoo import digits_data, model
@@ -158,20 +159,7 @@ def harness(tmp: Path, serve: Path | None = None) -> Iterator[Harness]:
 
 
 # ---- strategies -----------------------------------------------------------------------------
-json_scalars = (
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**70), 2**70)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=40)
-)
-json_values = st.recursive(
-    json_scalars,
-    lambda kids: (
-        st.lists(kids, max_size=5) | st.dictionaries(st.text(max_size=12), kids, max_size=5)
-    ),
-    max_leaves=25,
-)
+json_values = strategies.json_values(int_bits=70, text_size=40, key_size=12, size=5, leaves=25)
 arg_keys = st.sampled_from(
     ["manifest", "gates", "delegate", "runs", "threads", "telemetry_interval_s", "loadgen",
      "enabled", "rate_hz", "x"]

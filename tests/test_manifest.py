@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from agent.delivery.store import ModelStore
 from agent.errors import ConfigError, ManifestError
 from agent.wire.codec import MAX_MANIFEST_BYTES, canonical_json
-from agent.wire.manifest import DEFAULT_CHUNK_SIZE, SCHEMA, verify_manifest
+from agent.wire.manifest import DEFAULT_CHUNK_SIZE, SCHEMA
+from agent.wire.manifest_signing import verify_manifest
 from agent.wire.trust import key_id_of, load_trust_keys, public_key_pem
 from deploy import keys
 from tests.delivery_helpers import NOW, model_bytes, new_key, sign_raw_body, signed, snapshot
@@ -48,7 +49,7 @@ def test_signed_manifest_round_trips_with_every_field():
 
 def test_default_chunk_size_is_64_kib():
     key, _ = new_key()
-    from agent.wire.manifest import model_fields, sign_manifest
+    from agent.wire.manifest_signing import model_fields, sign_manifest
 
     fields = {"name": "m", "version": "1", "release": 1, **model_fields(DATA)}
     del fields["chunk_size"]

@@ -2,11 +2,11 @@
 
 A wave of real agents (subprocesses) and simulated devices (deploy.sim, the agent's wire code)
 gets its chunks from one shared stream ``edgeloop/models/{sha256}/chunks`` published once by
-:class:`deploy.push_wave.WavePusher`; each device repairs only what it missed through its own
-``need`` topic. The same faults as tests/test_delivery_faults.py and tests/test_e2e_crash.py,
-now on the stream: link flaps (tests/tcp_proxy.py), a chunk corrupted on the stream, a crash
-mid-transfer with a resume. And the host's egress for N simulated devices is about the model's
-size once, not N times.
+:func:`deploy.fleet.wave.push_wave` (a FleetPusher wave); each device repairs only what it
+missed through its own ``need`` topic. The same faults as tests/test_delivery_faults.py and
+tests/test_e2e_crash.py, now on the stream: link flaps (tests/tcp_proxy.py), a chunk corrupted
+on the stream, a crash mid-transfer with a resume. And the host's egress for N simulated devices
+is about the model's size once, not N times.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 
 from agent.wire.manifest import SignedManifest
+from deploy.fleet.wave import WaveResult, push_wave
 from deploy.keys import load_private
 from deploy.mqtt import BrokerAddress
-from deploy.push_wave import WavePusher, WaveResult
 from deploy.sim.egress import compare_egress, wave_manifests
 from deploy.sim.fleet import FleetSpec
 from deploy.sim.launch import Launcher
@@ -71,8 +71,7 @@ def signed_for(key: Any, data: bytes, devices: list[str], release: int = 2,
 
 def push(broker: Broker, data: bytes, manifests: dict[str, SignedManifest],
          timeout_s: float = 120) -> WaveResult:  # fmt: skip
-    with WavePusher(address(broker)) as pusher:
-        return pusher.push(data, manifests, timeout_s=timeout_s, gates=GATES)
+    return push_wave(address(broker), data, manifests, timeout_s=timeout_s, gates=GATES)
 
 
 def assert_all_committed(wave: WaveResult) -> None:
@@ -201,5 +200,5 @@ def test_manifests_of_different_bytes_cannot_share_a_wave(broker: Broker, keys_d
     key = load_private(keys_dir)
     a = wave_manifests(model_bytes(5000, 1), key, ["d1"], name="m", release=1)
     b = wave_manifests(model_bytes(5000, 2), key, ["d2"], name="m", release=1)
-    with WavePusher(address(broker)) as pusher, pytest.raises(ValueError, match="same bytes"):
-        pusher.push(model_bytes(5000, 1), a | b, timeout_s=1)
+    with pytest.raises(ValueError, match="same bytes"):
+        push_wave(address(broker), model_bytes(5000, 1), a | b, timeout_s=1)

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from agent.wire.chunks import encode_chunk
-from agent.wire.manifest import model_fields, sign_manifest
+from agent.wire.manifest_signing import model_fields, sign_manifest
 from agent.wire.messages import State, Telemetry
 from deploy.keys import load_private
 from deploy.mqtt import BrokerAddress

@@ -16,7 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.delivery.store import ModelStore, StoreLimits
+from agent.delivery.space import StoreLimits
+from agent.delivery.store import ModelStore
 from agent.errors import ManifestError, StoreError
 from agent.wire.manifest import Manifest
 from tests.delivery_helpers import install, model_bytes, new_key, signed, snapshot, write_all
@@ -314,7 +315,7 @@ def test_full_disk_reported_by_the_filesystem_is_no_space(tmp_path: Path, monkey
     store = ModelStore(tmp_path / "state")
     before = snapshot(tmp_path)
     free = shutil.disk_usage(tmp_path)._replace(free=5_000)
-    monkeypatch.setattr("agent.delivery.store.shutil.disk_usage", lambda _p: free)
+    monkeypatch.setattr("agent.delivery.space.shutil.disk_usage", lambda _p: free)
     with pytest.raises(ManifestError) as info:
         store.begin(signed(KEY, A).manifest)
     assert info.value.code == "no_space"

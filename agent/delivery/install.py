@@ -5,11 +5,11 @@ nothing is locked. Slow work (the sandboxed probe) runs on a worker thread throu
 ``host.background`` and comes back as a call on the core thread.
 
 Order of the acceptance checks (nothing is written before all pass): signature, schema, expiry
-(agent.wire.manifest.verify_manifest), target (this device or its class), slot and its release
-counter (agent.delivery.counters, through the store), compatibility with
-this board (accelerator, operator versions the installed runtime resolves:
-agent.delivery.checks), free disk and limits (ModelStore.begin). Every rejection is an event with
-a reason code; the state is unchanged.
+(agent.wire.manifest_signing.verify_manifest), target (this device or its class), slot and its
+release counter (agent.delivery.counters, through the store), compatibility with this board
+(accelerator, operator versions the installed runtime resolves: agent.delivery.checks), free
+disk and limits (ModelStore.begin). Every rejection is an event with a reason code; the state is
+unchanged.
 
 :class:`Installer` is the acceptance, the clock (``tick``) and the rollback command; its parts
 are the transfer (agent.delivery.transfer), the verify/probe/trial/commit steps
@@ -30,7 +30,8 @@ from agent.delivery.store import ModelStore
 from agent.delivery.transfer import DEFAULT_WINDOW_BYTES, MAX_BAD_CHUNK, Transfer
 from agent.delivery.trial import Trial
 from agent.errors import ManifestError, StoreError
-from agent.wire.manifest import Manifest, verify_manifest
+from agent.wire.manifest import Manifest
+from agent.wire.manifest_signing import verify_manifest
 from agent.wire.messages import Command, EventKind, ReplyStatus, ReplyTo
 from agent.wire.reasons import Reason
 

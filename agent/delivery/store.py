@@ -25,7 +25,8 @@ bytes (``begin`` finds them already in models/ and there is nothing to fetch). T
 ``rollback()`` to last_good is the agent's own recovery (the current model fails to load at
 start), never a host command.
 
-Not thread-safe: the daemon's core thread owns the store.
+The pointer records are agent.delivery.pointers'; the byte limits and the free-space check,
+agent.delivery.space's. Not thread-safe: the daemon's core thread owns the store.
 """
 
 from __future__ import annotations
@@ -34,13 +35,12 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 from collections.abc import Container
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from agent.delivery.counters import ReleaseCounters
+from agent.delivery.pointers import POINTERS, Pointer, Recovery
+from agent.delivery.space import StoreLimits, check_space, file_size, usage
 from agent.delivery.staging import Staging
 from agent.errors import ManifestError, StoreError
 from agent.system.atomicfile import atomic_write, fsync_dir, unlink_durable
@@ -49,66 +49,9 @@ from agent.wire.chunks import compact_ranges
 from agent.wire.codec import canonical_json
 from agent.wire.manifest import DEFAULT_SLOT, Manifest
 from agent.wire.reasons import Reason
-from agent.wire.status import ModelRef
 from agent.wire.topics import valid_sha256
 
 log = logging.getLogger(__name__)
-
-POINTERS = ("current", "last_good", "trial")
-
-
-@dataclass(frozen=True)
-class StoreLimits:
-    max_model_bytes: int | None = None  # refuse any single model larger than this
-    max_store_bytes: int | None = None  # models/ + staging/ after staging the new model
-    min_free_bytes: int = 0  # free space to leave on the filesystem
-
-
-@dataclass(frozen=True)
-class Pointer:
-    sha256: str
-    name: str
-    version: str
-    release: int
-    manifest: Manifest
-
-    def ref(self) -> dict[str, Any]:
-        """sha256, name, version, release: how events name a model."""
-        return {
-            "sha256": self.sha256,
-            "name": self.name,
-            "version": self.version,
-            "release": self.release,
-        }
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**self.ref(), "manifest": self.manifest.to_dict()}
-
-    def model_ref(self, delegate: str | None = None) -> ModelRef:
-        """How the device's state names this model."""
-        return ModelRef(**self.ref(), variant=self.manifest.variant.to_dict(), delegate=delegate)
-
-    @classmethod
-    def of(cls, manifest: Manifest) -> Pointer:
-        return cls(manifest.sha256, manifest.name, manifest.version, manifest.release, manifest)
-
-
-@dataclass(frozen=True)
-class Recovery:
-    """What recover() found and did, for the daemon to report."""
-
-    actions: tuple[str, ...]
-    rolled_back: Pointer | None  # the trial abandoned because the agent died during it
-    current: Pointer | None
-    removed: tuple[str, ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "actions": list(self.actions),
-            "rolled_back": None if self.rolled_back is None else self.rolled_back.to_dict(),
-            "current": None if self.current is None else self.current.to_dict(),
-            "removed": list(self.removed),
-        }
 
 
 class ModelStore:
@@ -175,7 +118,8 @@ class ModelStore:
             if t.manifest != manifest:
                 self.staging.update_manifest(t, manifest)
             return compact_ranges(t.missing())
-        self._check_space(manifest)
+        reclaim = sum(file_size(p) for p in self._gc_plan(keep=sha))
+        check_space(self.limits, self.root, manifest, used=self._usage(), reclaim=reclaim)
         self.staging.discard(sha)
         self.gc(keep=sha)
         self.staging.create(manifest)
@@ -183,29 +127,6 @@ class ModelStore:
             "staging %s r%d (%s, %d bytes)", manifest.name, manifest.release, sha, manifest.size
         )
         return compact_ranges(range(manifest.chunk_count))
-
-    def _check_space(self, manifest: Manifest) -> None:
-        lim, size = self.limits, manifest.size
-        reclaim = sum(_size(p) for p in self._gc_plan(keep=manifest.sha256))
-        used_after = self._usage() - reclaim + size
-        free = shutil.disk_usage(self.root).free + reclaim - size
-        problem = None
-        if lim.max_model_bytes is not None and size > lim.max_model_bytes:
-            problem = f"the model ({size} bytes) exceeds max_model_bytes={lim.max_model_bytes}"
-        elif lim.max_store_bytes is not None and used_after > lim.max_store_bytes:
-            problem = (
-                f"the store would hold {used_after} bytes, max_store_bytes={lim.max_store_bytes}"
-            )
-        elif free < lim.min_free_bytes:
-            problem = (
-                f"{size} bytes needed, {free + size} free, min_free_bytes={lim.min_free_bytes}"
-            )
-        if problem:
-            raise ManifestError(
-                f"no space for {manifest.name} r{manifest.release}: {problem}",
-                code=Reason.NO_SPACE,
-                hint="free disk space or raise the store limits",
-            )
 
     def write_chunk(self, sha256: str, index: int, data: bytes | memoryview) -> bool:
         """Verify chunk ``index`` against the manifest and write it at its offset. Returns False
@@ -429,7 +350,7 @@ class ModelStore:
         return removed
 
     def _usage(self) -> int:
-        return sum(_size(p) for d in (self.models, self.staging_dir) for p in d.iterdir())
+        return usage((self.models, self.staging_dir))
 
     def close(self) -> None:
         self.staging.close_all()
@@ -443,13 +364,6 @@ def _sha(sha256: str) -> str:
 
 def _with(base: Path, suffix: str) -> Path:
     return base.with_name(base.name + suffix)
-
-
-def _size(p: Path) -> int:
-    try:
-        return p.stat().st_size if p.is_file() else 0
-    except OSError:
-        return 0
 
 
 def _remove(p: Path) -> bool:

@@ -1,13 +1,15 @@
-"""MQTT v5 transport of the agent: the only module that imports paho.
+"""MQTT v5 transport of the agent: with agent.mqtt.client_options, the only modules that import
+paho.
 
 One network thread (ours, not ``loop_start``) runs paho's external-loop API (``loop_read``,
 ``loop_write``, ``loop_misc``) so that reconnection, backoff with full jitter and half-open
 detection are explicit. That lifecycle needs no paho: it is :class:`ConnectionLoop`
 (agent.mqtt.connection), the base of :class:`Transport`. This module holds the paho side: the
-client and its callbacks, the publish path and the pump. On every CONNACK the retained birth is
-queued first, then the subscriptions are (re)sent, then the caller is told. Paho callbacks only
-convert and hand over: ``on_message`` receives our own frozen :class:`IncomingMessage`, never a
-paho object. See docs/transport.md for the session settings and why.
+client's callbacks, the publish path and the pump; making the client and its properties from
+the config is agent.mqtt.client_options'. On every CONNACK the retained birth is queued first,
+then the subscriptions are (re)sent, then the caller is told. Paho callbacks only convert and
+hand over: ``on_message`` receives our own frozen :class:`IncomingMessage`, never a paho object.
+See docs/transport.md for the session settings and why.
 """
 
 from __future__ import annotations
@@ -28,11 +30,15 @@ from agent.system.lazyimport import defer
 # (~1.2 MiB of agent RSS). Deferred before paho's import; the imports below are E402 (pyproject).
 defer("urllib.request")
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from agent.mqtt.client_options import (
+    connect_properties,
+    incoming,
+    make_client,
+    publish_properties,
+)
 from agent.mqtt.connection import ConnectionLoop, quickack, set_nodelay
 from agent.mqtt.types import (
     NO_MATCHING_SUBSCRIBERS,
@@ -64,32 +70,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-def _properties(packet_type: int) -> Properties:
-    return Properties(packet_type)  # type: ignore[no-untyped-call]
-
-
-def _incoming(msg: mqtt.MQTTMessage) -> IncomingMessage:
-    props = getattr(msg, "properties", None)
-
-    def prop(name: str) -> Any:
-        return getattr(props, name, None) if props is not None else None
-
-    corr = prop("CorrelationData")
-    users = prop("UserProperty") or []
-    return IncomingMessage(
-        topic=msg.topic,
-        payload=bytes(msg.payload),
-        qos=int(msg.qos),
-        retain=bool(msg.retain),
-        response_topic=prop("ResponseTopic"),
-        correlation_data=bytes(corr) if corr is not None else None,
-        message_expiry_interval=prop("MessageExpiryInterval"),
-        user_properties=tuple((str(k), str(v)) for k, v in users),
-        content_type=prop("ContentType"),
-        mid=int(msg.mid),
-    )
 
 
 class _ErrorCapture(logging.Filter):
@@ -173,25 +153,13 @@ class Transport(ConnectionLoop):
             handle = PublishHandle(None, qos)
             handle._resolve(None, "offline")
             return handle
-        props = None  # none at all for the common case (chunks, telemetry): paho packs fast
-        if (
-            response_topic is not None
-            or correlation_data is not None
-            or user_properties
-            or message_expiry_interval is not None
-            or content_type is not None
-        ):
-            props = _properties(PacketTypes.PUBLISH)
-            if response_topic is not None:
-                props.ResponseTopic = response_topic
-            if correlation_data is not None:
-                props.CorrelationData = correlation_data
-            if message_expiry_interval is not None:
-                props.MessageExpiryInterval = message_expiry_interval
-            if user_properties:
-                props.UserProperty = list(user_properties)
-            if content_type is not None:
-                props.ContentType = content_type
+        props = publish_properties(
+            response_topic=response_topic,
+            correlation_data=correlation_data,
+            message_expiry_interval=message_expiry_interval,
+            user_properties=user_properties,
+            content_type=content_type,
+        )
         return self._publish(topic, payload, qos, retain, props)
 
     def subscribe(self, topic: str, qos: int = 1) -> None:
@@ -255,30 +223,9 @@ class Transport(ConnectionLoop):
     # ----- paho setup and callbacks (network thread) ------------------------------------
     def _make_client(self) -> mqtt.Client:
         cfg = self.config
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=cfg.client_id,
-            protocol=mqtt.MQTTv5,
-            manual_ack=cfg.manual_ack,
-        )
         paho_log = logging.getLogger(f"{__name__}.paho.{cfg.client_id}")
         paho_log.addFilter(self._error_capture)  # paho reports TLS/socket errors only by log
-        client.enable_logger(paho_log)
-        client.connect_timeout = cfg.connect_timeout_s
-        if cfg.username is not None:
-            client.username_pw_set(cfg.username, cfg.password)
-        if cfg.tls is not None:
-            client.tls_set(
-                ca_certs=cfg.tls.ca_file,
-                certfile=cfg.tls.cert_file,
-                keyfile=cfg.tls.key_file,
-                cert_reqs=ssl.CERT_REQUIRED,
-                tls_version=ssl.PROTOCOL_TLS_CLIENT,
-            )
-            client.tls_insecure_set(cfg.tls.insecure)
-        if cfg.will is not None:
-            w = cfg.will
-            client.will_set(w.topic, w.payload, qos=w.qos, retain=w.retain)
+        client = make_client(cfg, paho_log)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_paho_message
@@ -288,12 +235,12 @@ class Transport(ConnectionLoop):
         # With a write callback registered, paho never writes from the publishing thread:
         # it only wakes our select(), so the network thread is the one that touches the socket.
         client.on_socket_register_write = lambda _c, _u, _s: self._wake()
-        props = _properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = cfg.session_expiry_s
-        if cfg.receive_maximum is not None:
-            props.ReceiveMaximum = cfg.receive_maximum
         client.connect_async(
-            cfg.host, cfg.port, cfg.keepalive, clean_start=cfg.clean_start, properties=props
+            cfg.host,
+            cfg.port,
+            cfg.keepalive,
+            clean_start=cfg.clean_start,
+            properties=connect_properties(cfg),
         )
         return client
 
@@ -357,7 +304,7 @@ class Transport(ConnectionLoop):
 
     def _on_paho_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
         try:
-            self._on_message(_incoming(msg))
+            self._on_message(incoming(msg))
         except Exception:
             log.exception("on_message handler failed for %s", msg.topic)
 

@@ -1,6 +1,6 @@
 """Types of the MQTT transport, free of paho: configs, incoming messages, publish handles.
 
-Kept apart from agent/transport.py so the core and tests can use them without importing paho.
+Kept apart from agent/mqtt/transport.py so the core and tests can use them without importing paho.
 """
 
 from __future__ import annotations

@@ -15,8 +15,8 @@ from enum import StrEnum
 from typing import Any
 
 from agent.errors import ProtocolError
-from agent.wire.codec import MAX_COMMAND_BYTES, MAX_EVENT_BYTES, MAX_NEED_BYTES, canonical_json
-from agent.wire.reader import Reader, drop_none, read_message
+from agent.wire.codec import MAX_COMMAND_BYTES, MAX_EVENT_BYTES, MAX_NEED_BYTES
+from agent.wire.reader import Reader, WireMessage, drop_none, field_values, read_message
 from agent.wire.reasons import Reason
 from agent.wire.status import LATENCY_KEYS, ModelRef, State, Telemetry
 from agent.wire.topics import VERBS, valid_sha256
@@ -49,7 +49,7 @@ MAX_BENCH_RUNS = 5000
 
 
 @dataclass(frozen=True)
-class Command:
+class Command(WireMessage):
     """``{"id": "c-42", "args": {...}, "ts": 1700000000}``; the verb comes from the topic.
 
     ``id`` names the command for de-duplication (P16) and appears in the reply; MQTT5
@@ -85,13 +85,11 @@ class Command:
     def to_dict(self) -> dict[str, Any]:
         return drop_none({"id": self.id, "args": self.args, "ts": self.ts, "auth": self.auth})
 
-    def to_json(self) -> bytes:
-        return canonical_json(self.to_dict())
-
 
 def _check_args(verb: str, a: Reader) -> None:
     if verb == "deploy":
-        a.get_dict("manifest")  # verified byte-for-byte by agent.wire.manifest.verify_manifest
+        # verified byte-for-byte by agent.wire.manifest_signing.verify_manifest
+        a.get_dict("manifest")
     elif verb == "bench":
         a.opt_int("runs", lo=1, hi=MAX_BENCH_RUNS)
         a.opt_int("threads", lo=1, hi=256)
@@ -130,7 +128,7 @@ class ReplyStatus(StrEnum):
 
 
 @dataclass(frozen=True)
-class CommandReply:
+class CommandReply(WireMessage):
     """Published to the command's MQTT5 response topic with its correlation data."""
 
     id: str
@@ -156,19 +154,7 @@ class CommandReply:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return drop_none(
-            {
-                "id": self.id,
-                "verb": self.verb,
-                "status": self.status,
-                "code": self.code,
-                "message": self.message,
-                "data": self.data,
-            }
-        )
-
-    def to_json(self) -> bytes:
-        return canonical_json(self.to_dict())
+        return drop_none(field_values(self))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -176,7 +162,7 @@ class CommandReply:
 
 
 @dataclass(frozen=True)
-class NeedRequest:
+class NeedRequest(WireMessage):
     """Chunk indexes the device wants next, as half-open ``[start, end)`` ranges (a window:
     the device asks for at most its window of chunks at a time).
 
@@ -221,9 +207,6 @@ class NeedRequest:
             out["stream"] = True  # absent otherwise: the message of a plain pull is unchanged
         return out
 
-    def to_json(self) -> bytes:
-        return canonical_json(self.to_dict())
-
 
 # ---------------------------------------------------------------------------------------------
 # Events: device -> host on {p}/dev/{id}/events
@@ -245,7 +228,7 @@ class EventKind(StrEnum):
 
 
 @dataclass(frozen=True)
-class Event:
+class Event(WireMessage):
     kind: str
     code: str = "ok"
     message: str = ""
@@ -269,16 +252,4 @@ class Event:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return drop_none(
-            {
-                "kind": self.kind,
-                "code": self.code,
-                "message": self.message,
-                "data": self.data,
-                "ts": self.ts,
-                "seq": self.seq,
-            }
-        )
-
-    def to_json(self) -> bytes:
-        return canonical_json(self.to_dict())
+        return drop_none(field_values(self))

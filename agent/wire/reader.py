@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import fields
 from typing import Any
 
 from agent.errors import ProtocolError
-from agent.wire.codec import parse_json_object
+from agent.wire.codec import canonical_json, parse_json_object
 
 
 class Reader:
@@ -83,3 +84,19 @@ def read_message(data: bytes, max_bytes: int, what: str) -> Reader:
 
 def drop_none(d: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in d.items() if v is not None}
+
+
+def field_values(record: Any) -> dict[str, Any]:
+    """A dataclass instance's fields by name, the values as they are (``asdict`` copies)."""
+    return {f.name: getattr(record, f.name) for f in fields(record)}
+
+
+class WireMessage:
+    """Base of the typed messages: the payload (``to_json``) is the canonical JSON of
+    ``to_dict()``."""
+
+    def to_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def to_json(self) -> bytes:
+        return canonical_json(self.to_dict())

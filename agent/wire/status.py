@@ -8,12 +8,28 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, ClassVar, Self
 
 from agent.errors import ProtocolError
-from agent.wire.codec import MAX_STATE_BYTES, MAX_TELEMETRY_BYTES, canonical_json
-from agent.wire.reader import Reader, drop_none, read_message
+from agent.wire.codec import MAX_STATE_BYTES, MAX_TELEMETRY_BYTES
+from agent.wire.reader import Reader, WireMessage, drop_none, field_values, read_message
 from agent.wire.topics import valid_sha256
+
+
+class _Report(WireMessage):
+    """What a device reports (state, telemetry): parsed from a payload of at most
+    ``max_bytes`` (``from_json``) or from a record already decoded (``from_dict``)."""
+
+    what: ClassVar[str]
+    max_bytes: ClassVar[int]
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Self:
+        return cls.from_dict(read_message(data, cls.max_bytes, cls.what).obj)
+
+    @classmethod
+    def from_dict(cls, obj: Any) -> Self:
+        raise NotImplementedError
 
 
 @dataclass(frozen=True)
@@ -66,7 +82,7 @@ LATENCY_KEYS = ("p50", "p90", "p95", "p99", "max", "mean")
 
 
 @dataclass(frozen=True)
-class Telemetry:
+class Telemetry(_Report):
     """One window of real inferences (DESIGN.md "Telemetry record"; built by
     agent.serving.telemetry). On the wire every field is present, ``null`` when unknown.
 
@@ -100,14 +116,13 @@ class Telemetry:
     warmup: bool = False  # the first window after the serving model changed
     threads: int | None = None
 
-    @classmethod
-    def from_json(cls, data: bytes) -> Telemetry:
-        return cls.from_dict(read_message(data, MAX_TELEMETRY_BYTES, "telemetry").obj)
+    what = "telemetry"  # not annotated: a class attribute, not a field
+    max_bytes = MAX_TELEMETRY_BYTES
 
     @classmethod
-    def from_dict(cls, obj: Any) -> Telemetry:
+    def from_dict(cls, obj: Any) -> Self:
         """A record already parsed (e.g. from the registry); ProtocolError when malformed."""
-        r = Reader(obj, "telemetry")
+        r = Reader(obj, cls.what)
         model = r.obj.get("model")
         lat = r.opt_dict("latency_ms")
         latency = None
@@ -175,16 +190,13 @@ class Telemetry:
         return self._energy_str("missing_reason")
 
     def to_dict(self) -> dict[str, Any]:
-        out = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        out = field_values(self)
         out["model"] = None if self.model is None else self.model.to_dict()
         return out
 
-    def to_json(self) -> bytes:
-        return canonical_json(self.to_dict())
-
 
 @dataclass(frozen=True)
-class State:
+class State(_Report):
     """Retained birth/death on {p}/dev/{id}/state. The will and a clean stop carry only
     ``online`` (false) and ``reason``; a birth carries the rest."""
 
@@ -208,14 +220,13 @@ class State:
     def offline(cls, reason: str | None = None) -> State:
         return cls(online=False, reason=reason)
 
-    @classmethod
-    def from_json(cls, data: bytes) -> State:
-        return cls.from_dict(read_message(data, MAX_STATE_BYTES, "state").obj)
+    what = "state"
+    max_bytes = MAX_STATE_BYTES
 
     @classmethod
-    def from_dict(cls, obj: Any) -> State:
+    def from_dict(cls, obj: Any) -> Self:
         """A state already parsed (e.g. the registry's copy); ProtocolError when malformed."""
-        r = Reader(obj, "state")
+        r = Reader(obj, cls.what)
         model, last_good = r.obj.get("model"), r.obj.get("last_good")
         return cls(
             online=r.get_bool("online"),
@@ -247,10 +258,7 @@ class State:
         return state if isinstance(state, str) else None
 
     def to_dict(self) -> dict[str, Any]:
-        out = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        out = field_values(self)
         out["model"] = None if self.model is None else self.model.to_dict()
         out["last_good"] = None if self.last_good is None else self.last_good.to_dict()
         return drop_none(out)
-
-    def to_json(self) -> bytes:
-        return canonical_json(self.to_dict())

@@ -1,7 +1,7 @@
 """The shared chunk stream ``{p}/models/{sha256}/chunks``: the two rules both sides follow.
 
 The host publishes an artifact's chunks once, in index order, for every device of a wave that
-installs it (deploy.push_wave). MQTT keeps the order of one publisher's messages on one topic
+installs it (deploy.fleet.fleet_push). MQTT keeps the order of one publisher's messages on one topic
 for each subscriber, so a device that receives stream chunk ``j`` knows every earlier stream
 chunk has either arrived or is lost: it asks again, through its own ``need`` topic, only for
 what the stream has already passed (:class:`StreamPosition`). Its needs carry

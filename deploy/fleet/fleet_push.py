@@ -47,11 +47,12 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class PushJob:
-    """One device to push to: its signed manifest and the model file it names."""
+    """One device to push to: its signed manifest and the model it names (a file, or its
+    bytes)."""
 
     device: str
     signed: SignedManifest
-    model: Path
+    model: Path | bytes
 
 
 #: A run of the stream starts once all its devices joined, or this long after its first deploy
@@ -228,9 +229,7 @@ class FleetPusher:
         deferred: deque[PushJob] = deque()  # their artifact's stream is under way: next run
         while self.queued and len(self.sessions) < self.max_in_flight:
             job = self.queued.popleft()
-            data = self._data.get(job.model)
-            if data is None:
-                data = self._data[job.model] = job.model.read_bytes()
+            data = self._bytes(job.model)
             run = self._run_for(job, data) if self.stream else None
             if self.stream and run is None:
                 deferred.append(job)
@@ -248,6 +247,14 @@ class FleetPusher:
             self.sessions[job.device] = s
             self.sent.append((job.device, job.signed.manifest.sha256, time.time()))
         self.queued.extendleft(reversed(deferred))
+
+    def _bytes(self, model: Path | bytes) -> bytes:
+        if isinstance(model, bytes):
+            return model
+        data = self._data.get(model)
+        if data is None:
+            data = self._data[model] = model.read_bytes()
+        return data
 
     # ---- the shared stream -----------------------------------------------------------------------
     def _run_for(self, job: PushJob, data: bytes) -> _Run | None:

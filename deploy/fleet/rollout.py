@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.wire.manifest import sign_manifest
+from agent.wire.manifest_signing import sign_manifest
 from deploy.fleet.fleet_push import FleetPusher, PushJob
 from deploy.fleet.registry import Registry
 from deploy.fleet.registry_types import Variant

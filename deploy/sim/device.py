@@ -22,7 +22,7 @@ from typing import Any
 
 from agent.errors import ManifestError, ProtocolError
 from agent.wire.ed25519 import PublicKey
-from agent.wire.manifest import verify_manifest
+from agent.wire.manifest_signing import verify_manifest
 from agent.wire.messages import (
     Command,
     CommandReply,

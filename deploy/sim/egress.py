@@ -2,7 +2,7 @@
 
 :func:`compare_egress` starts ``devices`` simulated devices (deploy.sim.launch, the agent's wire
 code), pushes one model to all of them as one wave twice, once with each device pulling its own
-chunks and once through the shared stream ``{p}/models/{sha256}/chunks`` (deploy.push_wave), and
+chunks and once through the shared stream ``{p}/models/{sha256}/chunks`` (deploy.fleet.wave), and
 reports host bytes published / model size for each. tests/bench_fleet.py ``--egress`` runs it at
 200 devices; tests/test_shared_stream.py at a few.
 """
@@ -14,9 +14,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from agent.wire.manifest import DEFAULT_CHUNK_SIZE, SignedManifest, model_fields, sign_manifest
+from agent.wire.manifest import DEFAULT_CHUNK_SIZE, SignedManifest
+from agent.wire.manifest_signing import model_fields, sign_manifest
+from deploy.fleet.wave import push_wave
 from deploy.mqtt import BrokerAddress
-from deploy.push_wave import WavePusher, WaveResult
 from deploy.sim.fleet import FleetSpec
 from deploy.sim.launch import Launcher
 
@@ -49,19 +50,6 @@ def wave_manifests(
     return out
 
 
-def push_wave(
-    broker: BrokerAddress,
-    data: bytes,
-    manifests: dict[str, SignedManifest],
-    *,
-    stream: bool,
-    prefix: str = "edgeloop",
-    timeout_s: float = 300.0,
-) -> WaveResult:
-    with WavePusher(broker, prefix=prefix, stream=stream) as pusher:
-        return pusher.push(data, manifests, timeout_s=timeout_s)
-
-
 def compare_egress(
     broker: BrokerAddress,
     key: Any,
@@ -73,8 +61,9 @@ def compare_egress(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     timeout_s: float = 300.0,
 ) -> dict[str, Any]:
-    """Both waves to the same simulated fleet; returns each wave's :meth:`WaveResult.to_dict`
-    (``egress_ratio`` = host bytes published / model size) under ``pull`` and ``stream``."""
+    """Both waves to the same simulated fleet; returns each wave's
+    :meth:`~deploy.fleet.wave.WaveResult.to_dict` (``egress_ratio`` = host bytes published /
+    model size) under ``pull`` and ``stream``."""
     spec = FleetSpec(
         broker.host,
         broker.port,

@@ -14,7 +14,6 @@ calibration set `calib`; the same split as the test models).
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from tests.models.make_models import _seed_everything, convert, digits_split
+from tests.models.make_models import _seed_everything, convert, digits_split, fit_digits, make_cli
 
 log = logging.getLogger(__name__)
 
@@ -53,16 +52,10 @@ def build_digitsnet(batch_size: int | None = 1) -> Any:
 
 
 def make(out: Path) -> dict[str, float]:
-    tf = _seed_everything()
+    _seed_everything()
     data = digits_split()
     model = build_digitsnet()
-    model.compile(
-        optimizer=tf.keras.optimizers.Adam(learning_rate=2e-3),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
-    model.fit(data["x_train"], data["y_train"], epochs=EPOCHS, batch_size=32, verbose=0)
-    _, acc = model.evaluate(data["x"], data["labels"], verbose=0)
+    acc = fit_digits(model, data, learning_rate=2e-3, epochs=EPOCHS, batch_size=32)
     out.mkdir(parents=True, exist_ok=True)
     clean = build_digitsnet()  # uncompiled copy: no optimizer state in the file
     clean.set_weights(model.get_weights())
@@ -76,12 +69,7 @@ def make(out: Path) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=OUT)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    print(make(args.out))
-    return 0
+    return make_cli(make, __doc__ or "", argv, OUT)
 
 
 if __name__ == "__main__":

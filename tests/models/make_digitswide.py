@@ -19,13 +19,12 @@ Too large to ship (17 MB); the loop tests train it at fixture time (~10 s, seede
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from pathlib import Path
 from typing import Any
 
-from tests.models.make_models import _seed_everything, digits_split
+from tests.models.make_models import _seed_everything, digits_split, fit_digits, make_cli
 
 log = logging.getLogger(__name__)
 
@@ -51,16 +50,10 @@ def build_digitswide(batch_size: int | None = 1) -> Any:
 
 def make(out: Path) -> tuple[Path, float]:
     """Train and write ``out/digitswide.keras``; returns its path and held-out accuracy."""
-    tf = _seed_everything()
+    _seed_everything()
     data = digits_split()
     model = build_digitswide(batch_size=None)
-    model.compile(
-        optimizer=tf.keras.optimizers.Adam(learning_rate=1e-3),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
-    model.fit(data["x_train"], data["y_train"], epochs=EPOCHS, batch_size=64, verbose=0)
-    _, acc = model.evaluate(data["x"], data["labels"], verbose=0)
+    acc = fit_digits(model, data, learning_rate=1e-3, epochs=EPOCHS, batch_size=64)
     out.mkdir(parents=True, exist_ok=True)
     clean = build_digitswide()  # batch 1, uncompiled: no optimizer state in the file
     clean.set_weights(model.get_weights())
@@ -71,12 +64,7 @@ def make(out: Path) -> tuple[Path, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    print(make(args.out))
-    return 0
+    return make_cli(make, __doc__ or "", argv)
 
 
 if __name__ == "__main__":

@@ -91,18 +91,47 @@ def build_digits_cnn(batch_size: int | None = None) -> Any:
     )
 
 
-def train_digits(data: dict[str, np.ndarray]) -> Any:
-    tf = _seed_everything()
-    model = build_digits_cnn()
+def fit_digits(
+    model: Any, data: dict[str, np.ndarray], *, learning_rate: float, epochs: int, batch_size: int
+) -> float:
+    """Compile ``model`` (Adam, sparse cross-entropy), train it on the digits split and return
+    its held-out accuracy (the digits models of make_digitsnet/make_digitswide too)."""
+    import tensorflow as tf
+
     model.compile(
-        optimizer=tf.keras.optimizers.Adam(learning_rate=3e-3),
+        optimizer=tf.keras.optimizers.Adam(learning_rate=learning_rate),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
     model.fit(
-        data["x_train"], data["y_train"], epochs=EPOCHS, batch_size=32, shuffle=True, verbose=0
+        data["x_train"],
+        data["y_train"],
+        epochs=epochs,
+        batch_size=batch_size,
+        shuffle=True,
+        verbose=0,
     )
     _, acc = model.evaluate(data["x"], data["labels"], verbose=0)
+    return float(acc)
+
+
+def make_cli(
+    make: Callable[[Path], object], doc: str, argv: list[str] | None, out: Path | None = None
+) -> int:
+    """The command line of a model maker: ``--out DIR`` (required unless ``out`` is its
+    default), then ``make(DIR)``, whose result is printed."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n", maxsplit=1)[0])
+    parser.add_argument("--out", type=Path, default=out, required=out is None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    print(make(args.out))
+    return 0
+
+
+def train_digits(data: dict[str, np.ndarray]) -> Any:
+    _seed_everything()
+    model = build_digits_cnn()
+    acc = fit_digits(model, data, learning_rate=3e-3, epochs=EPOCHS, batch_size=32)
     log.info("keras held-out accuracy %.4f", acc)
     return model
 
