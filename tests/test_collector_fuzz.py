@@ -1,8 +1,10 @@
-"""The host collector under hostile input (issue 10): one device's malformed state or telemetry
+"""The host workers under hostile input (issue 10): one device's malformed state or telemetry
 is dropped with a warning (no traceback) and changes no other device's rows.
 
-Real Registry (SQLite file) and the real Collector.apply; the broker is not needed for the
-seam under test (the collector's thread only hands each message to apply()).
+Real Registry (SQLite file), the real Collector.apply (the loop service's worker) and the real
+Ingest.apply (`edge-deploy collect`, batched: the garbage shares a batch with good windows);
+the broker is not needed for the seam under test (each worker's thread only hands messages to
+apply()).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from agent.board.hardware import detect
 from agent.errors import EdgeloopError
 from agent.mqtt.types import IncomingMessage
 from deploy.fleet.collector import Collector
+from deploy.fleet.ingest import Ingest
 from deploy.fleet.registry import Registry
 from deploy.mqtt import BrokerAddress
 from tests.json_strategies import json_values
@@ -102,4 +105,43 @@ def test_one_devices_garbage_changes_no_other_devices_rows(
 
     with caplog.at_level(logging.WARNING):
         check()
+    registry.close()
+
+
+def test_garbage_in_a_batch_fails_only_itself(tmp_path: Path) -> None:
+    """A batch holding one device's garbage beside another device's window: the window is
+    stored, the garbage counted as dropped, the batch never fails (it would be left
+    unacknowledged and redelivered for ever: a poison message stalling the whole worker)."""
+    db = tmp_path / "registry.sqlite"
+    registry = Registry(db)
+    ingest = Ingest(registry, BrokerAddress("127.0.0.1", 1), client_id="fuzz")
+    ingest.apply([IncomingMessage("edgeloop/dev/good/state", _dumps(GOOD_STATE), 1, True)])
+    seq = iter(range(1, 10_000))
+
+    @settings(
+        max_examples=120,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+    @given(kind=st.sampled_from(["state", "telemetry", "events"]), payload=bodies)
+    def check(kind: str, payload: bytes) -> None:
+        n = next(seq)
+        window = _dumps(telemetry(n, 1000.0 + n, inferences=10))
+        before = rows_of(db, "good")
+        dropped = ingest.stats.dropped
+        ingest.apply(
+            [
+                IncomingMessage(f"edgeloop/dev/bad/{kind}", payload, 1, kind == "state"),
+                IncomingMessage("edgeloop/dev/good/telemetry", window, 1, False),
+            ]
+        )
+        after = rows_of(db, "good")
+        assert after[0] == before[0] and after[2] == before[2]  # the device row and its class
+        assert [r[1] for r in after[1]] == [r[1] for r in before[1]] + [n]  # one window more
+        assert ingest.stats.dropped >= dropped
+
+    check()
+    ingest.apply([IncomingMessage("edgeloop/dev/bad/telemetry", b"[" * 100_000, 1, False)])
+    assert ingest.stats.dropped >= 1
     registry.close()

@@ -14,49 +14,14 @@ import threading
 from collections import deque
 from typing import Any
 
-from agent.errors import EdgeloopError, ProtocolError
+from agent.errors import EdgeloopError
 from agent.mqtt.types import IncomingMessage
-from agent.wire.codec import (
-    MAX_EVENT_BYTES,
-    MAX_STATE_BYTES,
-    MAX_TELEMETRY_BYTES,
-    parse_json_object,
-)
-from agent.wire.topics import FLEET_KINDS, host_subscriptions, parse_topic
+from agent.wire.topics import FLEET_KINDS, host_subscriptions
+from deploy.fleet.inbound import read_message
 from deploy.fleet.registry import Registry
 from deploy.mqtt import BrokerAddress, connect
 
 log = logging.getLogger(__name__)
-
-_LIMITS = {"state": MAX_STATE_BYTES, "telemetry": MAX_TELEMETRY_BYTES}
-_INT64 = 2**63 - 1
-
-
-def _check_ints(topic: str, body: dict[str, Any], keys: tuple[str, ...]) -> None:
-    """Integers the registry stores must fit its 64-bit columns."""
-    for key in keys:
-        value = body.get(key)
-        if isinstance(value, int) and not -_INT64 <= value <= _INT64:
-            raise ProtocolError(f"{topic}: {key} {value} does not fit 64 bits")
-
-
-def _check_state(topic: str, body: dict[str, Any]) -> None:
-    """The parts of a birth the registry reads have the types it reads them as."""
-    hw, rt = body.get("hardware"), body.get("runtime")
-    for name, value in (("hardware", hw), ("runtime", rt)):
-        if value is not None and not isinstance(value, dict):
-            raise ProtocolError(f"{topic}: {name} must be an object or null")
-    strings = [("hardware_class", body.get("hardware_class"))]
-    strings += [(f"hardware.{k}", (hw or {}).get(k)) for k in ("board_id", "board_family", "board")]
-    strings += [(f"runtime.{k}", (rt or {}).get(k)) for k in ("name", "version")]
-    for name, value in strings:
-        if value is not None and not isinstance(value, str):
-            raise ProtocolError(f"{topic}: {name} must be a string or null")
-    accels = (hw or {}).get("accelerators")
-    if accels is not None and (
-        not isinstance(accels, list) or not all(isinstance(a, dict) for a in accels)
-    ):
-        raise ProtocolError(f"{topic}: hardware.accelerators must be a list of objects")
 
 
 class Collector:
@@ -117,19 +82,11 @@ class Collector:
 
     def apply(self, msg: IncomingMessage) -> None:
         """Apply one message; ProtocolError for a malformed one (it touches no row)."""
-        parsed = parse_topic(msg.topic, self.prefix)
-        limit = _LIMITS.get(parsed.kind, MAX_EVENT_BYTES)
-        body = (
-            parse_json_object(msg.payload, max_bytes=limit, what=msg.topic) if msg.payload else {}
-        )
-        if not isinstance(body, dict):
-            raise ProtocolError(f"{msg.topic}: payload is not a JSON object")
+        parsed, body = read_message(msg, self.prefix)
         device = parsed.device_id
         if parsed.kind == "state":
-            _check_state(msg.topic, body)
             self.registry.upsert_device_from_state(device, body)
         elif parsed.kind == "telemetry":
-            _check_ints(msg.topic, body, ("seq", "inferences", "errors", "throttled"))
             if self.registry.device(device) is None:
                 return  # no birth seen yet: its class is unknown (the birth is retained)
             if body.get("trial") or body.get("warmup"):

@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import threading
@@ -29,8 +28,9 @@ from typing import Any
 from agent.errors import EdgeloopError, ProtocolError
 from agent.mqtt.types import IncomingMessage
 from agent.wire.status import Telemetry
-from agent.wire.topics import FLEET_KINDS, ParsedTopic, host_subscriptions, parse_topic
+from agent.wire.topics import FLEET_KINDS, ParsedTopic, host_subscriptions
 from deploy.fleet.engine import Engine
+from deploy.fleet.inbound import read_message
 from deploy.fleet.registry import Registry
 from deploy.fleet.rollup import TOUCH_LAST_SEEN, WINDOW_INSERT, WindowRow, window_row
 from deploy.mqtt import BrokerAddress
@@ -181,13 +181,8 @@ class Ingest:
         for msg in batch:
             self.stats.received += 1
             try:
-                parsed = self._topics.get(msg.topic)
-                if parsed is None:  # parse_topic's own cache holds 256: a fleet has more
-                    parsed = self._topics[msg.topic] = parse_topic(msg.topic, self.prefix)
-                body = json.loads(msg.payload) if msg.payload else {}
-                if not isinstance(body, dict):
-                    raise ProtocolError(f"{msg.topic}: payload is not a JSON object")
-            except (ProtocolError, ValueError) as exc:
+                parsed, body = read_message(msg, self.prefix, self._topics)
+            except Exception as exc:  # one device's garbage never fails the batch
                 self.stats.dropped += 1
                 log.warning("dropped a message on %s: %s", msg.topic, exc)
                 continue
@@ -224,7 +219,7 @@ class Ingest:
         for device, body in windows:
             try:
                 t = Telemetry.from_dict(body)
-            except ProtocolError as exc:
+            except (ProtocolError, TypeError, ValueError) as exc:
                 self.stats.dropped += 1
                 log.warning("dropped a window of %s: %s", device, exc)
                 continue
