@@ -72,7 +72,7 @@ class Ingest:
         registry: Registry,
         broker: BrokerAddress,
         *,
-        client_id: str,
+        client_id: str | None,
         prefix: str = "edgeloop",
         share_group: str | None = DEFAULT_SHARE_GROUP,
         receive_maximum: int = 10_000,
@@ -90,7 +90,7 @@ class Ingest:
         self._topics: dict[str, ParsedTopic] = {}
         topics = host_subscriptions(prefix, share_group, kinds=FLEET_KINDS)
         self.transport = broker.client(
-            "collect",
+            "collect" if share_group else "collector",
             topics,
             self.inbox.put,
             client_id,
@@ -111,6 +111,7 @@ class Ingest:
         return self
 
     def stop(self) -> None:
+        """Commit what is queued (bounded by 10 s), then disconnect."""
         self._stop.set()
         self._thread.join(10)
         self.transport.stop(final=None)
@@ -126,7 +127,8 @@ class Ingest:
 
     # ---- the writer thread ---------------------------------------------------------------------
     def _run(self) -> None:
-        while not self._stop.is_set():
+        # on stop, what is already queued is still committed (and acknowledged) first
+        while not (self._stop.is_set() and self.inbox.empty()):
             batch = self._take()
             if not batch:
                 self._idle.set()
