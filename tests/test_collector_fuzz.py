@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,16 @@ bodies = st.one_of(
 )
 
 
+def FUZZ(check: Callable[[str, bytes], None]) -> Callable[[], None]:
+    """120 hostile (kind, payload) examples for ``check``."""
+    return settings(
+        max_examples=120,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )(given(kind=st.sampled_from(["state", "telemetry", "events"]), payload=bodies)(check))
+
+
 def rows_of(db: Path, device: str) -> list[Any]:
     with sqlite3.connect(db) as conn:
         dev = conn.execute("SELECT * FROM devices WHERE id = ?", (device,)).fetchall()
@@ -90,13 +101,7 @@ def test_one_devices_garbage_changes_no_other_devices_rows(
     before = rows_of(db, "good")
     assert before[0] and before[1]
 
-    @settings(
-        max_examples=120,
-        deadline=None,
-        database=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    )
-    @given(kind=st.sampled_from(["state", "telemetry", "events"]), payload=bodies)
+    @FUZZ
     def check(kind: str, payload: bytes) -> None:
         msg = IncomingMessage(f"edgeloop/dev/bad/{kind}", payload, 1, kind == "state")
         with contextlib.suppress(EdgeloopError, ValueError):  # what _run logs and drops
@@ -118,13 +123,7 @@ def test_garbage_in_a_batch_fails_only_itself(tmp_path: Path) -> None:
     ingest.apply([IncomingMessage("edgeloop/dev/good/state", _dumps(GOOD_STATE), 1, True)])
     seq = iter(range(1, 10_000))
 
-    @settings(
-        max_examples=120,
-        deadline=None,
-        database=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    )
-    @given(kind=st.sampled_from(["state", "telemetry", "events"]), payload=bodies)
+    @FUZZ
     def check(kind: str, payload: bytes) -> None:
         n = next(seq)
         window = _dumps(telemetry(n, 1000.0 + n, inferences=10))
