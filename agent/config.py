@@ -102,6 +102,8 @@ class AgentConfig:
     hw_root: str = "/"
     trust_keys: tuple[str, ...] = ()
     slot: str = "main"  # the model slot this device serves (agent.wire.manifest.DEFAULT_SLOT)
+    #: Refuse a manifest that names no device or class (``targets``); provisioned devices set it.
+    require_targets: bool = False
     broker: BrokerConfig = field(default_factory=BrokerConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
@@ -301,6 +303,7 @@ def example_toml() -> str:
         'hw_root = "/"                    # read hardware facts under this root',
         'trust_keys = ["/etc/edgeloop/trust/host.pub"]  # Ed25519 public keys of the host',
         'slot = "main"                    # model slot served: manifests for another are refused',
+        "require_targets = false          # true: refuse manifests naming no device or class",
     ]
     defaults = AgentConfig()
     for section in _SECTIONS:

@@ -121,6 +121,7 @@ class Agent:
             runtime=(self.runtime_name, self.runtime_version),
             has_edgetpu=self.has_edgetpu,
             identity=identity,
+            require_targets=cfg.require_targets,
             default_gates=Gates.from_config(h),
             default_delegate=cfg.runtime.delegate,
             probe_timeout_s=h.probe_timeout_s,
@@ -191,7 +192,10 @@ class Agent:
                 log.exception("unexpected error handling an event")
             now = time.monotonic()
             self._loop_progress = now
-            self._periodic(now)
+            try:
+                self._periodic(now)
+            except Exception:  # e.g. a full disk under a commit: retried next tick
+                log.exception("unexpected error in the periodic work")
             if self.notifier.watchdog_s and now >= next_ping and self._healthy(now):
                 self.notifier.watchdog()
                 next_ping = now + self.notifier.watchdog_s / 2
@@ -208,10 +212,12 @@ class Agent:
             payload()
 
     def _periodic(self, now: float) -> None:
-        self.installer.tick()
-        if now >= self._next_telemetry:
-            self._next_telemetry = now + self._telemetry_interval
-            self._emit_telemetry()
+        try:
+            self.installer.tick()
+        finally:  # a failing tick (a full disk under a commit) must not stop the telemetry
+            if now >= self._next_telemetry:
+                self._next_telemetry = now + self._telemetry_interval
+                self._emit_telemetry()
 
     def _healthy(self, now: float) -> bool:
         """All loops make progress: the core (here), inference worker, MQTT thread."""

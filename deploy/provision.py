@@ -69,6 +69,7 @@ def provision_device(
         f"device_id = {_toml_str(device_id)}",
         f"state_dir = {_toml_str(state_dir)}",
         f"trust_keys = [{_toml_str(str(inst / 'trust' / 'host.pub'))}]",
+        "require_targets = true  # refuse a manifest that names no device or class",
         "",
         "[broker]",
         f"host = {_toml_str(broker.host)}",

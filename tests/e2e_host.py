@@ -53,11 +53,12 @@ probe_timeout_s = 30.0
 """
 
 
-def agent_config(directory: Path) -> list[str]:
-    """``--config FILE`` arguments for a quick-gated agent."""
+def agent_config(directory: Path, *, require_targets: bool = False) -> list[str]:
+    """``--config FILE`` arguments for a quick-gated agent (``require_targets``: as provisioned
+    devices are, refusing manifests that name no device or class)."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "agent-test.toml"
-    path.write_text(AGENT_CONFIG)
+    path.write_text(("require_targets = true\n" if require_targets else "") + AGENT_CONFIG)
     return ["--config", str(path)]
 
 
@@ -380,12 +381,15 @@ class SeededDevice:
 
     def start(self, **kwargs: Any) -> AgentProcess:
         """Copy the seeded state dir and run a quick-gated agent on it (waits until
-        subscribed); ``kwargs`` go to ``start_agent``, ``extra_args`` after the config."""
+        subscribed); ``kwargs`` go to ``start_agent``, ``extra_args`` after the config,
+        ``require_targets=True`` into it."""
         import shutil
 
         state_dir = self.tmp_path / "state-pi-01"
         shutil.copytree(self.seed_dir, state_dir)
-        args = agent_config(self.tmp_path) + list(kwargs.pop("extra_args", []))
+        required = bool(kwargs.pop("require_targets", False))
+        args = agent_config(self.tmp_path, require_targets=required)
+        args += list(kwargs.pop("extra_args", []))
         kwargs.setdefault("ready_check", True)
         return self.start_agent(state_dir=state_dir, extra_args=args, **kwargs)
 

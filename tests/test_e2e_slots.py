@@ -114,6 +114,27 @@ def test_manifest_attack_is_refused_and_changes_nothing(case: str, seeded: Seede
     assert state is not None and state["slot_release"] == 20, state
 
 
+def test_an_untargeted_manifest_is_refused_where_targets_are_required(
+    seeded: SeededDevice,
+) -> None:
+    """A provisioned device (``require_targets = true``) takes only manifests that name it or
+    its class: one signed by the trusted key for "anyone" is refused before a byte moves."""
+    agent = seeded.start(require_targets=True)
+    before = store_view(agent.state_dir)
+    attack = model("digits_fp16")
+    signed = seeded.sign(attack, release=21)
+    assert signed.manifest.targets is None
+    with seeded.host(attack, signed) as host:
+        reply = host.wait_reply(host.deploy(signed))
+        assert (reply.status, reply.code) == ("rejected", "wrong_target"), reply
+        assert "require_targets" in reply.message
+        assert host.needs == [] and host.events_of("install_accepted") == []
+    assert store_view(agent.state_dir) == before  # current, counters, files
+    assert_digits_serving(agent, seeded.old_sha)
+    addressed = seeded.sign(attack, release=21, targets={"devices": ["pi-01"]})
+    install(seeded, "digits_fp16", addressed)  # the same bytes, addressed: committed
+
+
 # ---- going back: a new manifest of the older artifact above the counter ---------------------
 
 

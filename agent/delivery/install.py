@@ -63,6 +63,7 @@ class Installer(Transfer, Trial):
         runtime: tuple[str, str],
         has_edgetpu: bool,
         identity: tuple[str, str | None],
+        require_targets: bool = False,
         default_gates: Gates,
         default_delegate: str,
         window_bytes: int = DEFAULT_WINDOW_BYTES,
@@ -78,6 +79,7 @@ class Installer(Transfer, Trial):
         self.runtime_name, self.runtime_version = runtime
         self.has_edgetpu = has_edgetpu
         self.identity = identity  # (device id, hardware class): whom a manifest must name
+        self.require_targets = require_targets  # an untargeted manifest is refused too
         self.default_gates = default_gates
         self.default_delegate = default_delegate
         self.window_bytes = window_bytes
@@ -119,6 +121,10 @@ class Installer(Transfer, Trial):
                 self._reject(reply, Reason.BUSY, f"installing {a.manifest.name} now", manifest)
             return
         device_id, hardware_class = self.identity
+        if manifest.targets is None and self.require_targets:
+            msg = "names no device or class (targets); this device requires one (require_targets)"
+            self._reject(reply, Reason.WRONG_TARGET, msg, manifest)
+            return
         if not manifest.addressed_to(device_id, hardware_class):
             msg = f"addressed to {manifest.targets}, not to {device_id} ({hardware_class})"
             self._reject(reply, Reason.WRONG_TARGET, msg, manifest)

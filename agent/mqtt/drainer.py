@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -41,6 +42,7 @@ class OutboxDrainer:
         self.housekeeping_s = housekeeping_s
         self.acked = 0
         self.rejected = 0
+        self._settled: dict[int, bool] = {}  # acknowledged or refused, not yet deleted
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -65,35 +67,62 @@ class OutboxDrainer:
         next_housekeeping = time.monotonic() + self.housekeeping_s
         while not self._stop.is_set():
             self._wake.clear()
-            for seq, handle in list(inflight.items()):
-                if handle.done():
-                    del inflight[seq]
-                    cursor = self._settle(seq, handle, cursor)
-            if self.transport.connected and len(inflight) < self.window:
-                for rec in self.outbox.peek(cursor, self.window):
-                    if len(inflight) >= self.window or not self.transport.connected:
-                        break
-                    cursor = rec.seq
-                    if rec.seq in inflight:
-                        continue
-                    handle = self.transport.publish(rec.topic, rec.payload, rec.qos)
-                    handle.add_done_callback(lambda _h: self._wake.set())
-                    inflight[rec.seq] = handle
-            if time.monotonic() >= next_housekeeping:
-                self.outbox.enforce_bounds()
-                next_housekeeping = time.monotonic() + self.housekeeping_s
+            try:
+                cursor = self._step(inflight, cursor)
+                if time.monotonic() >= next_housekeeping:
+                    self._retry_settled()
+                    self.outbox.enforce_bounds()
+                    next_housekeeping = time.monotonic() + self.housekeeping_s
+            except Exception:  # a full disk (sqlite) or a bug: never end the thread
+                log.exception(
+                    "outbox drainer: step failed; retrying in %.0f s", self.housekeeping_s
+                )
+                self._stop.wait(self.housekeeping_s)
+                continue
             self._wake.wait(self.housekeeping_s)
+
+    def _step(self, inflight: dict[int, PublishHandle], cursor: int) -> int:
+        for seq, handle in list(inflight.items()):
+            if handle.done():
+                del inflight[seq]
+                cursor = self._settle(seq, handle, cursor)
+        if self.transport.connected and len(inflight) < self.window:
+            for rec in self.outbox.peek(cursor, self.window):
+                if len(inflight) >= self.window or not self.transport.connected:
+                    break
+                cursor = rec.seq
+                if rec.seq in inflight or rec.seq in self._settled:
+                    continue
+                handle = self.transport.publish(rec.topic, rec.payload, rec.qos)
+                handle.add_done_callback(lambda _h: self._wake.set())
+                inflight[rec.seq] = handle
+        return cursor
 
     def _settle(self, seq: int, handle: PublishHandle, cursor: int) -> int:
         if handle.reason_code is None:  # never acknowledged (offline, stopped): send again
             return min(cursor, seq - 1)
         if handle.ok:
-            self.outbox.ack(seq)
             self.acked += 1
         else:
             log.warning(
                 "broker refused outbox record %d (reason %#04x); removed", seq, handle.reason_code
             )
-            self.outbox.reject(seq)
             self.rejected += 1
+        self._settled[seq] = handle.ok
+        self._remove(seq)
         return cursor
+
+    def _remove(self, seq: int) -> None:
+        """Delete a settled record; on a full disk the DELETE itself can fail (WAL space): the
+        record is then remembered, not sent again, and deleted at the next housekeeping."""
+        ok = self._settled[seq]
+        try:
+            self.outbox.ack(seq) if ok else self.outbox.reject(seq)
+        except sqlite3.OperationalError as exc:
+            log.warning("outbox: cannot remove settled record %d yet (%s)", seq, exc)
+            return
+        del self._settled[seq]
+
+    def _retry_settled(self) -> None:
+        for seq in list(self._settled):
+            self._remove(seq)

@@ -288,10 +288,14 @@ class Outbox:
         """Remove a record the broker refused for good, counting it in ``rejected``."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
-            cur = self._db.execute("DELETE FROM records WHERE seq = ?", (seq,))
-            if cur.rowcount:
-                self._bump("rejected", 1)
-            self._db.execute("COMMIT")
+            try:
+                cur = self._db.execute("DELETE FROM records WHERE seq = ?", (seq,))
+                if cur.rowcount:
+                    self._bump("rejected", 1)
+                self._db.execute("COMMIT")
+            except sqlite3.Error:
+                self._rollback()
+                raise
             return cur.rowcount > 0
 
     def enforce_bounds(self) -> int:
