@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -224,6 +224,9 @@ class ScriptedHost:
                     self._serve(need)
         elif msg.topic == self.reply_topic:
             reply = CommandReply.from_json(msg.payload)
+            if reply.id == "?" and msg.correlation_data:  # a command too malformed to name:
+                # matched by its correlation data, as deploy/command.py does
+                reply = replace(reply, id=msg.correlation_data.decode(errors="replace"))
             with self._lock:
                 self.replies.append(reply)
         elif msg.topic == self.topics.events:

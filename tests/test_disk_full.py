@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.mqtt.outbox import Outbox
+from agent.mqtt.outbox import Outbox, OutboxDrainer
 from tests.agent_proc import AgentProcess, Observer, wait_for
 from tests.e2e_host import agent_config, assert_digits_serving, seed_state
+from tests.test_outbox import FakePublisher
 
 DISK_MB = 3
 
@@ -80,6 +81,36 @@ def test_outbox_that_cannot_open_on_a_full_disk_runs_in_memory(small_disk: Path)
     assert box.in_memory and box.disk_full
     assert box.append("t", b"kept in memory") > 0
     assert [r.payload for r in box.peek()] == [b"kept in memory"]
+
+
+def test_drainer_outlives_deletes_that_fail_on_a_full_disk(small_disk: Path) -> None:
+    """On a full disk even the DELETE of an acknowledged record fails (SQLite needs WAL
+    space): the drainer thread carries on, does not send the record again, and deletes it once
+    space is back."""
+    box = Outbox(small_disk / "outbox.sqlite", max_bytes=1 << 20)
+    for i in range(20):
+        box.append("t", b"%d" % i)
+    box._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the next DELETE must grow the WAL
+    pub = FakePublisher()
+    drainer = OutboxDrainer(box, pub, window=4, housekeeping_s=0.2)
+    filler = fill(small_disk)
+    drainer.start()
+    try:
+        wait_for(lambda: len(pub.sent) == 4, 5, "a full window sent")
+        for _, handle in pub.outstanding():
+            handle._resolve(0)
+        wait_for(lambda: len(pub.sent) == 8, 5, "the next window after the PUBACKs")
+        assert drainer.acked == 4 and box.stats().records == 20  # acked, not yet deleted
+        filler.unlink()
+        while len(pub.sent) < 20 or pub.outstanding():
+            for _, handle in pub.outstanding():
+                handle._resolve(0)
+            wait_for(lambda: pub.outstanding() or len(pub.sent) == 20, 5, "progress")
+        wait_for(lambda: box.stats().records == 0, 5, "every record deleted once space is back")
+        assert [p for p, _ in pub.sent] == [b"%d" % i for i in range(20)]  # none sent twice
+        assert drainer.acked == 20
+    finally:
+        drainer.stop()
 
 
 def test_outbox_wal_stays_within_its_share_of_the_bound(tmp_path: Path) -> None:

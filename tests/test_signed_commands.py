@@ -153,6 +153,20 @@ ATTACKS: dict[str, tuple[Callable[[Ed25519PrivateKey], Command], str]] = {
         lambda k: _real(k, "rollback", 9, target={"device": "pi-02"}),
         "wrong_target",
     ),
+    # the attacks: an unsigned load generator at 10000 Hz and a 100000-run bench are
+    # out of bounds before any signature is looked at; within bounds, unsigned is refused
+    "unsigned_config_loadgen_flood": (
+        lambda k: Command("config", uuid.uuid4().hex, {"loadgen": {"rate_hz": 10000}}, time.time()),
+        "malformed",
+    ),
+    "unsigned_bench_of_100000_runs": (
+        lambda k: Command("bench", uuid.uuid4().hex, {"runs": 100000}, time.time()),
+        "malformed",
+    ),
+    "unsigned_config_within_bounds": (
+        lambda k: Command("config", uuid.uuid4().hex, {"loadgen": {"rate_hz": 100}}, time.time()),
+        "unsigned",
+    ),
     "rollback_from_the_past": (lambda k: _real(k, "rollback", 9, ts=0.0), "expired"),
     "rollback_a_year_ahead": (
         lambda k: _real(k, "rollback", 9, ts=time.time() + 365 * 86400),
@@ -177,8 +191,11 @@ def test_attack_on_the_real_agent_is_refused_and_changes_nothing(
         before = auth_file.read_bytes()
         reply = host.wait_reply(_send(host, make(key)))
         assert (reply.status, reply.code) == ("rejected", code), reply
-    assert pointer_sha(agent.state_dir) == old_sha
-    assert auth_file.read_bytes() == before
+        assert pointer_sha(agent.state_dir) == old_sha
+        assert auth_file.read_bytes() == before
+        # the load generator is still off (a signed no-op config reports the applied rate)
+        probe = host.wait_reply(_send(host, _real(key, "config", 2)), status="ok")
+        assert probe.data["loadgen_rate_hz"] == 0, probe
     assert agent.alive()
 
 
