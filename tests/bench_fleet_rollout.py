@@ -79,9 +79,13 @@ def one_rate(broker: Broker, work: Path, n: int, processes: int, rate: float) ->
             raise RuntimeError(f"edge-deploy rollout exited {proc.returncode}: {proc.stderr}")
         out = json.loads(proc.stdout)
         cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
-        expect = old.sha256 if out["state"] == "aborted" else new.sha256
+        aborted = out["state"] == "aborted"
+        expect = old.sha256 if aborted else new.sha256
+        # aborted: every device back on (or still on) the old model; else every commit on the
+        # new one (a device whose install failed stays on the old)
+        want = n if aborted else len(out["committed"])
         mqtt_util.wait_until(
-            lambda: sum(s == expect for s in _serving(states).values()) >= n,
+            lambda: sum(s == expect for s in _serving(states).values()) >= want,
             120, "every device on its final model", interval=0.5,
         )  # fmt: skip
         final = sum(s == expect for s in _serving(states).values())
