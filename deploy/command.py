@@ -1,6 +1,7 @@
 """Sending one command to a device and waiting for its reply (``edge-deploy command``).
 
-Commands that change what a device runs or how it behaves (rollback, config, bench) are signed
+Commands that change what a device runs or how it behaves (rollback, config, bench, and a
+deploy carrying gates or a delegate) are signed
 (agent/wire/signed.py) with the host's key, addressed to the device, and numbered with
 ``seq`` = the current time in milliseconds, so a host needs no counter file of its own and a
 later command always numbers above an earlier one. ``state`` and ``rebirth`` go unsigned.
@@ -17,7 +18,7 @@ from typing import Any
 from agent.errors import EdgeloopError
 from agent.mqtt.types import IncomingMessage
 from agent.wire.messages import Command, CommandReply
-from agent.wire.signed import SIGNED_VERBS, sign_command
+from agent.wire.signed import needs_signature, sign_command
 from agent.wire.topics import Topics
 from deploy.mqtt import BrokerAddress, connect, new_client_id
 
@@ -33,7 +34,7 @@ def build_command(
     ts = time.time() if now is None else now
     cmd_id = uuid.uuid4().hex
     auth = None
-    if verb in SIGNED_VERBS:
+    if needs_signature(verb, args):
         if private_key is None:
             raise EdgeloopError(
                 f"cmd/{verb} must be signed", hint="pass --keys DIR (or [keys] in --host-config)"

@@ -12,7 +12,6 @@ import logging
 import queue
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,6 @@ from agent.wire.chunks import encode_chunk
 from agent.wire.manifest import DEFAULT_CHUNK_SIZE, DEFAULT_SLOT, SignedManifest
 from agent.wire.manifest_signing import model_fields, sign_manifest
 from agent.wire.messages import (
-    Command,
     CommandReply,
     Event,
     EventKind,
@@ -35,6 +33,7 @@ from agent.wire.messages import (
     State,
 )
 from agent.wire.topics import Topics
+from deploy.command import build_command
 from deploy.mqtt import BrokerAddress, connect, new_client_id
 
 log = logging.getLogger(__name__)
@@ -134,8 +133,10 @@ class Pusher:
         prefix: str = "edgeloop",
         progress: TextIO | None = None,
         on_event: Callable[[dict[str, Any]], None] | None = None,
+        key: Any | None = None,
     ) -> None:
         self.topics = Topics(prefix, device_id)
+        self.key = key  # signs a deploy command that carries gates (agent.wire.signed)
         self.client_id = new_client_id("push")
         self.reply_topic = self.topics.reply(self.client_id)
         self.inbox: queue.Queue[IncomingMessage] = queue.Queue()
@@ -202,7 +203,7 @@ class Pusher:
             args["gates"] = dict(gates)
         if stream:
             args["stream"] = True
-        cmd = Command("deploy", uuid.uuid4().hex, args, time.time())
+        cmd = build_command("deploy", self.topics.device_id, args, self.key)
         # Subscriptions are in place once connected (the transport subscribes before it
         # reports the connection), so no need request can be missed.
         info = self.transport.publish(
@@ -387,6 +388,6 @@ def push_model(
         targets={"devices": [device_id]},
         slot=slot,
     )
-    with Pusher(broker, device_id, prefix=prefix, progress=progress) as pusher:
+    with Pusher(broker, device_id, prefix=prefix, progress=progress, key=private_key) as pusher:
         pusher._chunk_size = signed.manifest.chunk_size
         return pusher.push(model, signed, timeout_s=timeout_s, gates=gates)

@@ -119,5 +119,5 @@ def roll_back(
     state = device_state(broker, device_id, prefix=prefix)
     plan = plan_rollback(state, device_id, model=model, registry=registry)
     signed = plan.sign(private_key)
-    with Pusher(broker, device_id, prefix=prefix, progress=None) as pusher:
+    with Pusher(broker, device_id, prefix=prefix, progress=None, key=private_key) as pusher:
         return pusher.push(plan.model, signed, timeout_s=timeout_s, gates=gates)

@@ -30,6 +30,7 @@ from agent.wire.chunks import encode_chunk
 from agent.wire.manifest import SignedManifest
 from agent.wire.manifest_signing import model_fields, sign_manifest
 from agent.wire.messages import Command, CommandReply, Event, NeedRequest
+from agent.wire.signed import needs_signature, sign_command
 from agent.wire.topics import Topics
 from tests.agent_proc import AgentProcess, Observer, wait_for
 from tests.broker import Broker
@@ -76,8 +77,11 @@ Order = Callable[[list[int]], list[int]]
 
 
 class ScriptedHost:
-    def __init__(self, broker: Broker, device_id: str = "pi-01", prefix: str = "edgeloop") -> None:
+    def __init__(
+        self, broker: Broker, device_id: str = "pi-01", prefix: str = "edgeloop", key: Any = None
+    ) -> None:
         self.topics = Topics(prefix, device_id)
+        self.key = key  # signs a deploy that carries gates, as edge-deploy does
         self.client_id = f"test-host-{uuid.uuid4().hex[:10]}"
         self.reply_topic = self.topics.reply(self.client_id)
         self._q: queue.Queue[IncomingMessage | None] = queue.Queue()
@@ -142,18 +146,25 @@ class ScriptedHost:
         self,
         manifest: SignedManifest | Mapping[str, Any],
         *,
-        gates: Mapping[str, Any] | None = GATES,
+        gates: Mapping[str, Any] | None = None,
         cmd_id: str | None = None,
         expiry: int | None = None,
         extra_args: Mapping[str, Any] | None = None,
     ) -> str:
-        """Publish ``cmd/deploy``; returns the command id (= the correlation data)."""
+        """Publish ``cmd/deploy``; returns the command id (= the correlation data). Without
+        ``gates`` the agent's own (AGENT_CONFIG, the same as GATES) judge the trial and the
+        command goes unsigned; with them it is signed by ``key`` as edge-deploy does."""
         envelope = manifest.to_dict() if isinstance(manifest, SignedManifest) else dict(manifest)
         args: dict[str, Any] = {"manifest": envelope}
         if gates:
             args["gates"] = dict(gates)
         args.update(extra_args or {})
-        cmd = Command("deploy", cmd_id or uuid.uuid4().hex, args, time.time())
+        cmd_id, ts = cmd_id or uuid.uuid4().hex, time.time()
+        auth = None
+        if self.key is not None and needs_signature("deploy", args):
+            target = {"device": self.topics.device_id}
+            auth = sign_command(self.key, "deploy", cmd_id, args, ts, int(ts * 1000), target)
+        cmd = Command("deploy", cmd_id, args, ts, auth)
         self.publish(
             Sent(self.topics.cmd("deploy"), cmd.to_json(), self.reply_topic, cmd.id.encode()),
             expiry=expiry,
@@ -400,7 +411,7 @@ class SeededDevice:
         self, model: Path | bytes | None = None, signed: SignedManifest | None = None
     ) -> ScriptedHost:
         """A scripted host on the broker (enter it to connect), offering ``model`` if given."""
-        host = ScriptedHost(self.broker)
+        host = ScriptedHost(self.broker, key=self.key)
         if model is not None and signed is not None:
             host.offer(model.read_bytes() if isinstance(model, Path) else model, signed)
         return host

@@ -20,7 +20,6 @@ from agent.wire.messages import NeedRequest
 from deploy.mqtt import BrokerAddress
 from deploy.push import Pusher, PushResult
 from tests.agent_proc import Observer
-from tests.broker import Broker
 from tests.delivery_helpers import model_files, pointer_sha, sha256_file, store_problems
 from tests.e2e_host import (
     GATES,
@@ -75,8 +74,9 @@ def requested(obs: Observer) -> set[int]:
     return out
 
 
-def push(broker: Broker, model: Path, signed: SignedManifest) -> PushResult:
-    with Pusher(BrokerAddress(broker.host, broker.port), "pi-01", progress=None) as pusher:
+def push(seeded: SeededDevice, model: Path, signed: SignedManifest) -> PushResult:
+    address = BrokerAddress(seeded.broker.host, seeded.broker.port)
+    with Pusher(address, "pi-01", progress=None, key=seeded.key) as pusher:
         return pusher.push(model, signed, timeout_s=60, gates=GATES)
 
 
@@ -128,13 +128,11 @@ def test_crash_at_point_leaves_old_or_new_complete(
 
         # Finish the install: the same manifest again (a staged transfer is resumed), else a
         # new release of the same bytes (the agent had accepted r2 already).
-        result = push(seeded.broker, new_model, signed)
+        result = push(seeded, new_model, signed)
         if not result.ok:
             assert result.outcome == "duplicate" and result.code == "replayed", result
             assert new_sha in model_files(state_dir)  # complete on disk: nothing to move
-            result = push(
-                seeded.broker, new_model, seeded.sign(new_model, release=3, chunk_size=CHUNK)
-            )
+            result = push(seeded, new_model, seeded.sign(new_model, release=3, chunk_size=CHUNK))
         assert result.ok, (point, result)
         # Only missing chunks move: no need after the restart names a durable chunk, and the
         # host served at most the missing ones (QoS 1 chunks the scripted host had sent before

@@ -344,11 +344,13 @@ def test_d2_as_d1s_client_id_neither_kicks_d1_nor_drops_its_queued_commands(
     fleet: Fleet, d1: Agent, host: Client
 ) -> None:
     ask_until_answered(host, "d1")
+    start = fleet.log.stat().st_size  # the broker's log from this attempt on
     online = Client(fleet, "d2", [], client_id="edgeloop-d1")  # d1 online: a takeover attempt
     try:
         assert online.wait_connected(), online.transport.stats().last_error
-        log = fleet.log.read_text()
-        assert "as d2 " in log  # the broker named the session after d2's certificate
+        ask_until_answered(host, "d1")  # d1 still answers with the impostor connected
+        log = fleet.log.read_bytes()[start:].decode(errors="replace")
+        assert "as d2 " in log, log  # the broker named the session after d2's certificate
         assert "edgeloop-d1 already connected" not in log and "d1 already connected" not in log
     finally:
         online.close()
@@ -400,6 +402,33 @@ def test_fleet_over_tls_from_the_host_config_lists_d1(
     assert deploy_main(argv) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [r["device"] for r in rows if r["online"]] == ["d1"], rows
+
+
+def explicit_tls(fleet: Fleet) -> list[str]:
+    """The host's broker and TLS options spelled out, as without a host config file."""
+    tls = fleet.tls("ops")
+    return ["--broker", f"127.0.0.1:{fleet.host_port}", "--tls-ca", tls.ca_file,
+            "--tls-cert", str(tls.cert_file), "--tls-key", str(tls.key_file)]  # fmt: skip
+
+
+def test_command_state_with_explicit_tls_flags_gets_d1s_reply(
+    fleet: Fleet, d1: Agent, host: Client, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ask_until_answered(host, "d1")
+    capsys.readouterr()
+    assert deploy_main(["command", "state", "--device", "d1", *explicit_tls(fleet)]) == 0
+    reply = json.loads(capsys.readouterr().out)
+    assert reply["status"] == "ok" and reply["data"]["state"]["online"] is True, reply
+
+
+def test_watch_over_tls_shows_d1s_telemetry(
+    fleet: Fleet, d1: Agent, host: Client, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ask_until_answered(host, "d1")
+    capsys.readouterr()
+    assert deploy_main(["watch", "--seconds", "4", "--device", "d1", *explicit_tls(fleet)]) == 0
+    lines = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert ["d1", "state", "online"] in [x[:3] for x in lines], lines  # the retained birth
 
 
 def test_shared_model_stream_hosts_write_devices_only_read(fleet: Fleet, host: Client) -> None:

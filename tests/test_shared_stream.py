@@ -69,9 +69,10 @@ def signed_for(key: Any, data: bytes, devices: list[str], release: int = 2,
     }
 
 
-def push(broker: Broker, data: bytes, manifests: dict[str, SignedManifest],
+def push(broker: Broker, data: bytes, manifests: dict[str, SignedManifest], key: Any,
          timeout_s: float = 120) -> WaveResult:  # fmt: skip
-    return push_wave(address(broker), data, manifests, timeout_s=timeout_s, gates=GATES)
+    """One wave with the test gates (so a deploy command signed with ``key``)."""
+    return push_wave(address(broker), data, manifests, timeout_s=timeout_s, gates=GATES, key=key)
 
 
 def assert_all_committed(wave: WaveResult) -> None:
@@ -96,7 +97,7 @@ def test_a_wave_of_real_agents_and_simulated_devices_commits_from_one_stream(
     data = model("digits_int8").read_bytes()
     manifests = signed_for(key, data, [a.device_id for a in agents] + sims, release=1,
                            chunk_size=4096)  # fmt: skip
-    wave = push(broker, data, manifests)
+    wave = push(broker, data, manifests, key)
     assert_all_committed(wave)
     sha = wave.sha256
     for agent in agents:
@@ -118,7 +119,7 @@ def test_link_flaps_on_the_stream_are_repaired_through_need(
     pid = agent.pid
     start = proxy.bytes_down
     proxy.flap_at(start + k * size // 6 for k in range(1, 6))
-    wave = push(seeded.broker, data, manifests)
+    wave = push(seeded.broker, data, manifests, seeded.key)
     received = proxy.bytes_down - start
     assert proxy.flaps == 5 and proxy.connections >= 6
     assert_all_committed(wave)
@@ -143,7 +144,7 @@ def test_a_chunk_corrupted_on_the_stream_is_refused_and_fetched_again(
     chunk = manifests["pi-01"].manifest.chunk_size
     agent = seeded.start(extra_args=["--broker", proxy.url])
     proxy.corrupt_publishes(1, min_size=chunk // 2)  # the first one is a stream chunk
-    wave = push(seeded.broker, data, manifests)
+    wave = push(seeded.broker, data, manifests, seeded.key)
     assert proxy.corrupted == 1
     assert_all_committed(wave)
     assert event(wave, "pi-01", "install_verified")["data"]["corrupt_chunks"] == 1
@@ -162,7 +163,9 @@ def test_a_crash_mid_stream_resumes_with_only_the_missing_chunks(
     sha = manifests["pi-01"].manifest.sha256
     agent = seeded.start(env={"EDGELOOP_CRASH_AT": "after_chunk:40"})
     result: list[WaveResult] = []
-    pusher = threading.Thread(target=lambda: result.append(push(seeded.broker, data, manifests)))
+    pusher = threading.Thread(
+        target=lambda: result.append(push(seeded.broker, data, manifests, seeded.key))
+    )
     pusher.start()
     try:
         rc = agent.wait_exit(60)

@@ -21,10 +21,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from agent.errors import ProtocolError
 from agent.wire.ed25519 import PublicKey
 from agent.wire.messages import MAX_BENCH_RUNS, MAX_LOADGEN_HZ, Command
-from agent.wire.signed import FUTURE_S, MAX_AGE_S, sign_command, verify_command
+from agent.wire.signed import FUTURE_S, MAX_AGE_S, needs_signature, sign_command, verify_command
 from deploy.cli.main import main as deploy_main
 from tests.delivery_helpers import pointer_sha
-from tests.e2e_host import ScriptedHost, SeededDevice, Sent
+from tests.e2e_host import ScriptedHost, SeededDevice, Sent, sign_model
+from tests.modelzoo import model
 
 NOW = 1_800_000_000.0
 KEY = Ed25519PrivateKey.generate()
@@ -115,6 +116,19 @@ def test_replayed_sequence_is_refused() -> None:
     assert rejected(signed(seq=3), last_seq=4) == "replayed"
 
 
+def test_a_deploy_needs_a_command_signature_only_when_it_overrides_gates_or_delegate() -> None:
+    assert not needs_signature("deploy", {"manifest": {}, "stream": True})  # the manifest's own
+    assert needs_signature("deploy", {"manifest": {}, "gates": {}})
+    assert needs_signature("deploy", {"manifest": {}, "delegate": "cpu"})
+    assert needs_signature("config", {}) and not needs_signature("state", {})
+
+
+def _deploy_args(key: Ed25519PrivateKey) -> dict[str, Any]:
+    """A deploy of a validly signed manifest whose gates would wave any model through."""
+    signed = sign_model(model("digits_fp16"), key, release=30)
+    return {"manifest": signed.to_dict(), "gates": {"min_inferences": 0, "min_seconds": 0}}
+
+
 def test_config_and_bench_values_are_bounded_even_when_signed() -> None:
     for verb, args in (
         ("config", {"loadgen": {"enabled": True, "rate_hz": MAX_LOADGEN_HZ + 1}}),
@@ -166,6 +180,15 @@ ATTACKS: dict[str, tuple[Callable[[Ed25519PrivateKey], Command], str]] = {
     "unsigned_config_within_bounds": (
         lambda k: Command("config", uuid.uuid4().hex, {"loadgen": {"rate_hz": 100}}, time.time()),
         "unsigned",
+    ),
+    # a genuine manifest with unsigned (or misaddressed) gates that would pass any model
+    "unsigned_deploy_gates": (
+        lambda k: Command("deploy", uuid.uuid4().hex, _deploy_args(k), time.time()),
+        "unsigned",
+    ),
+    "deploy_gates_signed_for_another_device": (
+        lambda k: _real(k, "deploy", 9, args=_deploy_args(k), target={"device": "pi-02"}),
+        "wrong_target",
     ),
     "rollback_from_the_past": (lambda k: _real(k, "rollback", 9, ts=0.0), "expired"),
     "rollback_a_year_ahead": (

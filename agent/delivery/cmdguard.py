@@ -18,7 +18,7 @@ from typing import Any
 from agent.system.atomicfile import atomic_write
 from agent.wire.ed25519 import PublicKey
 from agent.wire.messages import Command
-from agent.wire.signed import SIGNED_VERBS, Accepted, verify_command
+from agent.wire.signed import Accepted, needs_signature, verify_command
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class CommandGuard:
     def check(self, cmd: Command) -> Accepted | None:
         """Verify ``cmd`` if its verb needs a signature (raises ProtocolError with the reason)
         and record it; None for verbs that stay unsigned."""
-        if cmd.verb not in SIGNED_VERBS:
+        if not needs_signature(cmd.verb, cmd.args):
             return None
         accepted = verify_command(
             cmd.verb,

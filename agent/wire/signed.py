@@ -16,8 +16,9 @@ addressee are all bound. ``target`` is ``{"device": ID}`` or ``{"class": HARDWAR
 ``expired`` (``ts`` older than ``MAX_AGE_S`` or more than ``FUTURE_S`` ahead of the device's
 time, which is never taken below its clock floor), ``replayed`` (``seq`` not above the last
 accepted one for that key). The caller persists the accepted ``(key_id, seq, ts)``
-(agent/delivery/cmdguard.py). Read-only verbs (state, rebirth) stay unsigned; deploy is
-covered by its signed manifest.
+(agent/delivery/cmdguard.py). Read-only verbs (state, rebirth) stay unsigned; a deploy is
+covered by its signed manifest, and is signed as a command too when it carries ``gates`` or
+``delegate`` (:func:`needs_signature`): unsigned, those could loosen the health check.
 """
 
 from __future__ import annotations
@@ -34,6 +35,17 @@ from agent.wire.ed25519 import PublicKey
 from agent.wire.reasons import Reason
 
 SIGNED_VERBS = frozenset({"rollback", "config", "bench"})
+#: ``cmd/deploy`` arguments beside the (signed) manifest that change how a device judges or runs
+#: the model: a deploy carrying one of them must be signed like the verbs above.
+SIGNED_DEPLOY_ARGS = frozenset({"gates", "delegate"})
+
+
+def needs_signature(verb: str, args: Mapping[str, Any]) -> bool:
+    """Whether ``cmd/<verb>`` with ``args`` must carry a valid ``auth``: the verbs that change
+    what a device runs or does, and a deploy whose gates or delegate override the device's."""
+    return verb in SIGNED_VERBS or (verb == "deploy" and not SIGNED_DEPLOY_ARGS.isdisjoint(args))
+
+
 #: A signed command older than this (device time) is refused: it was held back or replayed.
 MAX_AGE_S = 600.0
 #: ... and one more than this ahead of the device's time (a host clock far ahead, or forged).

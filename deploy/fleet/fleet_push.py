@@ -106,6 +106,7 @@ class _Session(Pusher):
         self.transport = transport
         self.progress = None
         self.on_event = None
+        self.key: Any | None = None
         self.job = job
         self.data = data
         m = job.signed.manifest
@@ -157,8 +158,10 @@ class FleetPusher:
         command_expiry_s: int = 300,
         stream: bool = True,
         join_wait_s: float = JOIN_WAIT_S,
+        key: Any | None = None,
     ) -> None:
         self.prefix = prefix
+        self.key = key  # the host's signing key: a deploy carrying gates is a signed command
         self.gates = gates
         self.timeout_s = timeout_s
         self.max_in_flight = max(1, max_in_flight)
@@ -235,7 +238,7 @@ class FleetPusher:
                 deferred.append(job)
                 continue
             s = _Session(self.transport, job, data, self.prefix, self.client_id)
-            s.run, s.stats = run, self.stats
+            s.run, s.stats, s.key = run, self.stats, self.key
             s.correlation = s.announce(
                 job.signed,
                 gates=self.gates,

@@ -202,6 +202,7 @@ class RolloutRunner:
             self.deployer.broker,
             prefix=self.deployer.prefix,
             gates=self.deployer.gates,
+            key=self.deployer.private_key,
             timeout_s=self.deployer.timeout_s,
             max_in_flight=self.max_in_flight,
         )

@@ -76,6 +76,7 @@ def push_wave(
     timeout_s: float = 600.0,
     gates: Mapping[str, Any] | None = None,
     command_expiry_s: int = 300,
+    key: Any | None = None,
 ) -> WaveResult:
     """Deploy ``model`` to every device of ``manifests`` (all of the same bytes and chunk size)
     and wait for each verdict or ``timeout_s``. ValueError before anything is sent when the
@@ -90,6 +91,7 @@ def push_wave(
         broker,
         prefix=prefix,
         gates=gates,
+        key=key,
         timeout_s=timeout_s,
         max_in_flight=len(manifests),
         command_expiry_s=command_expiry_s,
