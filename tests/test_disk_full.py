@@ -161,7 +161,7 @@ def test_agent_survives_a_full_disk_and_restarts_on_it(
     assert agent.stop() == 0
     fill(small_disk)
     again = start_agent(state_dir=small_disk, extra_args=args, ready_check=True)
-    stays_up(again, sha, 30)
+    stays_up(again, sha, 10)
 
 
 def disk_state(agent: AgentProcess) -> bool | None:
