@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.wire.record import Record
 from deploy.command import build_command, send_command
 from deploy.convert import Converter
 from deploy.convert.variant import VariantResult
@@ -28,7 +29,7 @@ STUDY_GATES = {"min_inferences": 10, "min_seconds": 0.5}
 
 
 @dataclass(frozen=True)
-class StudyRow:
+class StudyRow(Record):
     model: str
     recipe: str
     status: str  # ok | failed | unavailable | not installed | bench failed
@@ -42,9 +43,6 @@ class StudyRow:
     conversion_s: float | None = None
     bench_runs: int | None = None
     error: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from agent.energy import EnergySampler, open_meter
-from tests.sim_meters import PowerProfile, SimLineMeter, SimUM25C, burst_workload
+from tests.sim_meters import PowerProfile, SimLineMeter, SimUM25C, _PtyDevice, burst_workload
 
 IDLE_W, LOAD_W = 2.5, 5.0
 
@@ -120,6 +120,22 @@ def bench_meter(
     }
 
 
+#: The meters benchmarked, each on a fresh profile: (name, its simulator in a directory, the
+#: meter spec for the simulator's path).
+SIMULATED: tuple[tuple[str, Callable[[Path, PowerProfile], _PtyDevice], str], ...] = (
+    (
+        "UM25C (2 Hz poll, 2 Hz refresh)",
+        lambda tmp, profile: SimUM25C(tmp / "rfcomm0", profile, refresh_hz=2.0),
+        "um25c:{}?interval=0.5",
+    ),
+    (
+        "INA219 CSV lines (10 Hz)",
+        lambda tmp, profile: SimLineMeter(tmp / "ttyACM0", profile, rate_hz=10),
+        "serial_lines:{}?fields=ms,mV,mA",
+    ),
+)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bursts", type=int, default=5)
@@ -132,28 +148,10 @@ def main() -> int:
     infer, workload = (synthetic_inference(), "synthetic") if args.synthetic else real_inference()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        profile = PowerProfile(IDLE_W)
-        with SimUM25C(Path(tmp) / "rfcomm0", profile, refresh_hz=2.0) as sim:
-            results.append(
-                bench_meter(
-                    "UM25C (2 Hz poll, 2 Hz refresh)",
-                    f"um25c:{sim.path}?interval=0.5",
-                    profile,
-                    infer,
-                    args,
-                )
-            )
-        profile = PowerProfile(IDLE_W)
-        with SimLineMeter(Path(tmp) / "ttyACM0", profile, rate_hz=10) as line:
-            results.append(
-                bench_meter(
-                    "INA219 CSV lines (10 Hz)",
-                    f"serial_lines:{line.path}?fields=ms,mV,mA",
-                    profile,
-                    infer,
-                    args,
-                )
-            )
+        for name, simulator, spec in SIMULATED:
+            profile = PowerProfile(IDLE_W)
+            with simulator(Path(tmp), profile) as sim:
+                results.append(bench_meter(name, spec.format(sim.path), profile, infer, args))
 
     print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
     print(

@@ -179,12 +179,21 @@ def test_auto_picks_edgetpu_for_compiled_model_when_coral_present(
     run_once(loaded.interpreter)  # the delegate kernel runs (it computes nothing)
 
 
+def auto_edgetpu_failure(
+    hardware: HardwareInfo, caplog: pytest.LogCaptureFixture
+) -> pytest.ExceptionInfo[IncompatibleModelError]:
+    """Load the Edge TPU model with ``"auto"`` on ``hardware`` (warnings captured); it must
+    raise IncompatibleModelError."""
+    with caplog.at_level(logging.WARNING), pytest.raises(IncompatibleModelError) as err:
+        load_model(model("digits_edgetpu"), "auto", hardware=hardware)
+    return err
+
+
 @pytest.mark.runtime
 def test_auto_edgetpu_model_when_delegate_takes_nothing_fails_as_incompatible(
     as_libedgetpu: Path, record: Path, coral: HardwareInfo, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING), pytest.raises(IncompatibleModelError) as err:
-        load_model(model("digits_edgetpu"), "auto", hardware=coral)
+    err = auto_edgetpu_failure(coral, caplog)
     assert calls(record) == [{"device": "usb:0"}]  # the Edge TPU was tried first
     assert EDGETPU_CUSTOM_OP in err.value.message
     assert "Edge TPU delegate unusable" in (err.value.hint or "")
@@ -215,8 +224,7 @@ def test_auto_plain_model_without_accelerator_is_cpu_without_fallback(
 def test_auto_edgetpu_model_without_accelerator_fails_cleanly_with_reason(
     as_libedgetpu: Path, record: Path, cpu_only: HardwareInfo, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING), pytest.raises(IncompatibleModelError) as err:
-        load_model(model("digits_edgetpu"), "auto", hardware=cpu_only)
+    err = auto_edgetpu_failure(cpu_only, caplog)
     assert isinstance(err.value, EdgeloopError) and isinstance(err.value.__cause__, RuntimeError)
     assert "no Edge TPU was found" in (err.value.hint or "")
     assert "no Edge TPU was found" in caplog.text

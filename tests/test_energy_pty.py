@@ -33,11 +33,17 @@ def truth(profile: PowerProfile, t0: float, t1: float, n: int) -> tuple[float, f
     return joules / n * 1000, (joules - IDLE_W * (t1 - t0)) / n * 1000
 
 
-def measure(sampler: EnergySampler, profile: PowerProfile):
-    assert sampler.wait_baseline(10) == pytest.approx(IDLE_W, rel=0.01)
-    t0, t1, n = workload(profile)
-    assert sampler.wait_sample_after(t1 + 0.05, 10)  # the hold of the last load sample is known
-    return sampler.window(t0, t1, n), truth(profile, t0, t1, n)
+def measure(spec: str, profile: PowerProfile):
+    """A sampler started on ``spec`` over :func:`workload`, stopped at the end:
+    (the sampler, the workload's window, the truth)."""
+    sampler = started(spec)
+    try:
+        assert sampler.wait_baseline(10) == pytest.approx(IDLE_W, rel=0.01)
+        t0, t1, n = workload(profile)
+        assert sampler.wait_sample_after(t1 + 0.05, 10)  # the hold of the last load sample is known
+        return sampler, sampler.window(t0, t1, n), truth(profile, t0, t1, n)
+    finally:
+        sampler.stop()
 
 
 @pytest.fixture
@@ -79,11 +85,7 @@ def assert_close(window: EnergyWindow, expected: tuple[float, float], rel: float
 
 
 def test_um25c_energy_per_inference_matches_the_profile(um25c, profile):
-    sampler = started(f"um25c:{um25c.path}?interval=0.05")
-    try:
-        window, expected = measure(sampler, profile)
-    finally:
-        sampler.stop()
+    sampler, window, expected = measure(f"um25c:{um25c.path}?interval=0.05", profile)
     assert_close(window, expected)
     assert window.source == f"um25c:{um25c.path}" and window.measured is True
     assert window.samples >= 20
@@ -96,11 +98,7 @@ def test_um25c_energy_per_inference_matches_the_profile(um25c, profile):
 )
 def test_line_meter_energy_per_inference_matches_the_profile(tmp_path, profile, fmt, spec_options):
     with SimLineMeter(tmp_path / "ttyACM0", profile, fmt=fmt, rate_hz=50) as sim:
-        sampler = started(f"serial_lines:{sim.path}?{spec_options}")
-        try:
-            window, expected = measure(sampler, profile)
-        finally:
-            sampler.stop()
+        sampler, window, expected = measure(f"serial_lines:{sim.path}?{spec_options}", profile)
     assert_close(window, expected)
     assert sampler.meter.describe()["bad_lines"] <= 1  # at most a line cut by the open
 
@@ -198,10 +196,15 @@ def test_um25c_configured_model_must_match(um25c):
 # -- faults on the line meter --------------------------------------------------------------------
 
 
+def line_sampler(
+    line_meter: SimLineMeter, options: str = "&timeout=0.3"
+) -> contextlib.AbstractContextManager[EnergySampler]:
+    """:func:`with_baseline` on the line meter's ms,mV,mA CSV lines (``options`` appended)."""
+    return with_baseline(f"serial_lines:{line_meter.path}?fields=ms,mV,mA{options}", max_hold_s=0.2)
+
+
 def test_line_meter_unplugged_then_replugged(line_meter):
-    with with_baseline(
-        f"serial_lines:{line_meter.path}?fields=ms,mV,mA&timeout=0.3", max_hold_s=0.2
-    ) as sampler:
+    with line_sampler(line_meter) as sampler:
         line_meter.unplug()
         window = outage(sampler, "meter_gone")
         assert window.missing_reason is not None and "meter_gone" in window.missing_reason
@@ -210,9 +213,7 @@ def test_line_meter_unplugged_then_replugged(line_meter):
 
 
 def test_line_meter_silent_then_back(line_meter):
-    with with_baseline(
-        f"serial_lines:{line_meter.path}?fields=ms,mV,mA&timeout=0.3", max_hold_s=0.2
-    ) as sampler:
+    with line_sampler(line_meter) as sampler:
         line_meter.mode = "silent"
         window = outage(sampler, "meter_silent")
         assert window.missing_reason is not None and "meter_silent" in window.missing_reason
@@ -221,9 +222,7 @@ def test_line_meter_silent_then_back(line_meter):
 
 
 def test_line_meter_skips_and_counts_bad_lines(line_meter):
-    with with_baseline(
-        f"serial_lines:{line_meter.path}?fields=ms,mV,mA", max_hold_s=0.2
-    ) as sampler:
+    with line_sampler(line_meter, "") as sampler:
         line_meter.mode = "garbage"
         t = time.monotonic()
         assert sampler.wait_for(lambda s: s.meter.describe()["bad_lines"] >= 3, 10)

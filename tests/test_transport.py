@@ -9,7 +9,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -106,24 +106,28 @@ def test_birth_is_retained_and_sent_again_on_every_connect(broker: Broker) -> No
     assert dev.births == 2
 
 
-def online_client(
-    broker: Broker, procs: list[subprocess.Popen[str]], dev: str
-) -> tuple[Collector, subprocess.Popen[str]]:
-    """A watcher on ``dev``'s state topic, and a client process that connected and whose birth
-    the watcher saw."""
-    watcher = Collector(broker.host, broker.port, [f"edgeloop/dev/{dev}/state"]).start()
-    proc = start_proc(broker, dev)
-    procs.append(proc)
-    read_until(proc, "CONNECTED")
-    watcher.wait_for(lambda m: json.loads(m.payload).get("online") is True, what="birth")
-    return watcher, proc
+OnlineClient = Callable[[str], tuple[Collector, subprocess.Popen[str]]]
+
+
+@pytest.fixture
+def online_client(broker: Broker, procs: list[subprocess.Popen[str]]) -> OnlineClient:
+    """``online_client(dev)``: a watcher on ``dev``'s state topic, and a client process that
+    connected and whose birth the watcher saw."""
+
+    def start(dev: str) -> tuple[Collector, subprocess.Popen[str]]:
+        watcher = Collector(broker.host, broker.port, [f"edgeloop/dev/{dev}/state"]).start()
+        proc = start_proc(broker, dev)
+        procs.append(proc)
+        read_until(proc, "CONNECTED")
+        watcher.wait_for(lambda m: json.loads(m.payload).get("online") is True, what="birth")
+        return watcher, proc
+
+    return start
 
 
 @pytest.mark.broker
-def test_will_fires_when_the_client_is_killed(
-    broker: Broker, procs: list[subprocess.Popen[str]]
-) -> None:
-    watcher, proc = online_client(broker, procs, "k1")
+def test_will_fires_when_the_client_is_killed(broker: Broker, online_client: OnlineClient) -> None:
+    watcher, proc = online_client("k1")
     t_kill = time.monotonic()
     proc.send_signal(signal.SIGKILL)
     will = watcher.wait_for(lambda m: json.loads(m.payload) == {"online": False}, what="will")
@@ -134,10 +138,10 @@ def test_will_fires_when_the_client_is_killed(
 
 @pytest.mark.broker
 def test_will_fires_within_1_5_keepalive_when_the_client_freezes(
-    broker: Broker, procs: list[subprocess.Popen[str]]
+    online_client: OnlineClient,
 ) -> None:
     """No FIN (power loss, cable pulled): only the broker's keepalive timer can notice."""
-    watcher, proc = online_client(broker, procs, "f1")
+    watcher, proc = online_client("f1")
     t_stop = time.monotonic()
     proc.send_signal(signal.SIGSTOP)
     try:
@@ -155,9 +159,9 @@ def test_will_fires_within_1_5_keepalive_when_the_client_freezes(
 
 @pytest.mark.broker
 def test_clean_stop_publishes_stopped_and_does_not_fire_the_will(
-    broker: Broker, procs: list[subprocess.Popen[str]]
+    online_client: OnlineClient,
 ) -> None:
-    watcher, proc = online_client(broker, procs, "s1")
+    watcher, proc = online_client("s1")
     proc.send_signal(signal.SIGTERM)
     read_until(proc, "STOPPED")
     assert proc.wait(10) == 0

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.board.hwroot import HwRoot
+from agent.wire.record import Record
 
 log = logging.getLogger(__name__)
 
@@ -67,18 +68,15 @@ PI_BOARD_IDS = (
 
 
 @dataclass(frozen=True)
-class Accelerator:
+class Accelerator(Record):
     kind: str  # "edgetpu"
     device: str  # pycoral device string: "usb:0", "pci:0"
     transport: str  # "usb" | "pci" | "devboard" (soldered on a Coral Dev Board)
     detail: dict[str, str] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 @dataclass(frozen=True)
-class CpuInfo:
+class CpuInfo(Record):
     arch: str
     cores: int  # online logical CPUs
     clusters: list[dict[str, Any]]  # {"id", "cpus", "cores", "max_freq_mhz", "core_type"}
@@ -86,9 +84,6 @@ class CpuInfo:
     governor: str | None
     max_freq_mhz: float | None
     model: str | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,13 @@ import re
 import shutil
 import subprocess
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from agent.board.hardware import thermal_zones
 from agent.board.hwroot import HwRoot
+from agent.wire.record import Record
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ _THROTTLED_RE = re.compile(r"throttled=(0x[0-9a-fA-F]+|\d+)")
 
 
 @dataclass(frozen=True)
-class ThermalState:
+class ThermalState(Record):
     temp_c: float | None
     freq_mhz: float | None
     governor: str | None
@@ -57,9 +58,6 @@ class ThermalState:
     coral_temps_c: list[float]
     temp_source: str | None = None  # thermal zone type the temperature came from
     throttled_hex: str | None = field(default=None)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def decode_throttled(bits: int) -> tuple[list[str], list[str]]:

@@ -1,5 +1,5 @@
-"""What the installer's parts share: the protocols of what the installer talks to (the core
-thread, one-way outputs), the record of the running install (:class:`Install`) and
+"""What the installer's parts share: what the installer talks to (the core thread's protocols,
+the one-way :data:`Outputs`), the record of the running install (:class:`Install`) and
 :class:`InstallerBase`, the fields every step reads (set by agent.delivery.install.Installer) and
 the failure path that ends an install.
 """
@@ -11,10 +11,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeAlias
 
 from agent.delivery.checks import Gates
 from agent.delivery.store import ModelStore
+from agent.mqtt.publisher import Publisher
 from agent.serving.server import LatencyWindow, Server
 from agent.wire.manifest import Manifest
 from agent.wire.messages import EventKind, ReplyStatus, ReplyTo
@@ -24,21 +25,8 @@ from agent.wire.stream import StreamPosition
 log = logging.getLogger("agent.delivery.install")  # the installer's lines keep their name
 
 
-class Outputs(Protocol):
-    """Where the installer's messages go, one way (agent.mqtt.publisher.Publisher)."""
-
-    def event(self, kind: str, code: str = "ok", message: str = "", **data: Any) -> None: ...
-    def progress(self, data: dict[str, Any]) -> None: ...
-    def reply(
-        self,
-        to: ReplyTo | None,
-        status: str,
-        code: str | None = None,
-        message: str = "",
-        **data: Any,
-    ) -> None: ...
-    def request_chunks(self, sha256: str, indexes: list[int], *, stream: bool = False) -> None: ...
-    def follow_stream(self, sha256: str, on: bool) -> None: ...
+#: Where the installer's (and the command verbs') messages go, one way: the device's publisher.
+Outputs: TypeAlias = Publisher
 
 
 class CoreHost(Protocol):

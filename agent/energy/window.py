@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import bisect
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 from agent.energy.base import Sample
+from agent.wire.record import Record
 
 
 @dataclass(frozen=True)
-class EnergyWindow:
+class EnergyWindow(Record):
     """Energy over one window of inferences. Power in W, energy per inference in mJ."""
 
     t0: float
@@ -28,9 +28,6 @@ class EnergyWindow:
     missing_reason: str | None
     net_missing_reason: str | None = None
     basis: str | None = None  # "net" | "gross": the figure that stands for this window
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)

@@ -6,16 +6,15 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from agent.wire.record import Record
+
 
 @dataclass(frozen=True)
-class OperatorInfo:
+class OperatorInfo(Record):
     name: str
     version: int
     custom: bool
     count: int  # nodes using this opcode; 0 for an opcode listed but unused
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)

@@ -11,14 +11,14 @@ import importlib.util
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 from agent.errors import RuntimeUnavailableError
 from agent.runtime.base import Backend
 from agent.runtime.litert import LiteRTBackend
 from agent.runtime.tensorflow import TensorFlowBackend
 from agent.runtime.tflite_runtime import TFLiteRuntimeBackend
+from agent.wire.record import Record
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +41,12 @@ _instances: dict[str, Backend] = {}
 
 
 @dataclass(frozen=True)
-class RuntimeInfo:
+class RuntimeInfo(Record):
     name: str
     version: str | None
     module: str
     available: bool
     error: str | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def canonical_name(name: str) -> str:

@@ -48,12 +48,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from agent.errors import EdgeloopError, IncompatibleModelError, ModelFileError
 from agent.runtime.sandbox_child import DEFAULT_MEMORY_MB, RESULT_PREFIX
+from agent.wire.record import Record
 
 if TYPE_CHECKING:
     from agent.board.hardware import HardwareInfo
@@ -63,7 +64,7 @@ STDERR_TAIL_BYTES = 2000
 
 
 @dataclass(frozen=True)
-class ProbeResult:
+class ProbeResult(Record):
     """How the first load and smoke inference went (``ok`` only when ``code == "ok"``)."""
 
     ok: bool
@@ -78,9 +79,6 @@ class ProbeResult:
     stage: str | None = None  # last stage the child reached: start|import|load|invoke|check
     stderr_tail: str = ""
     elapsed_ms: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _fail(code: str, message: str, **extra: Any) -> ProbeResult:

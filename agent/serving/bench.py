@@ -56,6 +56,7 @@ import psutil
 from agent.errors import ConfigError, EdgeloopError
 from agent.runtime.sandbox import compat_delegate
 from agent.serving.stats import Summary, ns_to_ms, summarize
+from agent.wire.record import Record
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ SAMPLE_INTERVAL_S = 0.010
 
 
 @dataclass(frozen=True)
-class MemoryUsage:
+class MemoryUsage(Record):
     """Resident memory in MB: before load, after load, peak during load + runs."""
 
     rss_before: float
@@ -72,9 +73,6 @@ class MemoryUsage:
     peak: float
     model: float  # rss_after_load - rss_before
     peak_method: str  # "vmhwm" (kernel high-water mark) | "sampled"
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
+
+from agent.wire.record import Record
 
 PERCENTILES: tuple[float, ...] = (5.0, 50.0, 90.0, 95.0, 99.0)
 
@@ -39,7 +40,7 @@ def percentile(sorted_values: Sequence[float], p: float) -> float:
 
 
 @dataclass(frozen=True)
-class Summary:
+class Summary(Record):
     """Distribution of a set of samples (same unit as the samples, e.g. milliseconds)."""
 
     count: int
@@ -52,9 +53,6 @@ class Summary:
     p90: float
     p95: float
     p99: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def summarize(values: Iterable[float]) -> Summary:

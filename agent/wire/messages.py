@@ -141,9 +141,7 @@ class CommandReply(WireMessage):
     @classmethod
     def from_json(cls, data: bytes) -> CommandReply:
         r = read_message(data, MAX_EVENT_BYTES, "command reply")
-        status = r.get_str("status", max_len=16)
-        if status not in set(ReplyStatus):
-            raise ProtocolError(f"command reply: unknown status {status!r}")
+        status = r.get_choice("status", ReplyStatus, max_len=16)
         return cls(
             r.get_str("id", max_len=128),
             r.get_str("verb", max_len=32),
@@ -239,9 +237,7 @@ class Event(WireMessage):
     @classmethod
     def from_json(cls, data: bytes) -> Event:
         r = read_message(data, MAX_EVENT_BYTES, "event")
-        kind = r.get_str("kind", max_len=32)
-        if kind not in set(EventKind):
-            raise ProtocolError(f"event: unknown kind {kind!r}")
+        kind = r.get_choice("kind", EventKind, max_len=32)
         return cls(
             kind,
             r.get_str("code", default="ok", max_len=64),

@@ -6,7 +6,7 @@ Shared by the message types (agent.wire.messages, agent.wire.status).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import fields
 from typing import Any
 
@@ -31,6 +31,13 @@ class Reader:
         value = self.obj.get(key, default)
         if not isinstance(value, str) or len(value) > max_len:
             raise self._fail(key, f"a string of at most {max_len} characters")
+        return value
+
+    def get_choice(self, key: str, choices: Iterable[str], *, max_len: int = 256) -> str:
+        """A string that must be one of ``choices`` (e.g. a StrEnum's values)."""
+        value = self.get_str(key, max_len=max_len)
+        if value not in set(choices):
+            raise ProtocolError(f"{self.what}: unknown {key} {value!r}")
         return value
 
     def opt_str(self, key: str, *, max_len: int = 256) -> str | None:

@@ -60,23 +60,18 @@ class Accepted:
 
 
 def signed_bytes(
-    verb: str,
-    cmd_id: str,
-    args: Mapping[str, Any],
-    ts: float,
-    seq: int,
-    target: Mapping[str, str],
-    key_id: str,
+    verb: str, cmd_id: str, args: Mapping[str, Any], ts: float, auth: Mapping[str, Any]
 ) -> bytes:
+    """What the signature covers: the command and its ``auth``'s key_id, seq and target."""
     return canonical_json(
         {
             "verb": verb,
             "id": cmd_id,
             "args": dict(args),
             "ts": ts,
-            "seq": seq,
-            "target": dict(target),
-            "key_id": key_id,
+            "seq": auth["seq"],
+            "target": dict(auth["target"]),
+            "key_id": auth["key_id"],
         }
     )
 
@@ -93,13 +88,9 @@ def sign_command(
     """The ``auth`` object for a command (host side; ``private_key``: a `cryptography`
     Ed25519 private key, deploy.keys.load_private)."""
     key_id = PublicKey.of(private_key.public_key()).key_id
-    sig = private_key.sign(signed_bytes(verb, cmd_id, args, float(ts), seq, target, key_id))
-    return {
-        "key_id": key_id,
-        "seq": seq,
-        "target": dict(target),
-        "sig": base64.b64encode(sig).decode("ascii"),
-    }
+    auth: dict[str, Any] = {"key_id": key_id, "seq": seq, "target": dict(target)}
+    sig = private_key.sign(signed_bytes(verb, cmd_id, args, float(ts), auth))
+    return auth | {"sig": base64.b64encode(sig).decode("ascii")}
 
 
 def _reject(code: str, message: str, hint: str | None = None) -> ProtocolError:
@@ -148,7 +139,7 @@ def verify_command(
         sig = base64.b64decode(sig_text, validate=True)
     except (binascii.Error, ValueError):
         raise _reject(Reason.MALFORMED, f"{where}: sig is not base64") from None
-    if not key.verify(sig, signed_bytes(verb, cmd_id, args, float(ts), seq, target, key_id)):
+    if not key.verify(sig, signed_bytes(verb, cmd_id, args, float(ts), auth)):
         raise _reject(Reason.BAD_SIGNATURE, f"{where}: the signature does not match")
     if target != {"device": device_id} and (
         hardware_class is None or target != {"class": hardware_class}

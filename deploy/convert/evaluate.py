@@ -20,7 +20,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ import numpy as np
 
 from agent.runtime import load_model
 from agent.runtime.modelfile import inspect
+from agent.wire.record import Record
 from deploy.convert.data import Dataset, input_specs
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ Outputs = list[np.ndarray]
 
 
 @dataclass(frozen=True)
-class Evaluation:
+class Evaluation(Record):
     samples: int
     accuracy: float | None
     agreement: float | None
@@ -45,9 +46,6 @@ class Evaluation:
     seconds: float
     runtime: str
     data: str  # the dataset fingerprint
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _quantize(x: np.ndarray, detail: dict[str, Any]) -> np.ndarray:

@@ -8,6 +8,7 @@ from typing import Any
 
 from agent.errors import ProtocolError
 from agent.wire.messages import State
+from agent.wire.record import Record
 
 ACCELERATORS = ("edgetpu",)
 
@@ -31,7 +32,7 @@ def board_family_of(board: str) -> str:
 
 
 @dataclass(frozen=True)
-class HardwareClass:
+class HardwareClass(Record):
     id: str
     hardware_class: str
     board: str
@@ -53,12 +54,9 @@ class HardwareClass:
                 board, accel = m.group(1), kind
         return cls(cid, hw, board, board_family_of(board), accel, runtime, description)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 @dataclass(frozen=True)
-class Device:
+class Device(Record):
     id: str
     hardware_class: str | None
     board: str | None
@@ -74,9 +72,6 @@ class Device:
         """The retained state as the wire type both sides share (agent.wire.status.State)."""
         return parse_state(self.state, self.online)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 def parse_state(state: dict[str, Any], online: bool) -> State:
     """``state`` (a retained birth as stored) as a :class:`State`; an empty or unreadable one
@@ -90,18 +85,15 @@ def parse_state(state: dict[str, Any], online: bool) -> State:
 
 
 @dataclass(frozen=True)
-class ModelRow:
+class ModelRow(Record):
     name: str
     source_path: str
     source_sha256: str
     float_metrics: dict[str, Any] = field(default_factory=dict)  # {"accuracy": 0.97, ...}
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 @dataclass(frozen=True)
-class Variant:
+class Variant(Record):
     id: str
     model: str
     recipe: str
@@ -122,12 +114,9 @@ class Variant:
     def size_mb(self) -> float:
         return self.size / 2**20
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 @dataclass(frozen=True)
-class Deployment:
+class Deployment(Record):
     id: int
     device: str
     class_id: str | None
@@ -138,9 +127,6 @@ class Deployment:
     finished: float | None
     outcome: str | None  # None while running; "committed" | "rolled_back" | "rejected"
     reason: str | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -192,7 +178,7 @@ class Stats:
 
 
 @dataclass(frozen=True)
-class DecisionRow:
+class DecisionRow(Record):
     id: int
     ts: float
     model: str
@@ -202,12 +188,9 @@ class DecisionRow:
     reason: str
     evidence: dict[str, Any]
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 @dataclass(frozen=True)
-class RolloutRow:
+class RolloutRow(Record):
     id: int
     model: str
     variant: str
@@ -219,18 +202,12 @@ class RolloutRow:
     created: float
     updated: float
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 @dataclass(frozen=True)
-class RolloutDevice:
+class RolloutDevice(Record):
     rollout: int
     device: str
     wave: int
     state: str
     reason: str | None
     updated: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)

@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
+from agent.wire.record import Record
 from deploy.fleet.registry import Registry
 from deploy.fleet.rollup import HOT_C
 
@@ -103,14 +104,11 @@ class RetentionPolicy:
 
 
 @dataclass(frozen=True)
-class RetentionResult:
+class RetentionResult(Record):
     cutoff: float  # raw windows with ts < cutoff were rolled up and deleted
     rolled_up: int  # windows folded into telemetry_hourly (and deleted)
     hours: int  # (class, model, hour) rows written or updated
     kept: int  # raw windows left
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,9 @@ one-line text form (a line per update when stdout is not a terminal).
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
+from agent.wire.record import Record
 from deploy.fleet.rollout_plan import FAILURE, SUCCESS, RolloutPlan
 
 
@@ -31,7 +31,7 @@ class WaveProgress:
 
 
 @dataclass(frozen=True)
-class Progress:
+class Progress(Record):
     state: str  # canary | waves | done | aborted
     wave: int
     elapsed_s: float
@@ -40,9 +40,6 @@ class Progress:
     rolled_back: int
     rollback_failed: int
     reason: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def snapshot(

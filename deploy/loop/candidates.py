@@ -17,9 +17,10 @@ the accuracy drop (a prediction that agrees with float is right exactly when flo
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
+from agent.wire.record import Record
 from deploy.fleet.registry_types import HardwareClass, Variant
 from deploy.loop.targets import ClassTargets
 
@@ -27,7 +28,7 @@ FLOAT_RECIPE = "fp32"
 
 
 @dataclass(frozen=True)
-class Candidate:
+class Candidate(Record):
     variant: str
     recipe: str
     quantization: str
@@ -41,20 +42,14 @@ class Candidate:
         """Accuracy cost used for ranking (unknown ranks last)."""
         return self.accuracy_drop if self.accuracy_drop is not None else float("inf")
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 @dataclass(frozen=True)
-class Exclusion:
+class Exclusion(Record):
     variant: str
     recipe: str
     gate: str  # "unavailable" | "accuracy" | "hardware" | "runtime" | "rolled_back"
     reason: str
     accuracy_drop: float | None = None  # points vs float, when known
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def float_accuracy(variants: Iterable[Variant], float_metrics: Mapping[str, Any]) -> float | None:

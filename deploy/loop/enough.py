@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
+from agent.wire.record import Record
 from deploy.fleet.registry_types import Stats
 
 
 @dataclass(frozen=True)
-class EnoughRule:
+class EnoughRule(Record):
     """When a (class, variant) roll-up is enough to judge: windows, inferences, and a stable
     temperature (the last ``temp_windows`` windows within ``max_temp_spread_c``)."""
 
@@ -17,9 +17,6 @@ class EnoughRule:
     min_inferences: int = 100
     temp_windows: int = 3
     max_temp_spread_c: float = 2.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def enough_telemetry(stats: Stats | None, rule: EnoughRule = EnoughRule()) -> tuple[bool, str]:

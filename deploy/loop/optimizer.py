@@ -23,9 +23,10 @@ No I/O here: the driver (deploy.loop.driver.build_context) reads the registry in
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
+from agent.wire.record import Record
 from deploy.fleet.registry_types import HardwareClass, Stats
 from deploy.loop.candidates import Candidate, Exclusion
 from deploy.loop.enough import EnoughRule, enough_telemetry
@@ -42,14 +43,11 @@ PARETO_METRICS = ("accuracy_drop", *DEVICE_METRICS)
 
 
 @dataclass(frozen=True)
-class Decision:
+class Decision(Record):
     action: str  # one of ACTIONS
     variant: str | None
     reason: str
     evidence: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)

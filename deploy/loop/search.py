@@ -13,17 +13,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.wire.record import Record
 from deploy.convert import Converter
 from deploy.convert.recipes import Recipe
 from deploy.convert.variant import VariantResult
 
 
 @dataclass(frozen=True)
-class Attempt:
+class Attempt(Record):
     k: int
     recipe: str
     ok: bool
@@ -32,9 +33,6 @@ class Attempt:
     size: int | None
     host_s: float
     why: str  # "fits" or the reason it does not
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass

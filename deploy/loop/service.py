@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from agent.errors import EdgeloopError
+from agent.wire.record import Record
 from deploy.fleet.collector import Collector
 from deploy.fleet.lease import DEFAULT_TTL_S, Lease
 from deploy.fleet.registry import Registry
@@ -129,12 +130,9 @@ class ClassWatch:
 
 
 @dataclass(frozen=True)
-class Trigger:
+class Trigger(Record):
     class_id: str
     reason: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass

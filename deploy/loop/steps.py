@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
+
+from agent.wire.record import Record
 
 ORDER = ("ptq", "selective-search", "qat")
 INT8_RECIPES = ("int8", "int8-uint8io")
@@ -38,7 +40,7 @@ def recipe_family(recipe: str) -> str:
 
 
 @dataclass(frozen=True)
-class Step:
+class Step(Record):
     """One generation step the driver can run for a model."""
 
     name: str  # one of ORDER[1:]
@@ -56,9 +58,6 @@ class Step:
         if self.family.endswith("-k"):
             return recipe.startswith(self.family) and recipe[len(self.family) :].isdigit()
         return recipe == self.family
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def int8_fails_budget(excluded: Iterable[tuple[str, str]], recipes: Iterable[str]) -> bool:

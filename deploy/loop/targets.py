@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import ConfigError
+from agent.wire.record import Record
 
 METRICS = ("p95_ms", "peak_memory_mb", "mj_per_inference", "size_mb", "max_accuracy_drop")
 UNITS = {
@@ -50,7 +51,7 @@ MEASURE_OF = {m: m for m in METRICS} | {"max_accuracy_drop": "accuracy_drop"}
 
 
 @dataclass(frozen=True)
-class Violation:
+class Violation(Record):
     metric: str  # a METRICS name
     target: float
     measured: float
@@ -58,9 +59,6 @@ class Violation:
     def describe(self) -> str:
         unit = UNITS[self.metric]
         return f"{LABELS[self.metric]} {self.measured:.3g} {unit} > target {self.target:.3g} {unit}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)

@@ -48,15 +48,19 @@ def _byte_vector(b: Any, data: bytes, alignment: int = 16) -> int:
     return int(b.EndVector())
 
 
+def _table(b: Any, table: str, **fields: Any) -> int:
+    """One table of the TFLite schema: ``<table>Start``, ``<table>Add<Field>`` for each of
+    ``fields`` in the order given, ``<table>End``."""
+    getattr(tflite, f"{table}Start")(b)
+    for name, value in fields.items():
+        getattr(tflite, f"{table}Add{name}")(b, value)
+    return int(getattr(tflite, f"{table}End")(b))
+
+
 def _tensor(b: Any, name: str, shape: list[int], buffer: int) -> int:
     name_off = b.CreateString(name)
     shape_off = _int_vector(b, shape)
-    tflite.TensorStart(b)
-    tflite.TensorAddShape(b, shape_off)
-    tflite.TensorAddType(b, FLOAT32)
-    tflite.TensorAddBuffer(b, buffer)
-    tflite.TensorAddName(b, name_off)
-    return int(tflite.TensorEnd(b))
+    return _table(b, "Tensor", Shape=shape_off, Type=FLOAT32, Buffer=buffer, Name=name_off)
 
 
 def _buffer(b: Any, data: bytes | None) -> int:
@@ -87,52 +91,47 @@ def _single_op_model(
     ]
     opts_off = options[1](b) if options else None
     ins, outs = _int_vector(b, op_inputs), _int_vector(b, op_outputs)
-    tflite.OperatorStart(b)
-    tflite.OperatorAddOpcodeIndex(b, 0)
-    tflite.OperatorAddInputs(b, ins)
-    tflite.OperatorAddOutputs(b, outs)
+    op_fields: dict[str, Any] = {"OpcodeIndex": 0, "Inputs": ins, "Outputs": outs}
     if options is not None and opts_off is not None:
-        tflite.OperatorAddBuiltinOptionsType(b, options[0])
-        tflite.OperatorAddBuiltinOptions(b, opts_off)
-    op = tflite.OperatorEnd(b)
+        op_fields |= {"BuiltinOptionsType": options[0], "BuiltinOptions": opts_off}
+    op = _table(b, "Operator", **op_fields)
 
     tensors_vec = _offset_vector(b, tensor_offs)
     g_in, g_out = _int_vector(b, graph_inputs), _int_vector(b, op_outputs)
     ops_vec = _offset_vector(b, [op])
     sg_name = b.CreateString("main")
-    tflite.SubGraphStart(b)
-    tflite.SubGraphAddTensors(b, tensors_vec)
-    tflite.SubGraphAddInputs(b, g_in)
-    tflite.SubGraphAddOutputs(b, g_out)
-    tflite.SubGraphAddOperators(b, ops_vec)
-    tflite.SubGraphAddName(b, sg_name)
-    subgraph = tflite.SubGraphEnd(b)
-
-    tflite.OperatorCodeStart(b)
-    tflite.OperatorCodeAddDeprecatedBuiltinCode(b, op_code)
-    tflite.OperatorCodeAddBuiltinCode(b, op_code)
-    tflite.OperatorCodeAddVersion(b, 1)
-    opcode = tflite.OperatorCodeEnd(b)
+    subgraph = _table(
+        b,
+        "SubGraph",
+        Tensors=tensors_vec,
+        Inputs=g_in,
+        Outputs=g_out,
+        Operators=ops_vec,
+        Name=sg_name,
+    )
+    opcode = _table(
+        b, "OperatorCode", DeprecatedBuiltinCode=op_code, BuiltinCode=op_code, Version=1
+    )
 
     opcodes_vec = _offset_vector(b, [opcode])
     subgraphs_vec = _offset_vector(b, [subgraph])
     buffers_vec = _offset_vector(b, buffers)
     desc = b.CreateString(description)
-    tflite.ModelStart(b)
-    tflite.ModelAddVersion(b, SCHEMA_VERSION)
-    tflite.ModelAddOperatorCodes(b, opcodes_vec)
-    tflite.ModelAddSubgraphs(b, subgraphs_vec)
-    tflite.ModelAddDescription(b, desc)
-    tflite.ModelAddBuffers(b, buffers_vec)
-    model = tflite.ModelEnd(b)
+    model = _table(
+        b,
+        "Model",
+        Version=SCHEMA_VERSION,
+        OperatorCodes=opcodes_vec,
+        Subgraphs=subgraphs_vec,
+        Description=desc,
+        Buffers=buffers_vec,
+    )
     b.Finish(model, file_identifier=b"TFL3")
     return bytes(b.Output())
 
 
 def _fc_options(b: Any) -> int:
-    tflite.FullyConnectedOptionsStart(b)
-    tflite.FullyConnectedOptionsAddFusedActivationFunction(b, 0)  # NONE
-    return int(tflite.FullyConnectedOptionsEnd(b))
+    return _table(b, "FullyConnectedOptions", FusedActivationFunction=0)  # NONE
 
 
 def fc_model(
