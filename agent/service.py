@@ -134,7 +134,7 @@ class Agent:
             self.out,
             store=self.store,
             installer=self.installer,
-            guard=CommandGuard(state, self.trust_keys, *identity),
+            guard=CommandGuard(state, self.trust_keys, *identity, clock=self.store.trusted_now),
             loadgen=self.loadgen,
             hw_root=cfg.hw_root,
             meter=self.energy,
