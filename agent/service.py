@@ -77,11 +77,8 @@ class Agent:
         state = cfg.state_path
         self.store = ModelStore(
             state,
-            StoreLimits(
-                max_model_bytes=int(cfg.limits.max_model_mb * 2**20),
-                max_store_bytes=int(cfg.limits.disk_mb * 2**20),
-                # an install leaves room for the outbox's whole bound (a full disk, P-disk)
-                min_free_bytes=int(cfg.telemetry.outbox_max_mb * 2**20) + (1 << 20),
+            StoreLimits.for_device(
+                cfg.limits.max_model_mb, cfg.limits.disk_mb, cfg.telemetry.outbox_max_mb
             ),
             slot=cfg.slot,
             # staged chunks are made durable (fsync + bitmap) every 4 MiB: a power cut costs

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.delivery.space import StoreLimits
+from agent.delivery.space import OUTBOX_SLACK_BYTES, StoreLimits
 from agent.delivery.store import ModelStore
 from agent.errors import ManifestError, StoreError
 from agent.wire.manifest import Manifest
@@ -309,6 +309,27 @@ def test_model_larger_than_the_limits_is_no_space_and_writes_nothing(
         store.begin(signed(KEY, A, release=2).manifest)
     assert info.value.code == "no_space"
     assert snapshot(tmp_path) == before
+
+
+def test_an_install_leaves_the_outbox_its_whole_bound_plus_slack(tmp_path: Path, monkeypatch):
+    limits = StoreLimits.for_device(max_model_mb=64, disk_mb=512, outbox_max_mb=2)
+    assert limits.min_free_bytes == 2 * 2**20 + OUTBOX_SLACK_BYTES
+    store = ModelStore(tmp_path / "state", limits)
+    manifest = signed(KEY, A).manifest
+    usage = shutil.disk_usage(tmp_path)
+    just_enough = manifest.size + limits.min_free_bytes
+    monkeypatch.setattr(
+        "agent.delivery.space.shutil.disk_usage", lambda _p: usage._replace(free=just_enough - 1)
+    )
+    before = snapshot(tmp_path)
+    with pytest.raises(ManifestError) as info:
+        store.begin(manifest)
+    assert info.value.code == "no_space" and "min_free_bytes" in info.value.message
+    assert snapshot(tmp_path) == before
+    monkeypatch.setattr(
+        "agent.delivery.space.shutil.disk_usage", lambda _p: usage._replace(free=just_enough)
+    )
+    store.begin(manifest)  # one byte more: the model fits with the outbox's room kept
 
 
 def test_full_disk_reported_by_the_filesystem_is_no_space(tmp_path: Path, monkeypatch):

@@ -12,12 +12,26 @@ from agent.errors import ManifestError
 from agent.wire.manifest import Manifest
 from agent.wire.reasons import Reason
 
+#: Free space an install leaves beyond the outbox's bound.
+OUTBOX_SLACK_BYTES = 1 << 20
+
 
 @dataclass(frozen=True)
 class StoreLimits:
     max_model_bytes: int | None = None  # refuse any single model larger than this
     max_store_bytes: int | None = None  # models/ + staging/ after staging the new model
     min_free_bytes: int = 0  # free space to leave on the filesystem
+
+    @classmethod
+    def for_device(cls, max_model_mb: float, disk_mb: float, outbox_max_mb: float) -> StoreLimits:
+        """The agent's limits from its config: an install always leaves room for the outbox's
+        whole bound plus 1 MiB (SQLite's journal, the pointers), so a model that fits never
+        fills the disk under the telemetry (P-disk)."""
+        return cls(
+            max_model_bytes=int(max_model_mb * 2**20),
+            max_store_bytes=int(disk_mb * 2**20),
+            min_free_bytes=int(outbox_max_mb * 2**20) + OUTBOX_SLACK_BYTES,
+        )
 
 
 def file_size(p: Path) -> int:
