@@ -64,9 +64,13 @@ def bench_on_device(link: DeviceLink) -> dict[str, Any]:
     the device does not answer, ValueError with its message when the bench failed there."""
     cmd = build_command("bench", link.device, {"runs": link.bench_runs}, link.key)
     reply = send_command(
-        link.broker, link.device, cmd, prefix=link.prefix, timeout_s=link.bench_timeout_s,
+        link.broker,
+        link.device,
+        cmd,
+        prefix=link.prefix,
+        timeout_s=link.bench_timeout_s,
         final=True,
-    )  # fmt: skip
+    )
     if reply.status != "ok":
         raise ValueError(f"bench {reply.status} ({reply.code}): {reply.message}")
     result: dict[str, Any] = reply.data["result"]
@@ -77,17 +81,32 @@ def measure(model: str, r: VariantResult, link: DeviceLink) -> StudyRow:
     """One converted variant pushed to the device and benched there."""
     ev = r.evaluation
     row = StudyRow(
-        model, r.recipe, r.status, link.device, r.size,
-        accuracy=ev.accuracy if ev else None, agreement=ev.agreement if ev else None,
-        snr_db=ev.snr_db if ev else None, conversion_s=r.conversion_s, error=r.error,
-    )  # fmt: skip
+        model,
+        r.recipe,
+        r.status,
+        link.device,
+        r.size,
+        accuracy=ev.accuracy if ev else None,
+        agreement=ev.agreement if ev else None,
+        snr_db=ev.snr_db if ev else None,
+        conversion_s=r.conversion_s,
+        error=r.error,
+    )
     if not r.ok or r.path is None:
         return row
     pushed = push_model(
-        Path(r.path), link.device, link.broker, link.key, name=f"study-{model}",
-        version=r.recipe, prefix=link.prefix, recipe=r.recipe, progress=None,
-        gates=dict(link.gates or STUDY_GATES), timeout_s=link.push_timeout_s,
-    )  # fmt: skip
+        Path(r.path),
+        link.device,
+        link.broker,
+        link.key,
+        name=f"study-{model}",
+        version=r.recipe,
+        prefix=link.prefix,
+        recipe=r.recipe,
+        progress=None,
+        gates=dict(link.gates or STUDY_GATES),
+        timeout_s=link.push_timeout_s,
+    )
     if not pushed.ok:
         why = f"{pushed.outcome} ({pushed.code}): {pushed.message}"
         return StudyRow(**(row.to_dict() | {"status": "not installed", "error": why}))
@@ -117,8 +136,9 @@ def study(
     total, done, start = len(sources) * len(recipes), 0, time.monotonic()
     for source in sources:
         model = source.stem if source.is_file() else source.name
-        conv = Converter(source, calibration=calibration, validation=validation, train=train,
-                         backend=backend)  # fmt: skip
+        conv = Converter(
+            source, calibration=calibration, validation=validation, train=train, backend=backend
+        )
         for recipe in recipes:
             say(f"[{done + 1}/{total}] {model} {recipe}: converting")
             r = conv.convert(recipe, out_dir / "variants" / f"{model}_{recipe}.tflite")

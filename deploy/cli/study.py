@@ -46,17 +46,28 @@ def cmd_study(args: argparse.Namespace) -> int:
     }
     existing_file(keys_dir(args), "key directory", KEYS_HINT)
     link = DeviceLink(
-        broker(args), args.device, load_private(keys_dir(args)), prefix=args.prefix,
-        push_timeout_s=args.timeout, bench_timeout_s=args.timeout, bench_runs=args.runs,
-    )  # fmt: skip
+        broker(args),
+        args.device,
+        load_private(keys_dir(args)),
+        prefix=args.prefix,
+        push_timeout_s=args.timeout,
+        bench_timeout_s=args.timeout,
+        bench_runs=args.runs,
+    )
     out = Path(args.out)
     say = printer(sys.stderr)
     with stdout_to_stderr():  # TensorFlow prints; stdout is for the rows
         rows = study(
-            sources, recipes, link, out, calibration=data["calibration"],
-            validation=data["validation"], train=data["train"], backend=args.backend,
+            sources,
+            recipes,
+            link,
+            out,
+            calibration=data["calibration"],
+            validation=data["validation"],
+            train=data["train"],
+            backend=args.backend,
             say=say,
-        )  # fmt: skip
+        )
     if args.json:
         for row in rows:
             print(json.dumps(row.to_dict()))

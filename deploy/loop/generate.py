@@ -135,24 +135,33 @@ class Generator:
             ("a Keras source (.keras, .h5, SavedModel)", self.source.suffix != ".tflite"),
             ("labelled training data (--train)", self.train is not None),
             ("tensorflow-model-optimization (the qat extra)", _has_tfmot()),
-        )  # fmt: skip
+        )
         steps = (
             Step(
-                "selective-search", "selective-k", "selective",
-                host_cost_s=round(2 * per_k, 1), host_bound_s=self.max_host_s, size_mb=size,
-                available=not sel_why, why_not=sel_why,
+                "selective-search",
+                "selective-k",
+                "selective",
+                host_cost_s=round(2 * per_k, 1),
+                host_bound_s=self.max_host_s,
+                size_mb=size,
+                available=not sel_why,
+                why_not=sel_why,
                 what=f"keep the k most sensitive operators in float, k = 1..{self.max_k}, "
                 f"~{per_k:.1f} s per k",
             ),
             Step(
-                "qat", "qat", "int8",
+                "qat",
+                "qat",
+                "int8",
                 host_cost_s=round(train_s + int8_s + EVAL_S, 1),
-                host_bound_s=round(1.5 * train_s + int8_s + EVAL_S, 1), size_mb=size,
-                available=not qat_why, why_not=qat_why,
+                host_bound_s=round(1.5 * train_s + int8_s + EVAL_S, 1),
+                size_mb=size,
+                available=not qat_why,
+                why_not=qat_why,
                 what=f"quantization-aware training, {qat_recipe.options.get('epochs')} epoch(s) "
                 f"bounded by {train_s:g} s, then full int8",
             ),
-        )  # fmt: skip
+        )
         return tuple(self._ran_already(s) for s in steps)
 
     @staticmethod

@@ -35,8 +35,15 @@ from deploy.loop.pareto import pareto_front as _front
 from deploy.loop.steps import Step, open_steps, step_status
 from deploy.loop.targets import LABELS, UNITS, ClassTargets, Violation
 
-__all__ = ["ACTIONS", "ClassContext", "Decision", "EnoughRule", "decide", "enough_telemetry",
-           "pareto_front"]  # fmt: skip
+__all__ = [
+    "ACTIONS",
+    "ClassContext",
+    "Decision",
+    "EnoughRule",
+    "decide",
+    "enough_telemetry",
+    "pareto_front",
+]
 ACTIONS = ("deploy", "wait", "promote", "generate", "infeasible")
 IMPROVEMENT = 0.95  # a fallback choice must be predicted >= 5 % better on every violated metric
 PARETO_METRICS = ("accuracy_drop", *DEVICE_METRICS)
@@ -299,8 +306,10 @@ def _generate(
     because they are predicted to miss are named in the evidence (``skipped``)."""
     skipped: list[dict[str, Any]] = []
     for step in ctx.open_steps():
-        values = {m: ctx.priors.predict(ctx.hw.id, ctx.model, step.predict_as, m, anchor=anchor)
-                  for m in DEVICE_METRICS}  # fmt: skip
+        values = {
+            m: ctx.priors.predict(ctx.hw.id, ctx.model, step.predict_as, m, anchor=anchor)
+            for m in DEVICE_METRICS
+        }
         if step.size_mb is not None:
             values["size_mb"] = Estimate(step.size_mb, "similar", "the int8 variant's size")
         violations = ctx.targets.check({m: e.value if e else None for m, e in values.items()})
@@ -377,10 +386,14 @@ def _infeasible(
         for p in front
     )
     tried: list[dict[str, Any]] = points + [
-        {"variant": e.variant, "recipe": e.recipe, "accuracy_drop": e.accuracy_drop,
-         "violations": [f"{e.gate}: {e.reason}"]}
+        {
+            "variant": e.variant,
+            "recipe": e.recipe,
+            "accuracy_drop": e.accuracy_drop,
+            "violations": [f"{e.gate}: {e.reason}"],
+        }
         for e in ctx.excluded
-    ]  # fmt: skip
+    ]
     extra = {
         "pareto": front,
         "pareto_metrics": dims,
@@ -389,5 +402,6 @@ def _infeasible(
     }
     failed = "; ".join(f"{t['recipe']}: {t['violations'][0]}" for t in tried if t["violations"])
     text = f"{why}; search space exhausted; Pareto front: {listing or 'empty'}"
-    return Decision("infeasible", None, text + (f"; why each failed: {failed}" if failed else ""),
-                    ev | extra)  # fmt: skip
+    return Decision(
+        "infeasible", None, text + (f"; why each failed: {failed}" if failed else ""), ev | extra
+    )
